@@ -1,1 +1,28 @@
-"""jaxpipe."""
+"""JaxPipe: pipelined, cost-aware training of Flax models on serverless functions.
+
+The public surface: `trace` a model into layers, `split` it into stage programs, `export` them
+and `load_stages` in a fresh process, `profile` them for the planners.
+"""
+
+from jaxpipe.bundle import BundleError, StageRunner, load_stages
+from jaxpipe.errors import BatchError, CutError, JaxPipeError, TraceError
+from jaxpipe.split import Staged
+from jaxpipe.stage import StageProgram, StageSpec, TensorSpec
+from jaxpipe.trace import Layer, Traced, trace
+
+__all__ = [
+    "BatchError",
+    "BundleError",
+    "CutError",
+    "JaxPipeError",
+    "Layer",
+    "StageProgram",
+    "StageRunner",
+    "StageSpec",
+    "Staged",
+    "TensorSpec",
+    "TraceError",
+    "Traced",
+    "load_stages",
+    "trace",
+]

@@ -1,0 +1,169 @@
+"""The stage bundle: exported stage programs a fresh process runs without the model's code.
+
+A bundle is a zip archive (no pickle anywhere):
+
+    manifest.json          format, micro-batch size, every parameter/state path with its shape,
+                           the data leaves, and one `StageSpec` per stage
+    stage<k>/forward       jax.export-serialised forward of stage k
+    stage<k>/backward      jax.export-serialised backward of stage k
+
+Loading needs only jax and jaxlib. A worker that runs one stage loads only that stage's programs.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import zipfile
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import jax
+from jax import export as jax_export
+
+from jaxpipe.errors import JaxPipeError
+from jaxpipe.pipeline import micro_batches, run_pipeline
+from jaxpipe.stage import StageProgram, StageSpec
+from jaxpipe.trace import batch_size_of, raw_key
+from jaxpipe.tree import flatten_paths, nest
+
+__all__ = ["BundleError", "StageRunner", "export_bundle", "load_stages"]
+
+FORMAT = "jaxpipe-stages/1"
+
+
+class BundleError(JaxPipeError, ValueError):
+    """The bytes are not a stage bundle this version of JaxPipe can read."""
+
+
+def export_bundle(staged: Any, micro_batch: int) -> bytes:
+    """Exports every stage of `staged` at `micro_batch` samples per micro-batch."""
+    traced = staged.traced
+    stages = staged.stages(micro_batch)
+    shapes = {p: _spec(x) for p, x in zip(traced.params.paths, traced.params.leaves)}
+    shapes.update({p: _spec(x) for p, x in zip(traced.state.paths, traced.state.leaves)})
+    data = [_spec(s) for s in traced.data_specs(micro_batch)]
+    manifest = {
+        "format": FORMAT,
+        "micro_batch": micro_batch,
+        "param_paths": list(traced.params.paths),
+        "state_paths": list(traced.state.paths),
+        "shapes": shapes,
+        "data": {"inputs": len(traced.inputs.leaves), "targets": len(traced.targets.leaves),
+                 "rngs": list(traced.rng_names), "leaves": data},
+        "layers": [layer.name for layer in traced.layers],
+        "stages": [s.spec.to_dict() for s in stages],
+    }
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_STORED) as archive:
+        archive.writestr("manifest.json", json.dumps(manifest, indent=1))
+        for stage in stages:
+            fwd, bwd = _export(stage, shapes)
+            archive.writestr(f"stage{stage.spec.index}/forward", fwd)
+            archive.writestr(f"stage{stage.spec.index}/backward", bwd)
+    return buffer.getvalue()
+
+
+def _export(stage: StageProgram, shapes: Mapping[str, dict]) -> tuple[bytes, bytes]:
+    spec = stage.spec
+    params = [_struct(shapes[p]) for p in spec.param_paths]
+    state = [_struct(shapes[p]) for p in spec.state_paths]
+    fwd = jax_export.export(stage.forward)(params, state, [t.struct() for t in spec.inputs])
+    cts = [t.struct() for t in spec.outputs if t.differentiable]
+    bwd = jax_export.export(stage.backward)(params, [t.struct() for t in spec.saved], cts)
+    return bytes(fwd.serialize()), bytes(bwd.serialize())
+
+
+@dataclass(frozen=True)
+class StageRunner:
+    """Stages loaded from a bundle: drive one stage (`stages[k]`) or all of them in order.
+
+    Attributes:
+      manifest: the bundle's manifest (paths, shapes, data layout, stage specs).
+      stages: the loaded stages, in order (only those asked for, others are None).
+    """
+
+    manifest: dict
+    stages: tuple[StageProgram | None, ...]
+
+    @property
+    def micro_batch(self) -> int:
+        return self.manifest["micro_batch"]
+
+    def value_and_grad(
+        self, variables: Mapping[str, Any], batch: tuple[Any, Any],
+        rngs: Mapping[str, Any] | None = None,
+    ) -> tuple[Any, dict, dict]:
+        """Loss, gradients and new state of `batch`, in micro-batches of the exported size.
+
+        Gradients and state come back as nested dicts keyed like `variables`; `rngs` gives the
+        PRNG keys the traced model took (derived per micro-batch as in `Staged.value_and_grad`).
+        """
+        if any(s is None for s in self.stages):
+            raise BundleError("value_and_grad needs every stage; load the bundle without `only`")
+        size = batch_size_of(batch)
+        if size % self.micro_batch:
+            raise BundleError(
+                f"the bundle runs micro-batches of {self.micro_batch} samples; a batch of "
+                f"{size} does not divide into them"
+            )
+        params = flatten_paths(variables["params"], "params")
+        state = flatten_paths({k: v for k, v in variables.items() if k != "params"})
+        if list(params.paths) != self.manifest["param_paths"]:
+            raise BundleError("variables['params'] does not match the bundle's parameter paths")
+        leaves = [*jax.tree.leaves(batch[0]), *jax.tree.leaves(batch[1])]
+        info = self.manifest["data"]
+        if len(leaves) != info["inputs"] + info["targets"]:
+            raise BundleError(
+                f"the batch has {len(leaves)} leaves; the bundle expects "
+                f"{info['inputs']} input and {info['targets']} target leaves"
+            )
+        missing = sorted(set(info["rngs"]) - set(rngs or {}))
+        if missing:
+            raise BundleError(f"this bundle needs PRNG keys for {missing}; pass them as rngs")
+        keys = [raw_key(rngs[name]) for name in info["rngs"]]
+        data = micro_batches(leaves, keys, size // self.micro_batch)
+        loss, grads, new_state = run_pipeline(
+            self.stages, dict(zip(params.paths, params.leaves)),
+            dict(zip(state.paths, state.leaves)), data,
+        )
+        return loss, nest(grads, strip="params"), nest(new_state)
+
+
+def load_stages(blob: bytes, only: Sequence[int] | None = None) -> StageRunner:
+    """Loads a stage bundle made by `Staged.export`; `only` limits it to some stage indices."""
+    try:
+        archive = zipfile.ZipFile(io.BytesIO(blob))
+        manifest = json.loads(archive.read("manifest.json"))
+    except (zipfile.BadZipFile, KeyError, ValueError) as exc:
+        raise BundleError(f"not a JaxPipe stage bundle ({exc}); make one with Staged.export()")
+    if manifest.get("format") != FORMAT:
+        raise BundleError(f"bundle format {manifest.get('format')!r}; this JaxPipe reads {FORMAT}")
+    stages = []
+    for entry in manifest["stages"]:
+        spec = StageSpec.from_dict(entry)
+        if only is not None and spec.index not in only:
+            stages.append(None)
+            continue
+        fwd = jax_export.deserialize(bytearray(archive.read(f"stage{spec.index}/forward")))
+        bwd = jax_export.deserialize(bytearray(archive.read(f"stage{spec.index}/backward")))
+        stages.append(StageProgram(spec, _as_lists(fwd.call), _as_lists(bwd.call)))
+    return StageRunner(manifest, tuple(stages))
+
+
+def _as_lists(call):
+    """Exported programs take and return lists; accept any sequences and numpy arrays."""
+
+    def run(*args):
+        return call(*[list(a) for a in args])
+
+    return jax.jit(run)
+
+
+def _spec(x: Any) -> dict:
+    return {"shape": list(x.shape), "dtype": str(x.dtype)}
+
+
+def _struct(d: Mapping[str, Any]) -> jax.ShapeDtypeStruct:
+    return jax.ShapeDtypeStruct(tuple(d["shape"]), jax.numpy.dtype(d["dtype"]))

@@ -1,0 +1,348 @@
+"""Tracing a Flax model's training loss into a jaxpr, and finding the layers it can be cut at.
+
+`trace` turns `loss_fn(model.apply(variables, inputs), targets)` into one jaxpr whose inputs are,
+in order, the parameter leaves, the state leaves (collections other than `params`, such as
+BatchNorm's `batch_stats`), and the data leaves (inputs, targets, PRNG keys), and whose outputs
+are the loss followed by the new state leaves.
+
+A *layer* is a run of equations under one top-level submodule: Flax writes the module path into
+each equation's name stack (`Net/block0/Dense_0`), and the second part names the layer. Equations
+outside any submodule (glue in the top-level `__call__`, the loss) join the layer before them;
+those before the first layer join the first.
+
+Values flow between layers like this (layer index i, equation index e, boundary b_i after layer i):
+
+    data ─▶ [layer 0] ─b_0─▶ [layer 1] ─b_1─▶ ... ─▶ [layer L-1] ─▶ loss
+                 params_0        params_1                 params_{L-1}
+
+b_i holds every value defined at or before layer i and used after it: activations, skip
+connections, masks, targets and keys that later layers read.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import jax
+import numpy as np
+
+from jaxpipe import _jax_compat as jc
+from jaxpipe.errors import BatchError, TraceError
+from jaxpipe.tree import Flat, flatten_paths
+
+__all__ = ["Layer", "Traced", "trace"]
+
+
+@dataclass(frozen=True)
+class Layer:
+    """One cut unit: the equations under one top-level submodule, and what a cut after it ships.
+
+    Attributes:
+      index: position in `Traced.layers`.
+      name: the submodule's name (`block0`); a module that runs twice apart gets `name#2`.
+      param_paths: the parameters its equations read, as `params/block0/Dense_0/kernel`.
+      param_bytes: their total size, in bytes.
+      boundary_bytes_per_sample: bytes of the values live across a cut placed right after this
+        layer, per sample (values with a leading batch axis).
+      boundary_bytes_fixed: bytes of such values without a batch axis (PRNG keys, scalars).
+    """
+
+    index: int
+    name: str
+    param_paths: tuple[str, ...]
+    param_bytes: int
+    boundary_bytes_per_sample: float
+    boundary_bytes_fixed: int
+
+
+@dataclass(frozen=True, eq=False)
+class Program:
+    """The traced loss at one batch size, with its layers and the liveness the splitter needs.
+
+    `def_layer[v]` is the layer that defines pipeline value v (-1 for data leaves) and
+    `last_use[v]` the last layer that reads it (`num_layers` for the loss).
+    """
+
+    jaxpr: jc.Jaxpr
+    consts: tuple[Any, ...]
+    param_vars: tuple[jc.Var, ...]
+    state_vars: tuple[jc.Var, ...]
+    data_vars: tuple[jc.Var, ...]
+    loss_var: jc.Var
+    new_state_atoms: tuple[Any, ...]
+    bounds: tuple[tuple[int, int], ...]  # equation range [start, stop) of each layer
+    names: tuple[str, ...]
+    order: Mapping[jc.Var, int]  # creation order of pipeline values, for stable layouts
+    def_layer: Mapping[jc.Var, int]
+    last_use: Mapping[jc.Var, int]
+    differentiable: frozenset  # float values that depend on parameters
+    batch_size: int
+
+    @property
+    def num_layers(self) -> int:
+        return len(self.bounds)
+
+    def live_before(self, layer: int) -> list[jc.Var]:
+        """Pipeline values that cross into `layer` from the layers (or data) before it."""
+        live = [
+            v for v, d in self.def_layer.items() if d < layer <= self.last_use.get(v, -2)
+        ]
+        return sorted(live, key=self.order.__getitem__)
+
+    def equations(self, first: int, stop: int) -> list[jc.JaxprEqn]:
+        """The equations of layers [first, stop)."""
+        return self.jaxpr.eqns[self.bounds[first][0] : self.bounds[stop - 1][1]]
+
+
+class Traced:
+    """A Flax model's loss, traced and cut into layers. Made by `trace`; cut with `split`."""
+
+    def __init__(
+        self,
+        model: Any,
+        variables: Mapping[str, Any],
+        batch: tuple[Any, Any],
+        loss_fn: Callable[[Any, Any], Any],
+        rngs: Mapping[str, Any] | None,
+    ):
+        if not isinstance(batch, tuple | list) or len(batch) != 2:
+            raise BatchError("batch must be a pair (inputs, targets); got " + type(batch).__name__)
+        if "params" not in variables:
+            raise TraceError(
+                f"variables has no 'params' collection (it has {sorted(variables)}); pass the "
+                "dict returned by model.init"
+            )
+        self.model = model
+        self.loss_fn = loss_fn
+        self.params = flatten_paths(variables["params"], "params")
+        self.state = flatten_paths({k: v for k, v in variables.items() if k != "params"})
+        self.state_collections = tuple(sorted(k for k in variables if k != "params"))
+        self.inputs = flatten_paths(batch[0], "inputs")
+        self.targets = flatten_paths(batch[1], "targets")
+        self.batch_size = batch_size_of(batch)
+        self.rng_names = tuple(sorted(rngs or {}))
+        self.rng_keys = tuple(raw_key(rngs[n]) for n in self.rng_names)
+        self._programs: dict[int, Program] = {}
+        program = self.program(self.batch_size)
+        self.layers = _describe_layers(program, self.params)
+
+    # -- the traced program at any batch size --------------------------------------------------
+
+    def program(self, batch_size: int) -> Program:
+        """The loss traced at `batch_size` (cached); its layers must match the original trace."""
+        if batch_size not in self._programs:
+            program = self._trace(batch_size)
+            if self._programs:
+                first = next(iter(self._programs.values()))
+                if first.names != program.names or len(first.jaxpr.eqns) != len(
+                    program.jaxpr.eqns
+                ):
+                    raise TraceError(
+                        f"the model's structure changes with the batch size ({first.batch_size} "
+                        f"-> {batch_size}); JaxPipe needs the same layers at every micro-batch size"
+                    )
+            self._programs[batch_size] = program
+        return self._programs[batch_size]
+
+    def data_specs(self, batch_size: int) -> list[jax.ShapeDtypeStruct]:
+        """Shapes of the data leaves (inputs, targets, keys) of a batch of `batch_size`."""
+        batched = [*self.inputs.leaves, *self.targets.leaves]
+        specs = [jax.ShapeDtypeStruct((batch_size, *np.shape(x)[1:]), x.dtype) for x in batched]
+        return specs + [jax.ShapeDtypeStruct(k.shape, k.dtype) for k in self.rng_keys]
+
+    def _trace(self, batch_size: int) -> Program:
+        fn = functools.partial(
+            _flat_loss, self.model, self.loss_fn, self.params, self.state,
+            self.state_collections, self.inputs, self.targets, self.rng_names,
+        )
+        data = self.data_specs(batch_size)
+        n_in = len(self.inputs.leaves)
+        n_tg = len(self.targets.leaves)
+        closed = jax.make_jaxpr(fn)(
+            _specs(self.params.leaves), _specs(self.state.leaves),
+            data[:n_in], data[n_in : n_in + n_tg], data[n_in + n_tg :],
+        )
+        return _analyse(closed, len(self.params.leaves), len(self.state.leaves), batch_size)
+
+    # -- splitting -----------------------------------------------------------------------------
+
+    def split(self, cuts: Any, modes: str | Any = "stash") -> Any:
+        """Cuts the model into stages; `cuts` are the sorted layer indices where stages start.
+
+        `modes` is `"stash"` (forward keeps residuals for backward) or `"recompute"` (forward
+        keeps only its inputs; backward re-runs it), for all stages or one per stage.
+        """
+        from jaxpipe.split import Staged
+
+        return Staged(self, cuts, modes)
+
+
+def trace(
+    model: Any,
+    variables: Mapping[str, Any],
+    batch: tuple[Any, Any],
+    loss_fn: Callable[[Any, Any], Any],
+    rngs: Mapping[str, Any] | None = None,
+) -> Traced:
+    """Traces `loss_fn(model.apply(variables, inputs), targets)` and finds its layers.
+
+    Args:
+      model: a `flax.linen.Module` whose `__call__` takes the inputs pytree.
+      variables: the dict from `model.init`: `params`, and state collections such as
+        `batch_stats`, which the forward pass updates (`mutable=True`).
+      batch: `(inputs, targets)`, every leaf with the same leading batch size.
+      loss_fn: `loss_fn(outputs, targets) -> scalar`, the mean over the batch.
+      rngs: optional PRNG keys by collection name (e.g. `{"dropout": key}`).
+
+    Returns:
+      Traced: with `.layers` (the cut units) and `.split(cuts)`.
+
+    Raises:
+      TraceError: no equation lies under a top-level submodule.
+      BatchError: the batch's leaves disagree on the batch size.
+    """
+    return Traced(model, variables, batch, loss_fn, rngs)
+
+
+def batch_size_of(batch: Any) -> int:
+    """The common leading size of every leaf of `batch`; a clear error if they disagree."""
+    sizes = {}
+    for path, leaf in jax.tree_util.tree_flatten_with_path(batch)[0]:
+        shape = np.shape(leaf)
+        sizes[jax.tree_util.keystr(path)] = shape[0] if shape else None
+    if not sizes:
+        raise BatchError("the batch has no arrays")
+    if len(set(sizes.values())) != 1 or None in sizes.values():
+        listing = ", ".join(f"{k or 'leaf'}: {v}" for k, v in sizes.items())
+        raise BatchError(
+            f"every leaf of the batch needs the same leading batch size; got {listing}"
+        )
+    return next(iter(sizes.values()))
+
+
+def raw_key(key: Any) -> jax.Array:
+    """A PRNG key as raw uint32 data (typed keys are unwrapped), the form stages pass around."""
+    if jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key):
+        return jax.random.key_data(key)
+    return jax.numpy.asarray(key)
+
+
+def _specs(leaves: tuple[Any, ...]) -> list[jax.ShapeDtypeStruct]:
+    return [jax.ShapeDtypeStruct(np.shape(x), x.dtype) for x in leaves]
+
+
+def _flat_loss(model, loss_fn, params: Flat, state: Flat, collections, inputs: Flat,
+               targets: Flat, rng_names, p, s, x, y, keys):
+    """The loss over flat leaves: (params, state, inputs, targets, keys) -> (loss, new state)."""
+    variables = {"params": params.rebuild(p), **state.rebuild(s)}
+    rngs = dict(zip(rng_names, keys)) or None
+    if collections:
+        out, new_state = model.apply(
+            variables, inputs.rebuild(x), rngs=rngs, mutable=list(collections)
+        )
+        new_leaves = state.leaves_of(dict(new_state), what="the state returned by model.apply")
+    else:
+        out, new_leaves = model.apply(variables, inputs.rebuild(x), rngs=rngs), []
+    return loss_fn(out, targets.rebuild(y)), new_leaves
+
+
+def _analyse(closed: jc.ClosedJaxpr, n_params: int, n_state: int, batch_size: int) -> Program:
+    jaxpr = closed.jaxpr
+    invars = jaxpr.invars
+    params, state, data = (
+        invars[:n_params], invars[n_params : n_params + n_state], invars[n_params + n_state :]
+    )
+    bounds, names = _layer_runs(jaxpr.eqns)
+    eqn_layer = np.zeros(len(jaxpr.eqns), dtype=int)
+    for i, (start, stop) in enumerate(bounds):
+        eqn_layer[start:stop] = i
+
+    order: dict = {}
+    def_layer: dict = {}
+    last_use: dict = {}
+    differentiable = set(params)
+    for v in data:
+        order[v], def_layer[v] = len(order), -1
+    for e, eqn in enumerate(jaxpr.eqns):
+        layer = int(eqn_layer[e])
+        reads = [v for v in eqn.invars if isinstance(v, jc.Var)]
+        for v in reads:
+            if v in def_layer:
+                last_use[v] = layer
+        depends = any(v in differentiable for v in reads)
+        for v in eqn.outvars:
+            order[v], def_layer[v] = len(order), layer
+            if depends and jc.is_float(v.aval):
+                differentiable.add(v)
+    loss = jaxpr.outvars[0]
+    if not isinstance(loss, jc.Var) or loss not in def_layer:
+        raise TraceError("the loss does not depend on the model; check loss_fn")
+    last_use[loss] = len(bounds)
+    return Program(
+        jaxpr=jaxpr, consts=tuple(closed.consts), param_vars=tuple(params),
+        state_vars=tuple(state), data_vars=tuple(data), loss_var=loss,
+        new_state_atoms=tuple(jaxpr.outvars[1:]), bounds=tuple(bounds), names=tuple(names),
+        order=order, def_layer=def_layer, last_use=last_use,
+        differentiable=frozenset(differentiable - set(params)), batch_size=batch_size,
+    )
+
+
+def _layer_runs(eqns) -> tuple[list[tuple[int, int]], list[str]]:
+    """Splits equations into runs under one top-level submodule (see the module docstring)."""
+    paths = [jc.scope_path(e) for e in eqns]
+    roots = [p[0] for p in paths if len(p) >= 2]
+    if not roots:
+        raise TraceError(
+            "no equation of the traced loss lies under a submodule of the model, so there is "
+            "nothing to cut at. " + (TraceError.__doc__ or "").split("\n\n")[1].strip()
+        )
+    root = max(set(roots), key=roots.count)
+    starts: list[int] = []
+    names: list[str] = []
+    current = None
+    for e, path in enumerate(paths):
+        key = path[1] if len(path) >= 2 and path[0] == root else None
+        if key is not None and key != current:
+            starts.append(e if starts else 0)
+            names.append(key)
+            current = key
+    seen: dict[str, int] = {}
+    for i, name in enumerate(names):
+        seen[name] = seen.get(name, 0) + 1
+        if seen[name] > 1:
+            names[i] = f"{name}#{seen[name]}"
+    bounds = list(zip(starts, starts[1:] + [len(eqns)]))
+    return bounds, names
+
+
+def _describe_layers(program: Program, params: Flat) -> tuple[Layer, ...]:
+    """Each layer's parameters and the bytes a cut right after it would carry."""
+    b = program.batch_size
+    per_sample = np.zeros(program.num_layers)
+    fixed = np.zeros(program.num_layers, dtype=np.int64)
+    for v, d in program.def_layer.items():
+        u = program.last_use.get(v)
+        if u is None or u <= max(d, 0):
+            continue
+        nbytes = int(np.prod(v.aval.shape)) * v.aval.dtype.itemsize
+        crosses = slice(max(d, 0), u)  # boundaries after layers d..u-1
+        if v.aval.shape and v.aval.shape[0] == b:
+            per_sample[crosses] += nbytes / b
+        else:
+            fixed[crosses] += nbytes
+    path_of = dict(zip(program.param_vars, params.paths))
+    layers = []
+    for i, (start, stop) in enumerate(program.bounds):
+        used = {v for eqn in program.jaxpr.eqns[start:stop] for v in eqn.invars
+                if isinstance(v, jc.Var) and v in path_of}
+        ordered = [v for v in program.param_vars if v in used]
+        layers.append(Layer(
+            index=i, name=program.names[i], param_paths=tuple(path_of[v] for v in ordered),
+            param_bytes=int(sum(np.prod(v.aval.shape) * v.aval.dtype.itemsize for v in ordered)),
+            boundary_bytes_per_sample=float(per_sample[i]) if i < program.num_layers - 1 else 0.0,
+            boundary_bytes_fixed=int(fixed[i]) if i < program.num_layers - 1 else 0,
+        ))
+    return tuple(layers)

@@ -1,0 +1,63 @@
+"""Pytrees as flat leaves with path names, the form in which values cross process borders.
+
+A path names a leaf by its dict keys joined with '/', e.g. `params/block0/Dense_0/kernel`.
+Stage bundles, checkpoints and the store speak in paths, never in Python tree structures.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import jax
+
+__all__ = ["Flat", "flatten_paths", "nest"]
+
+
+@dataclass(frozen=True, eq=False)
+class Flat:
+    """A pytree's leaves in `jax.tree` order, their path names, and the structure to rebuild it."""
+
+    paths: tuple[str, ...]
+    leaves: tuple[Any, ...]
+    treedef: Any
+
+    def rebuild(self, leaves: Sequence[Any]) -> Any:
+        return jax.tree.unflatten(self.treedef, list(leaves))
+
+    def leaves_of(self, tree: Any, what: str) -> list[Any]:
+        """The leaves of `tree`, which must have this structure; `what` names it in the error."""
+        leaves, treedef = jax.tree.flatten(tree)
+        if treedef != self.treedef:
+            raise ValueError(f"{what} has structure {treedef}, expected {self.treedef}")
+        return leaves
+
+
+def flatten_paths(tree: Any, prefix: str = "") -> Flat:
+    """Flattens `tree`, naming each leaf by its path (dict keys, sequence indices) under `prefix`."""
+    with_paths, treedef = jax.tree_util.tree_flatten_with_path(tree)
+    paths = tuple("/".join([prefix, *(_key(k) for k in path)]).strip("/")
+                  for path, _ in with_paths)
+    return Flat(paths, tuple(leaf for _, leaf in with_paths), treedef)
+
+
+def nest(flat: Mapping[str, Any], strip: str = "") -> dict:
+    """Rebuilds nested dicts from `{path: leaf}`, dropping the leading component `strip`."""
+    out: dict = {}
+    for path, leaf in flat.items():
+        parts = path.split("/")
+        if strip and parts[0] == strip:
+            parts = parts[1:]
+        node = out
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+        node[parts[-1]] = leaf
+    return out
+
+
+def _key(k: Any) -> str:
+    for attr in ("key", "idx", "name"):
+        if hasattr(k, attr):
+            return str(getattr(k, attr))
+    return str(k)
