@@ -255,7 +255,7 @@ def _analyse(closed: jc.ClosedJaxpr, n_params: int, n_state: int, batch_size: in
     params, state, data = (
         invars[:n_params], invars[n_params : n_params + n_state], invars[n_params + n_state :]
     )
-    bounds, names = _layer_runs(jaxpr.eqns)
+    bounds, names = _layer_runs(jaxpr)
     eqn_layer = np.zeros(len(jaxpr.eqns), dtype=int)
     for i, (start, stop) in enumerate(bounds):
         eqn_layer[start:stop] = i
@@ -290,8 +290,12 @@ def _analyse(closed: jc.ClosedJaxpr, n_params: int, n_state: int, batch_size: in
     )
 
 
-def _layer_runs(eqns) -> tuple[list[tuple[int, int]], list[str]]:
-    """Splits equations into runs under one top-level submodule (see the module docstring)."""
+def _layer_runs(jaxpr) -> tuple[list[tuple[int, int]], list[str]]:
+    """Splits equations into runs under one top-level submodule (see the module docstring).
+
+    Glue between two layers goes to whichever side leaves the fewest bytes live across the cut.
+    """
+    eqns = jaxpr.eqns
     paths = [jc.scope_path(e) for e in eqns]
     roots = [p[0] for p in paths if len(p) >= 2]
     if not roots:
@@ -300,15 +304,22 @@ def _layer_runs(eqns) -> tuple[list[tuple[int, int]], list[str]]:
             "nothing to cut at. " + (TraceError.__doc__ or "").split("\n\n")[1].strip()
         )
     root = max(set(roots), key=roots.count)
+    keys = [p[1] if len(p) >= 2 and p[0] == root else None for p in paths]
+    live = _live_bytes(jaxpr)
     starts: list[int] = []
     names: list[str] = []
-    current = None
-    for e, path in enumerate(paths):
-        key = path[1] if len(path) >= 2 and path[0] == root else None
-        if key is not None and key != current:
-            starts.append(e if starts else 0)
-            names.append(key)
-            current = key
+    last_scoped = None
+    for e, key in enumerate(keys):
+        if key is None or (names and key == names[-1]):
+            last_scoped = e if key is not None else last_scoped
+            continue
+        if not starts:
+            starts.append(0)
+        else:  # the cut goes somewhere in the glue between the two runs
+            glue = range(last_scoped + 1, e + 1)
+            starts.append(min(glue, key=lambda point: (live[point], -point)))
+        names.append(key)
+        last_scoped = e
     seen: dict[str, int] = {}
     for i, name in enumerate(names):
         seen[name] = seen.get(name, 0) + 1
@@ -316,6 +327,29 @@ def _layer_runs(eqns) -> tuple[list[tuple[int, int]], list[str]]:
             names[i] = f"{name}#{seen[name]}"
     bounds = list(zip(starts, starts[1:] + [len(eqns)]))
     return bounds, names
+
+
+def _live_bytes(jaxpr) -> np.ndarray:
+    """live[e]: bytes of the values defined before equation e and read at or after it."""
+    n = len(jaxpr.eqns)
+    defined = {v: 0 for v in jaxpr.invars}
+    last = {}
+    for e, eqn in enumerate(jaxpr.eqns):
+        for v in eqn.invars:
+            if isinstance(v, jc.Var):
+                last[v] = e
+        for v in eqn.outvars:
+            defined[v] = e + 1
+    for v in jaxpr.outvars:
+        if isinstance(v, jc.Var):
+            last[v] = n
+    diff = np.zeros(n + 2)
+    for v, start in defined.items():
+        if v in last and last[v] >= start:
+            nbytes = int(np.prod(v.aval.shape)) * v.aval.dtype.itemsize
+            diff[start] += nbytes
+            diff[last[v] + 1] -= nbytes
+    return np.cumsum(diff)[: n + 1]
 
 
 def _describe_layers(program: Program, params: Flat) -> tuple[Layer, ...]:
