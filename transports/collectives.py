@@ -1,0 +1,282 @@
+"""All-reduce (mean) of a gradient over object storage: FuncPipe's pipelined scatter-reduce.
+
+Notation, used throughout: n ranks (`world`), this rank i, peers j, step r = 1..n-1. The
+vector of N elements is cut into n chunks; chunk k starts at k*floor(N/n) + min(N mod n, k) and
+holds floor(N/n) + [k < N mod n] elements, and rank k owns (reduces) chunk k. Keys, all under
+the caller's `group` prefix (unique per job, iteration and stage):
+
+    <group>/scatter/<k>/<j>   chunk k of rank j's vector, for owner k (read once, by k)
+    <group>/reduced/<k>       the mean of chunk k, published by its owner (read by all)
+    <group>/done/<j>          empty marker: rank j has read everything it needs
+
+"pipelined" (FuncPipe's bandwidth-optimal variant), as seen by rank i:
+
+    uplink   | A: scatter/(i+1)/i  scatter/(i+2)/i ... scatter/(i+n-1)/i | B: reduced/i | D
+    downlink |   A: scatter/i/(i-1)  scatter/i/(i-2) ... scatter/i/(i-n+1) | C: reduced/* | D
+    (indices mod n)
+
+  A. An upload pool sends chunk (i+r) mod n at step r while a download pool fetches, in step
+     order, the chunk addressed to i by rank (i-r) mod n, which that rank sends at its own step
+     r. Both links of every rank are busy at once. The owner starts from its *own* slice (the
+     reference code forgot it) and adds each arrival; the scatter keys it read are deleted in
+     one batched request, off the critical path.
+  B. The owner divides by n (a mean, not a sum), casts back to the vector's dtype and publishes.
+  C. Meanwhile it gathers the other owners' reduced chunks. Every rank assembles the result from
+     the same published chunks (its own included), so all ranks get bit-identical results.
+  D. Cleanup without a barrier: rank i puts `done/i`, then LISTs `done/`. A rank that sees all
+     n markers knows every rank has read everything, and deletes the reduced chunks and the
+     markers. Because each rank's PUT precedes its LIST, the last LIST sees all markers: at
+     least one rank cleans up and nobody waits for anybody.
+
+"lambdaml" (LambdaML's ScatterReduce, the baseline) does the same phases one request at a
+time: scatter all n-1 chunks, then fetch-reduce-delete each arrival, publish, gather, cleanup.
+
+Request counts per rank are in `allreduce_requests`; polls of keys that do not exist yet
+(`StoreStats.misses`) depend on timing and are not part of them.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from transports import codec
+from transports.store import GetTimeout, ObjectStore, check_prefix
+
+__all__ = ["ALGORITHMS", "PeerTimeout", "allreduce_mean", "allreduce_requests", "chunk_bounds"]
+
+ALGORITHMS = ("pipelined", "lambdaml")
+
+
+class PeerTimeout(TimeoutError):
+    """A rank waited too long for a peer's chunk during an all-reduce.
+
+    The message names the group, both ranks, the phase and the key. Fix: check that the peer
+    was launched with the same group, world size and store, or raise `timeout`.
+    """
+
+    def __init__(self, group: str, rank: int, world: int, peer: int, what: str, key: str,
+                 waited_s: float) -> None:
+        super().__init__(
+            f"allreduce {group!r}: rank {rank} of {world} timed out after {waited_s:.3g} s "
+            f"waiting for {what} from rank {peer} (key {key!r}); is rank {peer} running with "
+            "the same group, world size and store?")
+        self.peer = peer
+        self.key = key
+
+
+def chunk_bounds(length: int, world: int) -> list[tuple[int, int]]:
+    """Returns the (start, stop) of each rank's chunk; sizes differ by at most one element.
+
+    Example:
+      >>> chunk_bounds(10, 4)
+      [(0, 3), (3, 6), (6, 8), (8, 10)]
+    """
+    base, extra = divmod(length, world)
+    starts = [k * base + min(extra, k) for k in range(world + 1)]
+    return [(starts[k], starts[k + 1]) for k in range(world)]
+
+
+def allreduce_requests(world: int, algorithm: str = "pipelined") -> dict[str, int]:
+    """Returns the requests one rank sends in one `allreduce_mean`, by kind.
+
+    With n = world > 1 (n = 1 sends nothing):
+
+    | kind    | pipelined                       | lambdaml                          |
+    |---------|---------------------------------|-----------------------------------|
+    | PUT     | n+1 (n-1 chunks, reduced, done) | n+1                               |
+    | GET     | 2(n-1)                          | 2(n-1)                            |
+    | HEAD    | 0                               | 0                                 |
+    | LIST    | 1 (done markers)                | 1                                 |
+    | DELETE  | 1 (one batch of n-1 keys)       | n-1 (one per received chunk)      |
+
+    plus "CLEANUP_DELETE": 1 more DELETE on each rank whose LIST finds all n markers; at least
+    one rank per group, at most n. Misses (GETs of keys not yet written) come on top.
+
+    Example:
+      >>> allreduce_requests(4)
+      {'PUT': 5, 'GET': 6, 'HEAD': 0, 'LIST': 1, 'DELETE': 1, 'CLEANUP_DELETE': 1}
+    """
+    _check_algorithm(algorithm)
+    n = world
+    if n == 1:
+        return {"PUT": 0, "GET": 0, "HEAD": 0, "LIST": 0, "DELETE": 0, "CLEANUP_DELETE": 0}
+    return {"PUT": n + 1, "GET": 2 * (n - 1), "HEAD": 0, "LIST": 1,
+            "DELETE": 1 if algorithm == "pipelined" else n - 1, "CLEANUP_DELETE": 1}
+
+
+def _check_algorithm(algorithm: str) -> None:
+    if algorithm not in ALGORITHMS:
+        raise ValueError(f"unknown allreduce algorithm {algorithm!r}; choose one of {ALGORITHMS}")
+
+
+@dataclass(frozen=True)
+class _Round:
+    """Everything one rank knows about one all-reduce."""
+
+    store: ObjectStore
+    group: str
+    rank: int
+    world: int
+    flat: np.ndarray            # (N,) the local vector, flattened
+    bounds: list[tuple[int, int]]
+    deadline: float             # time.monotonic() at which waiting ends
+
+    def scatter_key(self, owner: int, sender: int) -> str:
+        return f"{self.group}/scatter/{owner}/{sender}"
+
+    def reduced_key(self, owner: int) -> str:
+        return f"{self.group}/reduced/{owner}"
+
+    def done_key(self, rank: int) -> str:
+        return f"{self.group}/done/{rank}"
+
+    def chunk(self, k: int) -> np.ndarray:
+        lo, hi = self.bounds[k]
+        return self.flat[lo:hi]
+
+    def left(self) -> float:
+        return max(0.0, self.deadline - time.monotonic())
+
+    def fetch(self, key: str, peer: int, what: str) -> np.ndarray:
+        """GETs `key`, waiting until the deadline; a timeout names the peer."""
+        try:
+            data = self.store.get(key, timeout=self.left())
+        except GetTimeout as err:
+            raise PeerTimeout(self.group, self.rank, self.world, peer, what, key,
+                              err.waited_s) from err
+        return codec.decode(data, key=key)
+
+    def send(self, key: str, chunk: np.ndarray) -> None:
+        self.store.put(key, codec.encode(chunk))
+
+
+def allreduce_mean(store: ObjectStore, group: str, rank: int, world: int, vector: np.ndarray,
+                   algorithm: str = "pipelined", timeout: float = 300.0, *,
+                   inflight: int = 2) -> np.ndarray:
+    """Returns the mean of `vector` over the `world` ranks of `group`, through `store`.
+
+    Every rank calls it with the same group, world, vector shape and dtype; each gets the same,
+    bit-identical result. Keys are deleted before the call returns (by at least one rank).
+
+    Args:
+      store: this rank's store handle (e.g. its own ThrottledStore).
+      group: key prefix unique to this all-reduce, e.g. "jobs/<id>/it/<t>/stage/<s>".
+      rank: this rank, in [0, world).
+      world: number of ranks, >= 1.
+      vector: floating array (float16/32/64, bfloat16); any shape, flattened on the wire.
+      algorithm: "pipelined" (FuncPipe) or "lambdaml" (the sequential baseline).
+      timeout: seconds this call may wait for peers in total.
+      inflight: requests in flight per direction in "pipelined" (hides request latency).
+
+    Returns:
+      np.ndarray: the element-wise mean, same shape and dtype as `vector` (accumulated in
+      float32, or float64 for float64 input).
+
+    Raises:
+      PeerTimeout: a peer's chunk did not appear in time; the message names the peer and key.
+      ValueError: bad rank, world, group or algorithm.
+    """
+    _check_algorithm(algorithm)
+    if not (world >= 1 and 0 <= rank < world):
+        raise ValueError(f"need world >= 1 and 0 <= rank < world, got rank={rank}, "
+                         f"world={world}")
+    if group.endswith("/") or not group:
+        raise ValueError(f"group {group!r} must be a non-empty key prefix without a trailing '/'")
+    check_prefix(group + "/")
+    vector = np.asarray(vector)
+    if vector.dtype.kind != "f" and vector.dtype.name not in ("bfloat16",) \
+            and not vector.dtype.name.startswith("float8"):
+        raise TypeError(f"allreduce_mean needs a floating-point vector, got {vector.dtype}")
+    if world == 1:
+        return vector.copy()
+    flat = np.ascontiguousarray(vector).reshape(-1)
+    rnd = _Round(store, group, rank, world, flat, chunk_bounds(flat.size, world),
+                 time.monotonic() + timeout)
+    run = _pipelined if algorithm == "pipelined" else _lambdaml
+    out = run(rnd, max(1, inflight))
+    _cleanup(rnd)
+    return out.reshape(vector.shape)
+
+
+def _accumulator(rnd: _Round) -> np.ndarray:
+    """Starts the owned chunk's sum from the rank's own slice (defect 1 of the reference code)."""
+    wide = np.float64 if rnd.flat.dtype == np.float64 else np.float32
+    return rnd.chunk(rnd.rank).astype(wide, copy=True)
+
+
+def _publish_value(rnd: _Round, total: np.ndarray) -> np.ndarray:
+    total /= rnd.world
+    return total.astype(rnd.flat.dtype)
+
+
+def _pipelined(rnd: _Round, inflight: int) -> np.ndarray:
+    i, n = rnd.rank, rnd.world
+    out = np.empty_like(rnd.flat)
+    up = cf.ThreadPoolExecutor(inflight, thread_name_prefix=f"allreduce-up-{i}")
+    down = cf.ThreadPoolExecutor(inflight, thread_name_prefix=f"allreduce-down-{i}")
+    try:
+        # A: scatter on the upload pool, fetch-and-reduce on the download pool, both in step
+        # order r = 1..n-1.
+        sent = [up.submit(_bind(rnd.send, rnd.scatter_key((i + r) % n, i), rnd.chunk((i + r) % n)))
+                for r in range(1, n)]
+        peers = [(i - r) % n for r in range(1, n)]
+        arrivals = [down.submit(_bind(rnd.fetch, rnd.scatter_key(i, j), j, f"chunk {i}"))
+                    for j in peers]
+        total = _accumulator(rnd)
+        for got in arrivals:
+            total += got.result()
+        received = up.submit(_bind(rnd.store.delete_many, [rnd.scatter_key(i, j) for j in peers]))
+        # B: publish the owned chunk's mean; C: gather the others' meanwhile.
+        mine = _publish_value(rnd, total)
+        published = up.submit(_bind(rnd.send, rnd.reduced_key(i), mine))
+        gathers = {j: down.submit(_bind(rnd.fetch, rnd.reduced_key(j), j, f"reduced chunk {j}"))
+                   for j in ((i + r) % n for r in range(1, n))}
+        lo, hi = rnd.bounds[i]
+        out[lo:hi] = mine
+        for j, got in gathers.items():
+            lo, hi = rnd.bounds[j]
+            out[lo:hi] = got.result()
+        for fut in (*sent, received, published):
+            fut.result()
+    finally:
+        up.shutdown(wait=True, cancel_futures=True)
+        down.shutdown(wait=True, cancel_futures=True)
+    return out
+
+
+def _lambdaml(rnd: _Round, inflight: int) -> np.ndarray:
+    del inflight  # one request at a time, as LambdaML does
+    i, n = rnd.rank, rnd.world
+    others = [j for j in range(n) if j != i]
+    for j in others:                         # 1. scatter, sequentially
+        rnd.send(rnd.scatter_key(j, i), rnd.chunk(j))
+    total = _accumulator(rnd)
+    for j in others:                         # 2. fetch, reduce and delete each arrival
+        total += rnd.fetch(rnd.scatter_key(i, j), j, f"chunk {i}")
+        rnd.store.delete(rnd.scatter_key(i, j))
+    mine = _publish_value(rnd, total)
+    rnd.send(rnd.reduced_key(i), mine)       # 3. publish
+    out = np.empty_like(rnd.flat)
+    lo, hi = rnd.bounds[i]
+    out[lo:hi] = mine
+    for j in others:                         # 4. gather
+        lo, hi = rnd.bounds[j]
+        out[lo:hi] = rnd.fetch(rnd.reduced_key(j), j, f"reduced chunk {j}")
+    return out
+
+
+def _cleanup(rnd: _Round) -> None:
+    """D: mark this rank done; if every rank is done, delete the group's remaining keys."""
+    rnd.store.put(rnd.done_key(rnd.rank), b"")
+    if len(rnd.store.list(f"{rnd.group}/done/")) >= rnd.world:
+        rnd.store.delete_many([rnd.reduced_key(k) for k in range(rnd.world)]
+                              + [rnd.done_key(k) for k in range(rnd.world)])
+
+
+def _bind(fn: Callable[..., object], *args: object) -> Callable[[], object]:
+    return lambda: fn(*args)

@@ -1,0 +1,216 @@
+"""`S3Store`: a store on any S3 API server (AWS S3, MinIO, moto, s3rver) through boto3.
+
+What it adds to plain `put_object`/`get_object`:
+
+* every key is written under the store's `prefix` (e.g. `jobs/<id>/`), so jobs sharing a
+  bucket never see each other, and `list`/`delete_prefix` stay inside the job;
+* retries live in `ObjectStore`: botocore's own retries are switched off (one attempt per
+  call) so that every request sent is counted once, and throttling (SlowDown, 503, 429...),
+  other 5xx and connection errors become `TransientStoreError`;
+* objects above `multipart_threshold` bytes are uploaded in parts of `multipart_chunksize`
+  bytes, `multipart_concurrency` at a time; such a put costs `parts + 2` PUT-class requests
+  (create, parts, complete), all counted as PUTs.
+
+Credentials come from boto3's usual chain (environment, config files, instance role) unless
+given explicitly; they are never part of the store's spec.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import contextlib
+from typing import Any
+
+import boto3
+import botocore.config
+import botocore.exceptions
+
+from transports.retry import Backoff, RetryPolicy
+from transports.store import KeyNotFound, ObjectStore, StoreError, TransientStoreError
+
+__all__ = ["S3Store"]
+
+_NOT_FOUND = {"NoSuchKey", "404", "NotFound"}
+_TRANSIENT_CODES = {"SlowDown", "Throttling", "ThrottlingException", "RequestLimitExceeded",
+                    "TooManyRequests", "RequestTimeout", "RequestTimeTooSkewed",
+                    "InternalError", "ServiceUnavailable", "503", "500", "429"}
+_TRANSIENT_EXCEPTIONS = (botocore.exceptions.ConnectionError,
+                         botocore.exceptions.HTTPClientError,
+                         botocore.exceptions.IncompleteReadError,
+                         botocore.exceptions.ResponseStreamingError)
+
+
+def _translate(err: Exception, key: str) -> Exception:
+    """Maps a botocore error onto KeyNotFound, TransientStoreError, or itself."""
+    if isinstance(err, botocore.exceptions.ClientError):
+        code = str(err.response.get("Error", {}).get("Code", ""))
+        status = int(err.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
+        if code in _NOT_FOUND or status == 404:
+            return KeyNotFound(key)
+        if code in _TRANSIENT_CODES or status >= 500 or status == 429:
+            return TransientStoreError(f"S3 request on {key!r} failed transiently: {err}")
+    if isinstance(err, _TRANSIENT_EXCEPTIONS):
+        return TransientStoreError(f"S3 request on {key!r} failed transiently: {err}")
+    return err
+
+
+class S3Store(ObjectStore):
+    """A store in an S3 bucket, under a key prefix.
+
+    Args:
+      bucket: the bucket's name.
+      endpoint_url: the S3 API server, e.g. "http://127.0.0.1:9000"; None means AWS.
+      prefix: prepended to every key; '' or ending with '/'.
+      region_name: the bucket's region (None: boto3's default chain, else us-east-1).
+      create_bucket: create the bucket if it does not exist.
+      multipart_threshold: objects larger than this, in bytes, use multipart upload.
+      multipart_chunksize: part size of a multipart upload, in bytes; >= 5 MiB on AWS.
+      multipart_concurrency: parts uploaded at once.
+      max_pool_connections: HTTP connections the client keeps; >= the threads sharing it.
+      aws_access_key_id, aws_secret_access_key: explicit credentials (else boto3's chain).
+      poll, retry: see `ObjectStore`.
+    """
+
+    def __init__(self, bucket: str, endpoint_url: str | None = None, prefix: str = "", *,
+                 region_name: str | None = None, create_bucket: bool = False,
+                 multipart_threshold: int = 64 << 20, multipart_chunksize: int = 16 << 20,
+                 multipart_concurrency: int = 4, max_pool_connections: int = 64,
+                 aws_access_key_id: str | None = None, aws_secret_access_key: str | None = None,
+                 poll: Backoff | None = None, retry: RetryPolicy | None = None) -> None:
+        super().__init__(poll=poll, retry=retry)
+        if prefix and not prefix.endswith("/"):
+            raise ValueError(f"S3Store prefix {prefix!r} must be '' or end with '/'")
+        if multipart_chunksize < 1 or multipart_threshold < multipart_chunksize:
+            raise ValueError("need 1 <= multipart_chunksize <= multipart_threshold, got "
+                             f"{multipart_chunksize} and {multipart_threshold}")
+        self.bucket = bucket
+        self.endpoint_url = endpoint_url
+        self.prefix = prefix
+        self.region_name = region_name
+        self.multipart_threshold = multipart_threshold
+        self.multipart_chunksize = multipart_chunksize
+        self.multipart_concurrency = multipart_concurrency
+        self.max_pool_connections = max_pool_connections
+        config = botocore.config.Config(
+            retries={"total_max_attempts": 1, "mode": "standard"},
+            max_pool_connections=max_pool_connections,
+            s3={"addressing_style": "path"} if endpoint_url else None,
+            # Checksums: the codec checks payloads itself; skip botocore's extra CRC pass.
+            request_checksum_calculation="when_required",
+            response_checksum_validation="when_required")
+        session = boto3.session.Session(aws_access_key_id=aws_access_key_id,
+                                        aws_secret_access_key=aws_secret_access_key,
+                                        region_name=region_name)
+        if session.region_name is None:
+            session = boto3.session.Session(aws_access_key_id=aws_access_key_id,
+                                            aws_secret_access_key=aws_secret_access_key,
+                                            region_name="us-east-1")
+        self.client = session.client("s3", endpoint_url=endpoint_url, config=config)
+        if create_bucket:
+            self.create_bucket()
+
+    def create_bucket(self) -> None:
+        """Creates the bucket if it does not exist yet (not counted: it is set-up, not traffic)."""
+        try:
+            self.client.head_bucket(Bucket=self.bucket)
+            return
+        except botocore.exceptions.ClientError:
+            pass
+        region = self.client.meta.region_name
+        kwargs: dict[str, Any] = {"Bucket": self.bucket}
+        if region and region != "us-east-1":
+            kwargs["CreateBucketConfiguration"] = {"LocationConstraint": region}
+        try:
+            self.client.create_bucket(**kwargs)
+        except botocore.exceptions.ClientError as err:
+            if err.response.get("Error", {}).get("Code") not in (
+                    "BucketAlreadyOwnedByYou", "BucketAlreadyExists"):
+                raise
+
+    def _s3(self, key: str, call: str, **kwargs: Any) -> Any:
+        try:
+            return getattr(self.client, call)(Bucket=self.bucket, **kwargs)
+        except Exception as err:  # re-raised, translated
+            raise _translate(err, key) from err
+
+    def _put(self, key: str, data: bytes | memoryview) -> None:
+        full = self.prefix + key
+        if len(data) <= self.multipart_threshold:
+            self._s3(key, "put_object", Key=full, Body=bytes(data) if isinstance(
+                data, memoryview) else data)
+            return
+        self._put_multipart(key, full, memoryview(data))
+
+    def _put_multipart(self, key: str, full: str, data: memoryview) -> None:
+        upload = self._s3(key, "create_multipart_upload", Key=full)
+        upload_id = upload["UploadId"]
+        step = self.multipart_chunksize
+        spans = [(n + 1, off, min(off + step, len(data)))
+                 for n, off in enumerate(range(0, len(data), step))]
+
+        def send(part: tuple[int, int, int]) -> dict[str, Any]:
+            number, lo, hi = part
+            resp = self._call(lambda: self._s3(key, "upload_part", Key=full, UploadId=upload_id,
+                                               PartNumber=number, Body=bytes(data[lo:hi])))
+            return {"PartNumber": number, "ETag": resp["ETag"]}
+
+        try:
+            with concurrent.futures.ThreadPoolExecutor(self.multipart_concurrency) as pool:
+                parts = list(pool.map(send, spans))
+            self._call(lambda: self._s3(key, "complete_multipart_upload", Key=full,
+                                        UploadId=upload_id,
+                                        MultipartUpload={"Parts": parts}))
+        except Exception as err:
+            with contextlib.suppress(Exception):  # the original error is what matters
+                self._s3(key, "abort_multipart_upload", Key=full, UploadId=upload_id)
+            # Parts were already retried: do not let the outer put retry the whole object.
+            raise StoreError(f"multipart upload of {key!r} failed: {err}") from err
+        self._count(puts=len(spans) + 1)  # + create + complete, - the put the caller counts
+
+    def _get(self, key: str) -> bytes:
+        resp = self._s3(key, "get_object", Key=self.prefix + key)
+        try:
+            return resp["Body"].read()
+        except Exception as err:  # re-raised, translated
+            raise _translate(err, key) from err
+
+    def _exists(self, key: str) -> bool:
+        try:
+            self._s3(key, "head_object", Key=self.prefix + key)
+        except KeyNotFound:
+            return False
+        return True
+
+    def _delete(self, key: str) -> None:
+        self._s3(key, "delete_object", Key=self.prefix + key)
+
+    def _delete_many(self, keys: list[str]) -> None:
+        resp = self._s3(keys[0], "delete_objects", Delete={
+            "Objects": [{"Key": self.prefix + k} for k in keys], "Quiet": True})
+        errors = [e for e in resp.get("Errors", []) if e.get("Code") != "NoSuchKey"]
+        if errors:
+            raise StoreError(f"deleting {len(keys)} keys failed for {len(errors)}, e.g. "
+                             f"{errors[0]}")
+
+    def _list(self, prefix: str) -> tuple[list[str], int]:
+        keys: list[str] = []
+        pages = 0
+        token: dict[str, str] = {}
+        while True:
+            resp = self._s3(prefix, "list_objects_v2", Prefix=self.prefix + prefix, **token)
+            pages += 1
+            keys.extend(obj["Key"][len(self.prefix):] for obj in resp.get("Contents", []))
+            if not resp.get("IsTruncated"):
+                break
+            token = {"ContinuationToken": resp["NextContinuationToken"]}
+        keys.sort()
+        return keys, pages
+
+    def _spec(self) -> dict[str, Any]:
+        return {"kind": "s3", "bucket": self.bucket, "endpoint_url": self.endpoint_url,
+                "prefix": self.prefix, "region_name": self.client.meta.region_name,
+                "multipart_threshold": self.multipart_threshold,
+                "multipart_chunksize": self.multipart_chunksize,
+                "multipart_concurrency": self.multipart_concurrency,
+                "max_pool_connections": self.max_pool_connections,
+                "poll": self.poll.to_dict(), "retry": self.retry.to_dict()}
