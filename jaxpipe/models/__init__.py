@@ -1,0 +1,123 @@
+"""The model zoo: the FuncPipe paper's models plus an MLP, each in a full and a tiny config.
+
+``get(name, **overrides)`` returns a `ModelSpec`: the Flax module, the shape of one input
+sample, a synthetic batch maker, the loss and an initialiser. Names, with the number of
+pipeline layers (top-level modules) of the full and the ``-tiny`` config:
+
+============  ================================================  ======  ======
+name          model                                              layers  tiny
+============  ================================================  ======  ======
+mlp           MLP 64-256-256-256-10 (digits)                        4       3
+resnet18      ResNet-18, 224x224x3, 1000 classes                   10       6
+resnet50      ResNet-50                                            18       6
+resnet101     ResNet-101                                           35       7
+amoebanet18   AmoebaNet-D(18, 256), 224x224x3, 1000 classes        24       9
+amoebanet36   AmoebaNet-D(36, 256)                                 42      12
+bert-base     BERT-Base (12, 768, 12), seq 128, 2 classes          14       4
+bert-large    BERT-Large (24, 1024, 16)                            26       5
+============  ================================================  ======  ======
+
+Tiny configs keep the structure (bottlenecks and BatchNorm, two-input normal and reduction
+cells, masked attention with dropout) at narrow widths, 32x32 images, 10 classes, sequence
+length 16 and a 128-token vocabulary.
+
+Overrides replace fields of the family's config dataclass (`MLPConfig`, `ResNetConfig`,
+`AmoebaNetConfig`, `BertConfig`), e.g. ``get("amoebanet18", filters=64)`` or
+``get("bert-base", seq_len=64, dropout=0.0)``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import Any
+
+from jaxpipe.models import amoebanet, bert, mlp, resnet
+from jaxpipe.models._spec import ModelSpec, cross_entropy_loss
+from jaxpipe.models.amoebanet import AmoebaNetConfig, AmoebaNetD
+from jaxpipe.models.bert import Bert, BertConfig
+from jaxpipe.models.data import digits
+from jaxpipe.models.mlp import MLP, MLPConfig
+from jaxpipe.models.resnet import ResNet, ResNetConfig
+
+__all__ = [
+    "AmoebaNetConfig",
+    "AmoebaNetD",
+    "Bert",
+    "BertConfig",
+    "MLP",
+    "MLPConfig",
+    "ModelSpec",
+    "ResNet",
+    "ResNetConfig",
+    "cross_entropy_loss",
+    "digits",
+    "get",
+    "names",
+]
+
+_TINY_IMAGE = dict(image_size=32, num_classes=10)
+_TINY_BERT = dict(vocab_size=128, max_positions=16, seq_len=16, dropout=0.1)
+
+# name -> (spec builder, default config); every full config is followed by its tiny twin.
+_REGISTRY: dict[str, tuple[Callable[[str, Any], ModelSpec], Any]] = {
+    "mlp": (mlp.make_spec, MLPConfig()),
+    "mlp-tiny": (mlp.make_spec, MLPConfig(hidden=(16, 16))),
+    "resnet18": (resnet.make_spec, ResNetConfig(stage_sizes=(2, 2, 2, 2), bottleneck=False)),
+    "resnet18-tiny": (resnet.make_spec, ResNetConfig(
+        stage_sizes=(1, 1, 1, 1), bottleneck=False, width=8, **_TINY_IMAGE)),
+    "resnet50": (resnet.make_spec, ResNetConfig(stage_sizes=(3, 4, 6, 3))),
+    "resnet50-tiny": (resnet.make_spec, ResNetConfig(
+        stage_sizes=(1, 1, 1, 1), width=4, **_TINY_IMAGE)),
+    "resnet101": (resnet.make_spec, ResNetConfig(stage_sizes=(3, 4, 23, 3))),
+    "resnet101-tiny": (resnet.make_spec, ResNetConfig(
+        stage_sizes=(1, 1, 2, 1), width=4, **_TINY_IMAGE)),
+    "amoebanet18": (amoebanet.make_spec, AmoebaNetConfig(num_layers=18, filters=256)),
+    "amoebanet18-tiny": (amoebanet.make_spec, AmoebaNetConfig(
+        num_layers=3, filters=32, **_TINY_IMAGE)),
+    "amoebanet36": (amoebanet.make_spec, AmoebaNetConfig(num_layers=36, filters=256)),
+    "amoebanet36-tiny": (amoebanet.make_spec, AmoebaNetConfig(
+        num_layers=6, filters=32, **_TINY_IMAGE)),
+    "bert-base": (bert.make_spec, BertConfig(num_layers=12, hidden=768, heads=12)),
+    "bert-base-tiny": (bert.make_spec, BertConfig(
+        num_layers=2, hidden=32, heads=4, **_TINY_BERT)),
+    "bert-large": (bert.make_spec, BertConfig(num_layers=24, hidden=1024, heads=16)),
+    "bert-large-tiny": (bert.make_spec, BertConfig(
+        num_layers=3, hidden=48, heads=4, **_TINY_BERT)),
+}
+
+
+def names() -> tuple[str, ...]:
+    """Returns every registered model name, each full config followed by its ``-tiny`` twin."""
+    return tuple(_REGISTRY)
+
+
+def get(name: str, **overrides: Any) -> ModelSpec:
+    """Returns the `ModelSpec` registered as `name`, with config fields replaced by `overrides`.
+
+    Args:
+      name: one of `names()`, e.g. ``"resnet101"`` or ``"bert-base-tiny"``.
+      **overrides: fields of the family's config dataclass, e.g. ``filters=64`` (AmoebaNet),
+        ``seq_len=64`` (BERT), ``image_size=64`` or ``num_classes=10`` (image models).
+
+    Returns:
+      ModelSpec: the model, its per-sample input spec, batch maker, loss and initialiser.
+
+    Raises:
+      KeyError: `name` is not registered; the message lists the registered names.
+      TypeError: an override is not a field of the family's config; the message lists them.
+
+    Example:
+      >>> spec = get("bert-base-tiny", seq_len=8)
+      >>> spec.num_classes, spec.input_spec[0].shape, spec.uses_dropout
+      (2, (8,), True)
+    """
+    if name not in _REGISTRY:
+        raise KeyError(f"no model named {name!r}; registered: {', '.join(_REGISTRY)}.")
+    make_spec, config = _REGISTRY[name]
+    fields = [f.name for f in dataclasses.fields(config)]
+    unknown = sorted(set(overrides) - set(fields))
+    if unknown:
+        raise TypeError(f"{name}: unknown config field(s) {', '.join(unknown)}; "
+                        f"{type(config).__name__} has {', '.join(fields)}.")
+    return make_spec(name, dataclasses.replace(config, **overrides))

@@ -1,0 +1,137 @@
+"""`ModelSpec`: a zoo model together with its inputs, synthetic data and loss.
+
+Every model in the zoo obeys one contract, which the tracer and splitter rely on:
+
+- it is a `flax.linen.Module` whose `__call__(self, x)` takes only the inputs pytree and returns
+  the logits, with training behaviour in a dataclass field `train: bool = True`;
+- all computation happens inside named top-level submodules, in execution order, so that each
+  jaxpr equation's `source_info.name_stack` reads `<Model>/<layer>/...`: a pipeline "layer" is
+  the run of equations under one top-level name;
+- BatchNorm statistics live in the `batch_stats` collection, dropout draws from the `dropout`
+  rng stream.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import optax
+
+__all__: list[str] = []
+
+Inputs = Any  # an array, or a tuple of arrays (BERT: token ids and attention mask)
+Sampler = Callable[[jax.Array, int], Inputs]
+
+_RUN_ONCE = {"xla_backend_optimization_level": 0}  # XLA options for programs that run once
+
+
+def cross_entropy_loss(logits: jax.Array, targets: jax.Array) -> jax.Array:
+    """Mean softmax cross entropy of `logits` (batch, classes) against integer `targets`.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> round(float(cross_entropy_loss(jnp.zeros((2, 4)), jnp.array([0, 3]))), 4)  # log 4
+      1.3863
+    """
+    return optax.softmax_cross_entropy_with_integer_labels(logits, targets).mean()
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelSpec:
+    """A zoo model, what it eats and how it is scored; built by `jaxpipe.models.get`.
+
+    Attributes:
+      name: the registry name, e.g. ``"resnet50-tiny"``.
+      module: the Flax module (``train=True``); ``module.apply(variables, inputs)`` gives the
+        logits, shape (batch, num_classes).
+      input_spec: a pytree of `jax.ShapeDtypeStruct` describing ONE sample (no batch axis), the
+        same structure as the module's inputs.
+      num_classes: width of the logits; targets are int32 in ``[0, num_classes)``.
+      has_state: whether the model keeps a ``batch_stats`` collection (BatchNorm).
+      uses_dropout: whether training mode needs a ``dropout`` rng.
+      loss_fn: ``loss_fn(logits, targets) -> scalar``, the mean over the batch.
+      sampler: ``sampler(key, batch_size) -> inputs``, synthetic inputs; use `make_batch`.
+      config: the family's frozen config the model was built from (for reports).
+    """
+
+    name: str
+    module: nn.Module
+    input_spec: Any
+    num_classes: int
+    has_state: bool
+    uses_dropout: bool
+    sampler: Sampler = dataclasses.field(repr=False)
+    loss_fn: Callable[[jax.Array, jax.Array], jax.Array] = cross_entropy_loss
+    config: Any = None
+
+    def make_batch(self, key: jax.Array, batch_size: int) -> tuple[Inputs, jax.Array]:
+        """Returns synthetic ``(inputs, targets)`` with a leading batch axis on every leaf."""
+        k_inputs, k_targets = jax.random.split(key)
+        inputs = self.sampler(k_inputs, batch_size)
+        targets = jax.random.randint(k_targets, (batch_size,), 0, self.num_classes, jnp.int32)
+        return inputs, targets
+
+    def init(self, key: jax.Array, batch_size: int = 1) -> dict[str, Any]:
+        """Returns the variables (``params``, and ``batch_stats`` if `has_state`).
+
+        Traceable: ``jax.eval_shape(spec.init, key)`` sizes a full model without allocating it.
+        """
+        # Inference mode: same variables, but no dropout rng or batch statistics needed. One
+        # jitted program (op-by-op initialisation compiles every op separately), compiled
+        # without XLA's backend optimisations: they triple the compile time of a program that
+        # runs once.
+        module = self.module.clone(train=False)
+
+        def init(key: jax.Array) -> dict[str, Any]:
+            k_data, k_params = jax.random.split(key)
+            inputs, _ = self.make_batch(k_data, batch_size)
+            return dict(module.init(k_params, inputs))
+
+        if isinstance(key, jax.core.Tracer):  # under eval_shape or another transformation
+            return init(key)
+        return jax.jit(init, compiler_options=_RUN_ONCE)(key)
+
+    def rngs(self, key: jax.Array) -> dict[str, jax.Array] | None:
+        """Returns the rng dict ``apply`` needs in training mode, or None if there is none."""
+        return {"dropout": key} if self.uses_dropout else None
+
+
+def image_sampler(size: int, channels: int = 3) -> tuple[jax.ShapeDtypeStruct, Sampler]:
+    """Input spec and sampler of NHWC float32 images drawn from a standard normal."""
+
+    def sample(key: jax.Array, batch_size: int) -> jax.Array:
+        return jax.random.normal(key, (batch_size, size, size, channels), jnp.float32)
+
+    return jax.ShapeDtypeStruct((size, size, channels), jnp.float32), sample
+
+
+def feature_sampler(features: int) -> tuple[jax.ShapeDtypeStruct, Sampler]:
+    """Input spec and sampler of float32 feature vectors drawn from a standard normal."""
+
+    def sample(key: jax.Array, batch_size: int) -> jax.Array:
+        return jax.random.normal(key, (batch_size, features), jnp.float32)
+
+    return jax.ShapeDtypeStruct((features,), jnp.float32), sample
+
+
+def token_sampler(seq_len: int, vocab_size: int) -> tuple[Any, Sampler]:
+    """Input spec and sampler of ``(token_ids, attention_mask)``, both int32 (batch, seq_len).
+
+    Each sequence has a random length in ``[1, seq_len]``: the mask is 1 on the first `length`
+    positions and 0 after, and padded positions hold token id 0.
+    """
+
+    def sample(key: jax.Array, batch_size: int) -> tuple[jax.Array, jax.Array]:
+        k_ids, k_len = jax.random.split(key)
+        ids = jax.random.randint(k_ids, (batch_size, seq_len), 1, vocab_size, jnp.int32)
+        lengths = jax.random.randint(k_len, (batch_size, 1), 1, seq_len + 1, jnp.int32)
+        mask = (jnp.arange(seq_len, dtype=jnp.int32)[None, :] < lengths).astype(jnp.int32)
+        return ids * mask, mask
+
+    spec = jax.ShapeDtypeStruct((seq_len,), jnp.int32)
+    return (spec, spec), sample
