@@ -79,7 +79,7 @@ def _wire_array(name: str | None, value: Any) -> np.ndarray:
         _dtype_from_name(arr.dtype.name)  # raises unless ml_dtypes knows it
     if arr.dtype.byteorder == ">":
         arr = arr.astype(arr.dtype.newbyteorder("<"))
-    return np.ascontiguousarray(arr)
+    return arr if arr.flags.c_contiguous else arr.copy(order="C")  # keeps 0-d arrays 0-d
 
 
 def encode(arrays: Arrays) -> bytes:
@@ -171,7 +171,7 @@ def decode(data: bytes | bytearray | memoryview, key: str | None = None) -> Arra
         dtype = _dtype_from_name(entry["dtype"])
         count = entry["nbytes"] // dtype.itemsize
         arr = np.frombuffer(buf, dtype=dtype, count=count, offset=start + entry["offset"])
-        arrays.append(arr.reshape(entry["shape"]))
+        arrays.append(arr.reshape(tuple(entry["shape"])))
     if header["layout"] == "array":
         return arrays[0]
     if header["layout"] == "list":

@@ -23,10 +23,10 @@ the caller's `group` prefix (unique per job, iteration and stage):
   B. The owner divides by n (a mean, not a sum), casts back to the vector's dtype and publishes.
   C. Meanwhile it gathers the other owners' reduced chunks. Every rank assembles the result from
      the same published chunks (its own included), so all ranks get bit-identical results.
-  D. Cleanup without a barrier: rank i puts `done/i`, then LISTs `done/`. A rank that sees all
-     n markers knows every rank has read everything, and deletes the reduced chunks and the
-     markers. Because each rank's PUT precedes its LIST, the last LIST sees all markers: at
-     least one rank cleans up and nobody waits for anybody.
+  D. Cleanup without a barrier: rank i puts `done/i`, then LISTs `<group>/`. A rank that sees
+     all n markers knows every rank has read everything, and deletes every key it listed.
+     Because each rank's PUT precedes its LIST, the last LIST sees all markers: at least one
+     rank cleans up, and nobody waits for anybody (`_cleanup` also handles retried PUTs).
 
 "lambdaml" (LambdaML's ScatterReduce, the baseline) does the same phases one request at a
 time: scatter all n-1 chunks, then fetch-reduce-delete each arrival, publish, gather, cleanup.
@@ -91,11 +91,12 @@ def allreduce_requests(world: int, algorithm: str = "pipelined") -> dict[str, in
     | PUT     | n+1 (n-1 chunks, reduced, done) | n+1                               |
     | GET     | 2(n-1)                          | 2(n-1)                            |
     | HEAD    | 0                               | 0                                 |
-    | LIST    | 1 (done markers)                | 1                                 |
+    | LIST    | 1 (the group, for cleanup)      | 1                                 |
     | DELETE  | 1 (one batch of n-1 keys)       | n-1 (one per received chunk)      |
 
-    plus "CLEANUP_DELETE": 1 more DELETE on each rank whose LIST finds all n markers; at least
-    one rank per group, at most n. Misses (GETs of keys not yet written) come on top.
+    plus "CLEANUP_DELETE": 1 more DELETE on each rank whose LIST finds all n markers (at least
+    one rank per group, at most n), or finds strays of retried PUTs after the sweep. Misses
+    (GETs of keys not yet written) and retried attempts come on top.
 
     Example:
       >>> allreduce_requests(4)
@@ -271,11 +272,20 @@ def _lambdaml(rnd: _Round, inflight: int) -> np.ndarray:
 
 
 def _cleanup(rnd: _Round) -> None:
-    """D: mark this rank done; if every rank is done, delete the group's remaining keys."""
+    """D: mark this rank done; if every rank is done, delete what is left of the group.
+
+    The LIST covers the whole group, not only the markers, so one request also finds strays:
+    objects re-created by a retried PUT whose first attempt had landed before its reader
+    deleted it (see FaultyStore). Every rank's PUTs, retries included, end before its marker,
+    so the rank that sees all n markers sweeps them. A rank whose own reduced chunk is already
+    gone knows the sweep happened and removes whatever its own retries re-created after it.
+    """
     rnd.store.put(rnd.done_key(rnd.rank), b"")
-    if len(rnd.store.list(f"{rnd.group}/done/")) >= rnd.world:
-        rnd.store.delete_many([rnd.reduced_key(k) for k in range(rnd.world)]
-                              + [rnd.done_key(k) for k in range(rnd.world)])
+    keys = rnd.store.list(f"{rnd.group}/")
+    done = sum(k.startswith(f"{rnd.group}/done/") for k in keys)
+    swept = rnd.reduced_key(rnd.rank) not in keys
+    if keys and (done >= rnd.world or swept):
+        rnd.store.delete_many(keys)
 
 
 def _bind(fn: Callable[..., object], *args: object) -> Callable[[], object]:

@@ -28,7 +28,7 @@ import threading
 import time
 from typing import Any
 
-from transports.store import ObjectStore
+from transports.store import KeyNotFound, ObjectStore
 
 __all__ = ["Link", "ThrottledStore"]
 
@@ -42,7 +42,8 @@ class Link:
     A transfer of `n` bytes is cut into quanta of `max(64 KiB, rate * 4 ms)` bytes; each quantum
     reserves the next free slot of the link (`free_at += quantum / rate`), and the thread sleeps
     until its slot ends. Threads that ask in turn get slots in turn, which shares the link
-    fairly. An idle link banks at most one quantum of credit, so there are no long bursts.
+    fairly. An idle link banks no credit (no bursts); only a sleeper's late wake-up (< one
+    quantum) is forgiven, so that sleep overshoot does not slow the link down.
 
     Args:
       rate_bps: bandwidth, in bytes per second; `math.inf` means unlimited.
@@ -66,7 +67,9 @@ class Link:
             piece = min(left, self._quantum)
             with self._lock:
                 now = time.monotonic()
-                start = max(self._free_at, now - self._quantum_s)
+                # Continue from the previous slot if it ended less than a quantum ago (so a
+                # late wake-up does not cost bandwidth); after a longer idle time, start now.
+                start = self._free_at if now - self._free_at < self._quantum_s else now
                 self._free_at = start + piece / self.rate_bps
                 until = self._free_at
             pause = until - time.monotonic()
@@ -118,7 +121,11 @@ class ThrottledStore(ObjectStore):
 
     def _get(self, key: str) -> bytes:
         self._half_trip()
-        data = self.store.get(key)  # raises KeyNotFound at once if missing
+        try:
+            data = self.store.get(key)  # raises KeyNotFound at once if missing
+        except KeyNotFound:
+            self._half_trip()  # the 404 travels back too
+            raise
         self.downlink.transfer(len(data))
         self._half_trip()
         return data

@@ -54,9 +54,9 @@ class S3Server:
 def pytest_report_header() -> list[str]:
     import boto3
     import moto
-    return [f"transports: numpy {np.__version__}, boto3 {boto3.__version__}, moto "
+    return [(f"transports: numpy {np.__version__}, boto3 {boto3.__version__}, moto "
             f"{moto.__version__}, python {platform.python_version()}, s3rver "
-            f"{'found' if S3RVER.exists() else 'MISSING'}"]
+            f"{'found' if S3RVER.exists() else 'MISSING'}")]
 
 
 @pytest.fixture(autouse=True)
