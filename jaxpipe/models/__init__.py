@@ -41,11 +41,11 @@ from jaxpipe.models.mlp import MLP, MLPConfig
 from jaxpipe.models.resnet import ResNet, ResNetConfig
 
 __all__ = [
+    "MLP",
     "AmoebaNetConfig",
     "AmoebaNetD",
     "Bert",
     "BertConfig",
-    "MLP",
     "MLPConfig",
     "ModelSpec",
     "ResNet",
@@ -56,8 +56,8 @@ __all__ = [
     "names",
 ]
 
-_TINY_IMAGE = dict(image_size=32, num_classes=10)
-_TINY_BERT = dict(vocab_size=128, max_positions=16, seq_len=16, dropout=0.1)
+_TINY_IMAGE = {"image_size": 32, "num_classes": 10}
+_TINY_BERT = {"vocab_size": 128, "max_positions": 16, "seq_len": 16, "dropout": 0.1}
 
 # name -> (spec builder, default config); every full config is followed by its tiny twin.
 _REGISTRY: dict[str, tuple[Callable[[str, Any], ModelSpec], Any]] = {

@@ -48,7 +48,7 @@ import jax.numpy as jnp
 
 from jaxpipe.models._spec import ModelSpec, image_sampler
 
-__all__ = ["AmoebaNetD", "AmoebaNetConfig", "make_spec"]
+__all__ = ["AmoebaNetConfig", "AmoebaNetD", "make_spec"]
 
 State = tuple[jax.Array, jax.Array]  # (prev, prev_prev) cell outputs, NHWC
 

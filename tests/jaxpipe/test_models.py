@@ -120,27 +120,23 @@ def test_every_equation_of_forward_and_loss_is_in_one_top_level_layer_run(tiny) 
     spec, variables, (inputs, targets) = tiny
     rngs = spec.rngs(jax.random.key(2))
 
-    def forward(variables, inputs):
+    def loss(variables, inputs, targets):
         out, _ = spec.module.apply(variables, inputs, rngs=rngs, mutable=["batch_stats"])
-        return out
+        return spec.loss_fn(out, targets)
 
-    # The forward alone has no glue: every equation sits under a top-level module.
-    forward_eqns = jax.make_jaxpr(forward)(variables, inputs).jaxpr.eqns
-    assert all(_top_level(e) is not None for e in forward_eqns)
+    eqns = jax.make_jaxpr(loss)(variables, inputs, targets).jaxpr.eqns
+    n_loss = len(jax.make_jaxpr(spec.loss_fn)(
+        jax.ShapeDtypeStruct((3, spec.num_classes), jnp.float32), targets).jaxpr.eqns)
+    forward, tail = eqns[:-n_loss], eqns[-n_loss:]
+
+    # No glue: every forward equation sits under a top-level module; only the loss does not.
+    assert all(_top_level(e) is not None for e in forward)
+    assert all(_top_level(e) is None for e in tail)
 
     # The layers appear in the expected order, each as ONE contiguous run of equations.
-    runs = [name for i, name in enumerate(map(_top_level, forward_eqns))
-            if i == 0 or name != _top_level(forward_eqns[i - 1])]
+    names = [_top_level(e) for e in forward]
+    runs = [name for i, name in enumerate(names) if i == 0 or name != names[i - 1]]
     assert runs == EXPECTED_TINY_LAYERS[spec.name]
-
-    # With the loss appended, only the loss's own equations lack a layer.
-    loss_eqns = jax.make_jaxpr(lambda o, t: spec.loss_fn(o, t))(
-        jax.ShapeDtypeStruct((3, spec.num_classes), jnp.float32), targets).jaxpr.eqns
-    full = jax.make_jaxpr(lambda v, x, t: spec.loss_fn(forward(v, x), t))(
-        variables, inputs, targets).jaxpr.eqns
-    unscoped = [e for e in full if _top_level(e) is None]
-    assert len(unscoped) == len(loss_eqns)
-    assert len(full) == len(forward_eqns) + len(loss_eqns)
 
 
 def test_make_batch_matches_the_input_spec_and_draws_valid_targets(tiny) -> None:
