@@ -18,8 +18,8 @@ bert-large    BERT-Large (24, 1024, 16)                            26       5
 ============  ================================================  ======  ======
 
 Tiny configs keep the structure (bottlenecks and BatchNorm, two-input normal and reduction
-cells, masked attention with dropout) at narrow widths, 32x32 images, 10 classes, sequence
-length 16 and a 128-token vocabulary.
+cells, masked attention with dropout 0.1) at narrow widths: 32x32 images and 10 classes for
+the image models, sequence length 16 and a 128-token vocabulary for BERT.
 
 Overrides replace fields of the family's config dataclass (`MLPConfig`, `ResNetConfig`,
 `AmoebaNetConfig`, `BertConfig`), e.g. ``get("amoebanet18", filters=64)`` or

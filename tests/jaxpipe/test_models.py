@@ -5,6 +5,7 @@ Tiny configs only run; full configs are only sized, through `jax.eval_shape`, ne
 
 from __future__ import annotations
 
+import functools
 import math
 
 import jax
@@ -65,12 +66,18 @@ def _top_level(eqn: object) -> str | None:
     return parts[1] if len(parts) >= 2 else None
 
 
-@pytest.fixture(scope="module", params=TINY)
-def tiny(request: pytest.FixtureRequest) -> tuple[models.ModelSpec, dict, tuple]:
-    spec = models.get(request.param)
+@functools.cache
+def _built(name: str) -> tuple[models.ModelSpec, dict, tuple]:
+    """The spec, variables and a batch of 3 of a registered model; built once per session."""
+    spec = models.get(name)
     variables = spec.init(jax.random.key(0), batch_size=2)
     batch = spec.make_batch(jax.random.key(1), 3)
     return spec, variables, batch
+
+
+@pytest.fixture(params=TINY)
+def tiny(request: pytest.FixtureRequest) -> tuple[models.ModelSpec, dict, tuple]:
+    return _built(request.param)
 
 
 def test_names_are_every_family_in_full_and_tiny_config() -> None:
@@ -149,14 +156,13 @@ def test_make_batch_matches_the_input_spec_and_draws_valid_targets(tiny) -> None
 
 
 def test_bert_mask_is_a_nonempty_prefix_and_padding_does_not_change_the_logits() -> None:
-    spec = models.get("bert-base-tiny")
+    spec, variables, _ = _built("bert-base-tiny")
     (ids, mask), _ = spec.make_batch(jax.random.key(3), 8)
     lengths = mask.sum(axis=1)
     assert bool(jnp.all(lengths >= 1))
     assert bool(jnp.all(mask == (jnp.arange(16)[None, :] < lengths[:, None])))
     assert bool(jnp.all(ids[mask == 0] == 0))
 
-    variables = spec.init(jax.random.key(0))
     apply = jax.jit(spec.module.clone(train=False).apply, compiler_options=_FAST_COMPILE)
     other_padding = jnp.where(mask == 1, ids, 7)
     a = apply(variables, (ids, mask))
