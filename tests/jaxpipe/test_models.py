@@ -113,6 +113,9 @@ def test_tiny_model_runs_in_train_and_eval_mode_with_logits_of_batch_by_classes(
     assert train.shape == evaluation.shape == (3, spec.num_classes)
     assert np.isfinite(np.asarray(train)).all() and np.isfinite(np.asarray(evaluation)).all()
     assert np.isfinite(float(loss))
+    # Training mode draws from the dropout stream iff the spec says so.
+    redrawn = run(variables, inputs, spec.rngs(jax.random.key(5)))[0]
+    assert np.allclose(train, redrawn) != spec.uses_dropout
     if spec.has_state:  # a training step moves the running statistics
         assert jax.tree.structure(state["batch_stats"]) == jax.tree.structure(
             variables["batch_stats"])
