@@ -22,6 +22,7 @@ from transports.collectives import (
     allreduce_mean,
     allreduce_requests,
     chunk_bounds,
+    pipeline_depth,
 )
 from transports.faulty import FaultyStore
 from transports.file_store import FileStore
@@ -63,6 +64,7 @@ __all__ = [
     "codec",
     "decode",
     "encode",
+    "pipeline_depth",
     "store_from_spec",
     "store_to_spec",
 ]

@@ -47,7 +47,8 @@ import numpy as np
 from transports import codec
 from transports.store import GetTimeout, ObjectStore, check_prefix
 
-__all__ = ["ALGORITHMS", "PeerTimeout", "allreduce_mean", "allreduce_requests", "chunk_bounds"]
+__all__ = ["ALGORITHMS", "PeerTimeout", "allreduce_mean", "allreduce_requests", "chunk_bounds",
+           "pipeline_depth"]
 
 ALGORITHMS = ("pipelined", "lambdaml")
 
@@ -158,7 +159,8 @@ class _Round:
 
 def allreduce_mean(store: ObjectStore, group: str, rank: int, world: int, vector: np.ndarray,
                    algorithm: str = "pipelined", timeout: float = 300.0, *,
-                   inflight: int = 2) -> np.ndarray:
+                   inflight: int | None = None, bandwidth_bps: float = 70e6,
+                   latency_s: float = 0.02) -> np.ndarray:
     """Returns the mean of `vector` over the `world` ranks of `group`, through `store`.
 
     Every rank calls it with the same group, world, vector shape and dtype; each gets the same,
@@ -172,7 +174,10 @@ def allreduce_mean(store: ObjectStore, group: str, rank: int, world: int, vector
       vector: floating array (float16/32/64, bfloat16); any shape, flattened on the wire.
       algorithm: "pipelined" (FuncPipe) or "lambdaml" (the sequential baseline).
       timeout: seconds this call may wait for peers in total.
-      inflight: requests in flight per direction in "pipelined" (hides request latency).
+      inflight: uploads in flight in "pipelined" (downloads: one more). None picks
+        `pipeline_depth(chunk bytes, bandwidth_bps, latency_s)`.
+      bandwidth_bps, latency_s: the link the ranks are expected to have (bytes/s, seconds);
+        they only choose `inflight`, and default to AWS Lambda to S3.
 
     Returns:
       np.ndarray: the element-wise mean, same shape and dtype as `vector` (accumulated in
@@ -198,10 +203,29 @@ def allreduce_mean(store: ObjectStore, group: str, rank: int, world: int, vector
     flat = np.ascontiguousarray(vector).reshape(-1)
     rnd = _Round(store, group, rank, world, flat, chunk_bounds(flat.size, world),
                  time.monotonic() + timeout)
+    if inflight is None:
+        inflight = pipeline_depth(flat.nbytes // world, bandwidth_bps, latency_s)
     run = _pipelined if algorithm == "pipelined" else _lambdaml
     out = run(rnd, max(1, inflight))
     _cleanup(rnd)
     return out.reshape(vector.shape)
+
+
+def pipeline_depth(chunk_bytes: int, bandwidth_bps: float, latency_s: float) -> int:
+    """Returns how many uploads to keep in flight: 1 + floor(latency * bandwidth / chunk).
+
+    Concurrent transfers share a function's link, so k uploads in flight make the last k
+    chunks of a phase land together, k-1 chunk times late; one upload at a time leaves the link
+    idle for a round trip per chunk. The rule keeps one upload per chunk unless a chunk
+    transfers faster than a round trip, then enough to cover it (at most 8).
+
+    Example:
+      >>> pipeline_depth(16_000_000, 70e6, 0.02), pipeline_depth(1_000_000, 70e6, 0.02)
+      (1, 2)
+    """
+    if chunk_bytes <= 0:
+        return 1
+    return int(min(8, 1 + latency_s * bandwidth_bps // chunk_bytes))
 
 
 def _accumulator(rnd: _Round) -> np.ndarray:
@@ -212,14 +236,14 @@ def _accumulator(rnd: _Round) -> np.ndarray:
 
 def _publish_value(rnd: _Round, total: np.ndarray) -> np.ndarray:
     total /= rnd.world
-    return total.astype(rnd.flat.dtype)
+    return total.astype(rnd.flat.dtype, copy=False)
 
 
 def _pipelined(rnd: _Round, inflight: int) -> np.ndarray:
     i, n = rnd.rank, rnd.world
     out = np.empty_like(rnd.flat)
     up = cf.ThreadPoolExecutor(inflight, thread_name_prefix=f"allreduce-up-{i}")
-    down = cf.ThreadPoolExecutor(inflight, thread_name_prefix=f"allreduce-down-{i}")
+    down = cf.ThreadPoolExecutor(inflight + 1, thread_name_prefix=f"allreduce-down-{i}")
     try:
         # A: scatter on the upload pool, fetch-and-reduce on the download pool, both in step
         # order r = 1..n-1.

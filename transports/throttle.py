@@ -4,9 +4,8 @@ A serverless function reaches object storage over a link of a few tens of MB/s e
 tens of milliseconds per request. `ThrottledStore` wraps any store and adds, per handle (one
 handle = one emulated function, shared by that function's threads):
 
-* an uplink and a downlink, each a `Link`: a token bucket that hands out bandwidth in small
-  quanta in the order threads ask for them, so concurrent transfers in one direction share the
-  link fairly (two 1 MB uploads at 10 MB/s both end after ~0.2 s) while the two directions are
+* an uplink and a downlink, each a `Link` that concurrent transfers in its direction share
+  fairly (two 1 MB uploads at 10 MB/s both end after ~0.2 s), while the two directions are
   independent (full duplex);
 * a request latency `latency_s`, modelled as a round trip: half before the request reaches the
   server, half after the server answers. A PUT's object therefore becomes visible at
@@ -16,8 +15,8 @@ handle = one emulated function, shared by that function's threads):
     PUT:  |-- lat/2 --|==== size/uplink ====|* visible |-- lat/2 --| return
     GET:  |-- lat/2 --|* lookup |==== size/downlink ====|-- lat/2 --| return
 
-Timing is deterministic given the order of requests: the buckets keep a virtual "link free at"
-time instead of sampling anything, and sleeping is the only cost (the wrapped store's own time
+Timing is deterministic given the order of requests: a Link computes finish times from the
+clock with a fluid model instead of sampling anything, and sleeping is the only cost (the wrapped store's own time
 comes on top; a MemoryStore adds next to nothing).
 """
 
@@ -32,18 +31,16 @@ from transports.store import KeyNotFound, ObjectStore
 
 __all__ = ["Link", "ThrottledStore"]
 
-_QUANTUM_S = 0.004         # bandwidth is handed out in slices of this many seconds of transfer
-_MIN_QUANTUM_BYTES = 64 << 10
-
 
 class Link:
-    """One direction of a function's network link: a token bucket with fair sharing.
+    """One direction of a function's network link, shared fairly by concurrent transfers.
 
-    A transfer of `n` bytes is cut into quanta of `max(64 KiB, rate * 4 ms)` bytes; each quantum
-    reserves the next free slot of the link (`free_at += quantum / rate`), and the thread sleeps
-    until its slot ends. Threads that ask in turn get slots in turn, which shares the link
-    fairly. An idle link banks no credit (no bursts); only a sleeper's late wake-up (< one
-    quantum) is forgiven, so that sleep overshoot does not slow the link down.
+    A fluid processor-sharing model: while k transfers are active, each advances at rate/k
+    bytes per second. The link keeps a "virtual byte count" V that every active transfer has
+    received; a transfer of n bytes starting when V = v finishes when V reaches v + n. V and
+    the finish times are computed from the clock, not from when threads happen to wake, so a
+    thread that wakes late (the GIL, a busy machine) delays only its own return, never the
+    link: the emulated bandwidth stays exact under load.
 
     Args:
       rate_bps: bandwidth, in bytes per second; `math.inf` means unlimited.
@@ -53,29 +50,45 @@ class Link:
         if not rate_bps > 0:
             raise ValueError(f"link rate must be > 0 bytes/s, got {rate_bps}")
         self.rate_bps = float(rate_bps)
-        self._quantum = max(_MIN_QUANTUM_BYTES, int(min(rate_bps, 1e15) * _QUANTUM_S))
-        self._quantum_s = self._quantum / self.rate_bps
-        self._free_at = 0.0
-        self._lock = threading.Lock()
+        self._cond = threading.Condition()
+        self._virtual = 0.0                  # bytes received by each active transfer so far
+        self._clock = time.monotonic()       # when _virtual was last brought up to date
+        self._active: dict[int, float] = {}  # transfer id -> virtual finish tag
+        self._next_id = 0
+
+    def _advance(self, now: float) -> bool:
+        """Brings V up to `now`, retiring transfers at their exact finish times."""
+        retired = False
+        while self._active:
+            share = self.rate_bps / len(self._active)
+            tag = min(self._active.values())
+            at = self._clock + (tag - self._virtual) / share
+            if at > now:
+                break
+            self._virtual, self._clock = tag, at
+            for tid in [t for t, f in self._active.items() if f <= tag]:
+                del self._active[tid]
+            retired = True
+        if self._active:
+            self._virtual += (now - self._clock) * self.rate_bps / len(self._active)
+        self._clock = max(self._clock, now)
+        return retired
 
     def transfer(self, nbytes: int) -> None:
         """Blocks for as long as sending `nbytes` takes on this link, sharing it with others."""
         if math.isinf(self.rate_bps) or nbytes <= 0:
             return
-        left = nbytes
-        while left > 0:
-            piece = min(left, self._quantum)
-            with self._lock:
-                now = time.monotonic()
-                # Continue from the previous slot if it ended less than a quantum ago (so a
-                # late wake-up does not cost bandwidth); after a longer idle time, start now.
-                start = self._free_at if now - self._free_at < self._quantum_s else now
-                self._free_at = start + piece / self.rate_bps
-                until = self._free_at
-            pause = until - time.monotonic()
-            if pause > 0:
-                time.sleep(pause)
-            left -= piece
+        with self._cond:
+            self._advance(time.monotonic())
+            tid = self._next_id
+            self._next_id += 1
+            self._active[tid] = self._virtual + nbytes
+            self._cond.notify_all()  # everyone's share just shrank: recompute wake-ups
+            while tid in self._active:
+                left = (self._active[tid] - self._virtual) * len(self._active) / self.rate_bps
+                self._cond.wait(timeout=max(left, 0.0) + 1e-4)
+                if self._advance(time.monotonic()):
+                    self._cond.notify_all()  # shares just grew: others finish earlier
 
 
 class ThrottledStore(ObjectStore):
