@@ -1,0 +1,103 @@
+"""Stage candidates: every (layer interval, memory, replicas) configuration that fits memory.
+
+A candidate is one binary of the MILP (``planners.miqp``): stage = layers first..last on
+``replicas`` functions of ``memory_mb``, in stash mode if that fits, else recompute. Candidates
+dominated by another of the same interval and replica count (no more GB, no slower in any time
+term) are dropped; this never removes an optimal plan because every objective is monotone in
+GB and in each time term.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from planners.cost import MIB, StageModel, StageTerms
+from planners.errors import InfeasibleError, PlanError
+from planners.problem import Problem
+
+__all__ = ["Candidate", "candidates", "explain_infeasible"]
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One stage configuration: layers first..last (inclusive) and its cost-model terms."""
+
+    first: int
+    last: int
+    memory_mb: int
+    replicas: int
+    mode: str
+    terms: StageTerms
+
+    def key(self) -> tuple[float, ...]:
+        """The quantities the objective depends on (smaller is better in every entry)."""
+        t = self.terms
+        return (t.gigabytes, t.fill_fwd + t.fill_bwd, (t.per_replica - 1) * t.period_fwd,
+                (t.per_replica - 1) * t.period_bwd, t.sync + t.update)
+
+
+def _dominated(a: Candidate, b: Candidate) -> bool:
+    """Whether b is at least as good as a in every objective term (same interval, replicas)."""
+    return all(y <= x for x, y in zip(a.key(), b.key(), strict=True)) and a.key() != b.key()
+
+
+def candidates(problem: Problem, micro_batch: int) -> list[Candidate]:
+    """All non-dominated stage candidates for micro-batch size ``micro_batch``.
+
+    Raises:
+      PlanError: the problem asks for the 1F1B schedule (its memory depends on the stage's
+        position, which the interval formulation does not know).
+    """
+    if problem.schedule != "funcpipe":
+        raise PlanError(f"the interval candidates model the 'funcpipe' schedule, not "
+                        f"{problem.schedule!r}; plan with schedule='funcpipe' and re-score")
+    model = StageModel(problem, micro_batch)
+    plat = problem.platform
+    mems = plat.memory_options_mb
+    L, b = model.L, micro_batch
+    slots = 2 + problem.optimizer_slots
+    out: list[Candidate] = []
+    for d in problem.replicas_for(micro_batch):
+        for i in range(L):
+            for j in range(i, L):
+                w = model.param_bytes(i, j)
+                stash = b * (model._stash[j + 1] - model._stash[i])
+                # lower bound on the peak that only grows with j: give up on longer intervals
+                floor_mb = (w * slots + (2 * w if d > 1 else 0) + stash) / MIB + model._fixed_mb
+                if floor_mb > mems[-1]:
+                    break
+                group = [Candidate(i, j, m, d, mode, t) for m in mems
+                         if (fit := model.fit(i, j, m, d)) is not None for mode, t in [fit]]
+                out += [c for c in group if not any(_dominated(c, o) for o in group)]
+    return out
+
+
+def explain_infeasible(problem: Problem) -> InfeasibleError:
+    """An InfeasibleError naming the layers no configuration can hold, with the memory each
+    needs at its most frugal setting (largest d, smallest b, recompute) and the fix."""
+    plat = problem.platform
+    worst = []
+    for layer_index, layer in enumerate(problem.profile.layers):
+        best = None
+        for b in problem.valid_micro_batches:
+            model = StageModel(problem, b)
+            for d in problem.replicas_for(b):
+                for mode in ("stash", "recompute") if problem.allow_recompute else ("stash",):
+                    need = model.terms(layer_index, layer_index, plat.max_memory_mb, d,
+                                       mode).peak_mb
+                    if best is None or need < best[0]:
+                        best = (need, b, d, mode)
+        if best is not None and best[0] > plat.max_memory_mb:
+            worst.append((layer_index, layer.name, *best))
+    if worst:
+        lines = [f"layer {i} ({name!r}) needs {need:.0f} MB even alone with micro-batch {b}, "
+                 f"{d} replicas, {mode} mode" for i, name, need, b, d, mode in worst]
+        return InfeasibleError(
+            f"no plan fits: the largest memory option of {plat.name!r} is "
+            f"{plat.max_memory_mb} MB but\n" + "\n".join(f"  - {x}" for x in lines) +
+            "\nfix: add a larger memory option, smaller micro-batches, more replicas, "
+            "allow recompute, or lower runtime_base_mb/safety_margin_mb if measured lower")
+    return InfeasibleError(
+        f"no chain of stages covers all {problem.profile.num_layers} layers within "
+        f"{problem.max_functions} functions and {plat.max_memory_mb} MB per function; "
+        "fix: raise max_functions or add replica options / larger memory options")

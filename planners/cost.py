@@ -1,0 +1,317 @@
+"""The one cost model: per-stage terms, iteration time, dollars and peak memory of a plan.
+
+Notation (per stage s, one micro-batch of b samples, at memory option m_s with CPU share c):
+  r       = reference_cpus / c                      compute slow-down vs the profile
+  F_s     = r * sum_l fwd_l(b)                      forward compute, s
+  G_s     = r * sum_l bwd_l(b) (+ F_s if recompute) backward compute, s
+  D^a_s   = lat + b*in_s/down                       download of the input (stage 0: the data)
+  U^a_s   = lat + b*out_s/up                        upload of the output (0 on the last stage)
+  D^g_s   = lat + b*out_s/down                      download of the output gradient (0 on last)
+  U^g_s   = lat + b*in_s/up                         upload of the input gradient (0 on stage 0)
+  n_s     = ceil(M / d_s)                           micro-batches per replica, M = B / b
+Compute, upload and download are three overlapping lanes, so the steady-state periods are
+  tauF_s = max(F_s, U^a_s, D^a_s)    tauB_s = max(G_s, U^g_s, D^g_s)
+and, for FuncPipe's schedule (all forwards, then all backwards; funcpipe.md section 2.4),
+  T = sum_s (D^a+F+U^a)_s + max_s (n_s-1) tauF_s      forward fill + bottleneck
+    + sum_s (D^g+G+U^g)_s + max_s (n_s-1) tauB_s      backward fill + bottleneck
+    + max_s (sync_s + update_s)                        gradient sync + optimizer step
+With every d_s = 1 this is the exact makespan of the 3S-lane flow shop the simulator replays.
+For 1F1B one lane serves both phases: period_s = max(F+G, U^a+U^g, D^a+D^g).
+
+Dollars per iteration = price_gb_s * T * sum_s d_s m_s / 1024 + price_inv * N * T / timeout
+                        + price_put * PUTs + price_get * GETs   (N = sum_s d_s functions).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+
+from planners.errors import PlanError
+from planners.plan import Plan
+from planners.problem import Problem
+
+__all__ = [
+    "Breakdown",
+    "StageModel",
+    "StageTerms",
+    "aggregate",
+    "breakdown",
+    "iteration_cost",
+    "iteration_time",
+    "peak_memory",
+    "plan_terms",
+    "score",
+    "sync_seconds",
+    "violations",
+]
+
+MIB = 1 << 20  # memory sizes are MB = MiB, as function platforms bill them
+
+
+def sync_seconds(grad_bytes: float, replicas: int, up: float, down: float, lat: float) -> float:
+    """Pipelined scatter-reduce over storage (funcpipe.md section 4.3), in seconds.
+
+    Each of d replicas owns a chunk c = W/d. (A) it uploads its d-1 foreign chunks while
+    downloading the d-1 pieces of its own chunk, one step behind; (B) it publishes its reduced
+    chunk; (C) it downloads the d-1 other reduced chunks:
+      T = (d-1) * max(pu, pd) + min(pu, pd) + pu + (d-1) * pd,  pu = c/up + lat, pd = c/down + lat
+    which tends to 2W/bandwidth for large d and no latency. Zero when d = 1.
+    """
+    if replicas <= 1:
+        return 0.0
+    chunk = grad_bytes / replicas
+    pu, pd = chunk / up + lat, chunk / down + lat
+    return (replicas - 1) * max(pu, pd) + min(pu, pd) + pu + (replicas - 1) * pd
+
+
+@dataclass(frozen=True)
+class StageTerms:
+    """Cost-model terms of one stage configuration; times in seconds per micro-batch."""
+
+    fwd: float  # F_s
+    bwd: float  # G_s (includes the recomputed forward)
+    act_down: float  # D^a_s
+    act_up: float  # U^a_s
+    grad_down: float  # D^g_s
+    grad_up: float  # U^g_s
+    sync: float  # scatter-reduce, s per iteration
+    update: float  # optimizer step, s per iteration
+    per_replica: int  # n_s micro-batches per replica
+    replicas: int  # d_s
+    memory_mb: int  # m_s
+    peak_mb: float  # predicted peak memory of one function, MB
+    puts: float  # PUT requests per iteration, all replicas
+    gets: float  # GET requests per iteration, all replicas
+
+    @property
+    def fill_fwd(self) -> float:
+        """D^a + F + U^a, s."""
+        return self.act_down + self.fwd + self.act_up
+
+    @property
+    def fill_bwd(self) -> float:
+        """D^g + G + U^g, s."""
+        return self.grad_down + self.bwd + self.grad_up
+
+    @property
+    def period_fwd(self) -> float:
+        """tauF = max(F, U^a, D^a), s."""
+        return max(self.fwd, self.act_up, self.act_down)
+
+    @property
+    def period_bwd(self) -> float:
+        """tauB = max(G, U^g, D^g), s."""
+        return max(self.bwd, self.grad_up, self.grad_down)
+
+    @property
+    def period_1f1b(self) -> float:
+        """max(F+G, U^a+U^g, D^a+D^g), s."""
+        return max(self.fwd + self.bwd, self.act_up + self.grad_up,
+                   self.act_down + self.grad_down)
+
+    @property
+    def gigabytes(self) -> float:
+        """Memory of all the stage's functions, GB (d_s * m_s / 1024)."""
+        return self.replicas * self.memory_mb / 1024
+
+
+class StageModel:
+    """Prices stage configurations for one problem and one micro-batch size b.
+
+    Layer sums use prefix arrays, so ``terms`` costs O(1); a planner calls it for every
+    (first, last, memory, replicas, mode) candidate.
+    """
+
+    def __init__(self, problem: Problem, micro_batch: int) -> None:
+        prof, plat = problem.profile, problem.platform
+        self.problem, self.b = problem, micro_batch
+        self.M = problem.global_batch // micro_batch
+        self.L = prof.num_layers
+        self._fwd, self._bwd, self._par, self._stash = [0.0], [0.0], [0.0], [0.0]
+        for layer in prof.layers:
+            self._fwd.append(self._fwd[-1] + layer.fwd_time(micro_batch))
+            self._bwd.append(self._bwd[-1] + layer.bwd_time(micro_batch))
+            self._par.append(self._par[-1] + layer.param_bytes)
+            self._stash.append(self._stash[-1] + layer.stash_bytes_per_sample)
+        self._bound = [layer.boundary_bytes_per_sample for layer in prof.layers]
+        self._ref, self._plat = prof.reference_cpus, plat
+        self._fixed_mb = plat.runtime_base_mb + plat.safety_margin_mb
+
+    def in_bytes(self, first: int) -> float:
+        """Bytes per sample entering a stage that starts at ``first``."""
+        return self.problem.profile.input_bytes_per_sample if first == 0 else self._bound[first - 1]
+
+    def param_bytes(self, first: int, last: int) -> float:
+        """Parameter bytes of layers first..last."""
+        return self._par[last + 1] - self._par[first]
+
+    def terms(self, first: int, last: int, memory_mb: int, replicas: int, mode: str = "stash",
+              in_flight: int | None = None) -> StageTerms:
+        """Terms of layers first..last (inclusive) on ``replicas`` functions of ``memory_mb``.
+
+        ``in_flight`` is the number of micro-batches whose activations a replica holds at once;
+        None means n_s (FuncPipe's schedule keeps every owned micro-batch until its backward).
+        """
+        plat, b = self._plat, self.b
+        lat, up, down = plat.request_latency_s, plat.uplink_bytes_per_s, plat.downlink_bytes_per_s
+        r = self._ref / plat.cpus(memory_mb)
+        is_first, is_last = first == 0, last == self.L - 1
+        fwd = r * (self._fwd[last + 1] - self._fwd[first])
+        bwd = r * (self._bwd[last + 1] - self._bwd[first]) + (fwd if mode == "recompute" else 0.0)
+        x_in = b * self.in_bytes(first)
+        x_out = 0.0 if is_last else b * self._bound[last]
+        w = self.param_bytes(first, last)
+        n = -(-self.M // replicas)
+        held = n if in_flight is None else min(in_flight, n)
+        stash = b * (self._stash[last + 1] - self._stash[first])
+        acts = held * stash if mode == "stash" else held * x_in + stash
+        model = w * (2 + self.problem.optimizer_slots) + (2 * w if replicas > 1 else 0.0)
+        peak = (model + acts + 2 * (x_in + x_out)) / MIB + self._fixed_mb
+        m_total = self.M
+        sync_puts = replicas * replicas + (replicas - 1) if replicas > 1 else 0
+        sync_gets = 2 * replicas * (replicas - 1)
+        return StageTerms(
+            fwd=fwd, bwd=bwd,
+            act_down=x_in / down + lat, act_up=0.0 if is_last else x_out / up + lat,
+            grad_down=0.0 if is_last else x_out / down + lat,
+            grad_up=0.0 if is_first else x_in / up + lat,
+            sync=sync_seconds(w, replicas, up, down, lat),
+            update=r * w * self.problem.update_seconds_per_byte,
+            per_replica=n, replicas=replicas, memory_mb=memory_mb, peak_mb=peak,
+            puts=m_total * ((not is_last) + (not is_first)) + sync_puts,
+            gets=m_total * (1 + (not is_last)) + sync_gets,
+        )
+
+    def fit(self, first: int, last: int, memory_mb: int, replicas: int,
+            in_flight: int | None = None) -> tuple[str, StageTerms] | None:
+        """(mode, terms) in stash mode if it fits ``memory_mb``, else in recompute mode if allowed
+        and it fits, else None. (Recompute at equal memory and replicas is never faster.)"""
+        t = self.terms(first, last, memory_mb, replicas, "stash", in_flight)
+        if t.peak_mb <= memory_mb:
+            return "stash", t
+        if self.problem.allow_recompute:
+            t = self.terms(first, last, memory_mb, replicas, "recompute", in_flight)
+            if t.peak_mb <= memory_mb:
+                return "recompute", t
+        return None
+
+
+def aggregate(terms: Sequence[StageTerms], problem: Problem,
+              schedule: str = "funcpipe") -> tuple[float, float]:
+    """Closed-form (seconds, dollars) per iteration of a pipeline of stage terms."""
+    fill = sum(t.fill_fwd + t.fill_bwd for t in terms)
+    if schedule == "1f1b":
+        bottleneck = max((t.per_replica - 1) * t.period_1f1b for t in terms)
+    else:
+        bottleneck = (max((t.per_replica - 1) * t.period_fwd for t in terms)
+                      + max((t.per_replica - 1) * t.period_bwd for t in terms))
+    seconds = fill + bottleneck + max(t.sync + t.update for t in terms)
+    return seconds, dollars(terms, problem, seconds)
+
+
+def dollars(terms: Sequence[StageTerms], problem: Problem, seconds: float) -> float:
+    """Dollars (platform currency) per iteration for stages running ``seconds``."""
+    plat = problem.platform
+    gb = sum(t.gigabytes for t in terms)
+    functions = sum(t.replicas for t in terms)
+    return (plat.price_gb_second * seconds * gb
+            + plat.price_invocation * functions * seconds / plat.timeout_s
+            + plat.price_put * sum(t.puts for t in terms)
+            + plat.price_get * sum(t.gets for t in terms))
+
+
+def plan_terms(plan: Plan, problem: Problem) -> list[StageTerms]:
+    """Stage terms of every stage of ``plan`` (in the plan's own modes)."""
+    if plan.num_layers != problem.profile.num_layers:
+        raise PlanError(f"plan covers {plan.num_layers} layers but the profile has "
+                        f"{problem.profile.num_layers}; plan on the same (coarsened) profile")
+    model = StageModel(problem, plan.micro_batch)
+    S = len(plan.stages)
+    return [
+        model.terms(st.first_layer, st.last_layer, st.memory_mb, st.replicas, st.mode,
+                    in_flight=(S - s) if plan.schedule == "1f1b" else None)
+        for s, st in enumerate(plan.stages)
+    ]
+
+
+@dataclass(frozen=True)
+class Breakdown:
+    """Where the time and money of one iteration go (seconds; currency)."""
+
+    seconds: float
+    fill_seconds: float
+    bottleneck_seconds: float
+    sync_update_seconds: float
+    dollars: float
+    compute_dollars: float
+    request_dollars: float
+    invocation_dollars: float
+    puts: float
+    gets: float
+    stages: tuple[StageTerms, ...]
+
+
+def breakdown(plan: Plan, problem: Problem) -> Breakdown:
+    """Itemised closed-form prediction for ``plan``."""
+    terms = plan_terms(plan, problem)
+    seconds, total = aggregate(terms, problem, plan.schedule)
+    plat = problem.platform
+    fill = sum(t.fill_fwd + t.fill_bwd for t in terms)
+    tail = max(t.sync + t.update for t in terms)
+    puts, gets = sum(t.puts for t in terms), sum(t.gets for t in terms)
+    functions = sum(t.replicas for t in terms)
+    return Breakdown(
+        seconds=seconds, fill_seconds=fill, bottleneck_seconds=seconds - fill - tail,
+        sync_update_seconds=tail, dollars=total,
+        compute_dollars=plat.price_gb_second * seconds * sum(t.gigabytes for t in terms),
+        request_dollars=plat.price_put * puts + plat.price_get * gets,
+        invocation_dollars=plat.price_invocation * functions * seconds / plat.timeout_s,
+        puts=puts, gets=gets, stages=tuple(terms),
+    )
+
+
+def iteration_time(plan: Plan, problem: Problem) -> float:
+    """Predicted seconds per iteration (closed form)."""
+    return aggregate(plan_terms(plan, problem), problem, plan.schedule)[0]
+
+
+def iteration_cost(plan: Plan, problem: Problem) -> float:
+    """Predicted dollars (platform currency) per iteration."""
+    return aggregate(plan_terms(plan, problem), problem, plan.schedule)[1]
+
+
+def peak_memory(plan: Plan, problem: Problem) -> tuple[float, ...]:
+    """Predicted peak memory of one function of each stage, MB: weights, gradients, optimizer
+    slots, sync buffers (2W when replicated), activations of the micro-batches in flight,
+    double-buffered boundary tensors, runtime base and safety margin."""
+    return tuple(t.peak_mb for t in plan_terms(plan, problem))
+
+
+def violations(plan: Plan, problem: Problem) -> list[str]:
+    """Every rule of the problem the plan breaks (empty when the plan is valid)."""
+    out = []
+    options = problem.platform.memory_options_mb
+    for s, (st, t) in enumerate(zip(plan.stages, plan_terms(plan, problem), strict=True)):
+        if t.peak_mb > st.memory_mb:
+            out.append(f"stage {s} needs {t.peak_mb:.0f} MB but has {st.memory_mb} MB")
+        if st.memory_mb not in options:
+            out.append(f"stage {s} memory {st.memory_mb} MB is not an option of {options}")
+    if plan.num_functions > problem.max_functions:
+        out.append(f"plan uses {plan.num_functions} functions > max_functions "
+                   f"{problem.max_functions}")
+    return out
+
+
+def score(plan: Plan, problem: Problem, **fields: object) -> Plan:
+    """Return ``plan`` with its predictions (time, dollars, peak memory, objective) filled in,
+    plus any extra ``fields`` (method, solve_seconds, gap, status, meta)."""
+    terms = plan_terms(plan, problem)
+    seconds, cost = aggregate(terms, problem, plan.schedule)
+    value = problem.objective.value(seconds, cost)
+    if not problem.objective.feasible(seconds, cost):
+        value = math.inf
+    return replace(plan, iteration_seconds=seconds, iteration_dollars=cost,
+                   peak_memory_mb=tuple(round(t.peak_mb, 3) for t in terms),
+                   objective_value=value, **fields)

@@ -1,0 +1,25 @@
+"""Errors raised by the planners library.
+
+Every message states the rule that was broken, the values that broke it and a fix, e.g.
+``layer 'conv5' needs 3900 MB with 8 replicas and micro-batch 1 in recompute mode; the largest
+memory option is 3072 MB; add a larger memory option or coarsen less``.
+"""
+
+from __future__ import annotations
+
+__all__ = ["InfeasibleError", "PlanError"]
+
+
+class PlanError(ValueError):
+    """A plan, problem or profile is malformed, or a method cannot handle the request.
+
+    Fix: read the message; it names the offending field, its value and the accepted range.
+    """
+
+
+class InfeasibleError(PlanError):
+    """No plan satisfies the problem's constraints (memory, functions, budget or deadline).
+
+    Fix: the message names the binding constraint and the closest value that would be feasible
+    (for instance the smallest memory the largest layer needs, or the fastest achievable time).
+    """

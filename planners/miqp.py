@@ -1,0 +1,318 @@
+"""FuncPipe's planner: the joint choice of cuts, memory, replicas and micro-batch, solved exactly.
+
+Formulation (written out with its reasoning in planners/README.md). For a fixed micro-batch size
+b the plan is a path through the layer chain 0 -> L whose edges are stage candidates v = (layers
+i_v..j_v, memory m_v, replicas d_v, mode) from ``planners.candidates``:
+
+  x_v in {0,1}     candidate v is a stage                                    (paper: x, y, q)
+  T >= 0           iteration time, s                                         (paper: T)
+  PF, PB, Y >= 0   forward / backward bottleneck and sync+update terms, s    (paper: P^F, P^B, Y)
+  z_v >= 0         z_v = T * x_v, the time each chosen stage is billed, s
+
+  (1) path:        sum_{v: i_v = 0} x_v = 1;  sum_{i_v = k} x_v = sum_{j_v + 1 = k} x_v, 0<k<L
+  (2) bottleneck:  PF >= sum_{v covers l} (n_v - 1) tauF_v x_v   for every layer l   (also PB, Y)
+  (3) time:        T >= sum_v fill_v x_v + PF + PB + Y
+  (4) billing:     z is a flow of value T on the same path (constraints (1) times T) and
+                   z_v <= Tmax_v x_v; at integral x this forces z_v = T x_v exactly
+  (5) functions:   sum_v d_v x_v <= max_functions
+  cost = sum_v (price_gb_s * d_v m_v / 1024 + price_inv * d_v / timeout) z_v + sum_v req_v x_v
+
+so the bilinear cost T * sum(d m) of the MIQP becomes linear without losing exactness; memory
+limits are enforced by which candidates exist. An outer loop over b keeps the whole search
+exact; each MILP is solved by HiGHS to a relative gap of 1e-7.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, replace
+
+import cvxpy as cp
+import numpy as np
+import scipy.sparse as sp
+
+from planners.candidates import Candidate, candidates, explain_infeasible
+from planners.cost import score
+from planners.errors import InfeasibleError, PlanError
+from planners.plan import Plan, StagePlan
+from planners.problem import Problem
+
+__all__ = ["Milp", "build", "plan_miqp", "solve"]
+
+
+@dataclass
+class Milp:
+    """A built MILP for one micro-batch size: the cvxpy problem, its variables and data."""
+
+    micro_batch: int
+    cands: list[Candidate]
+    problem: cp.Problem
+    x: cp.Variable
+    T: cp.Variable
+    time_scale: float  # seconds per unit of T
+    money_scale: float  # currency per unit of cost
+    objective_scale: float  # objective units -> problem objective value
+
+
+def _paths(L: int, first: np.ndarray, last: np.ndarray, w: np.ndarray) -> tuple[np.ndarray, ...]:
+    """Shortest path weights 0 -> k (pre) and k -> L (suf) over candidate edges i -> j+1."""
+    pre, suf = np.full(L + 1, np.inf), np.full(L + 1, np.inf)
+    pre[0], suf[L] = 0.0, 0.0
+    by_end = np.argsort(last, kind="stable")
+    for v in by_end:
+        pre[last[v] + 1] = min(pre[last[v] + 1], pre[first[v]] + w[v])
+    for v in by_end[::-1]:
+        suf[first[v]] = min(suf[first[v]], suf[last[v] + 1] + w[v])
+    return pre, suf
+
+
+def _time_caps(problem: Problem, L: int, c: dict[str, np.ndarray],
+               incumbent: tuple[float, float] | None) -> tuple[np.ndarray, np.ndarray]:
+    """(T_lb_v, T_max_v): a lower bound on T for any plan using v, and an upper bound on T for
+    any plan using v that beats the incumbent (seconds, dollars) or meets budget/deadline."""
+    plat, obj = problem.platform, problem.objective
+    f, j = c["first"], c["last"]
+    pre_t, suf_t = _paths(L, f, j, c["fill"])
+    pre_g, suf_g = _paths(L, f, j, c["gb"])
+    pre_r, suf_r = _paths(L, f, j, c["req"])
+    t_lb = pre_t[f] + c["fill"] + suf_t[j + 1] + c["aF"] + c["aB"] + c["tail"]
+    g_lb = pre_g[f] + c["gb"] + suf_g[j + 1]
+    r_lb = pre_r[f] + c["req"] + suf_r[j + 1]
+    longest = -_paths(L, f, j, -c["fill"])[0][L]  # DAG longest path via negated weights
+    t_max = np.full(len(f), longest + c["aF"].max() + c["aB"].max() + c["tail"].max())
+    p = plat.price_gb_second * g_lb
+    with np.errstate(divide="ignore", invalid="ignore"):
+        if obj.kind == "weighted" and incumbent is not None:
+            f_inc = obj.value(*incumbent)
+            t_max = np.minimum(t_max, np.where(p + obj.weight > 0,
+                                               (f_inc - r_lb) / (p + obj.weight), np.inf))
+        if obj.kind == "budget":
+            if incumbent is not None:
+                t_max = np.minimum(t_max, incumbent[0])
+            if obj.budget is not None:
+                t_max = np.minimum(t_max, np.where(p > 0, (obj.budget - r_lb) / p, np.inf))
+        if obj.kind == "deadline":
+            t_max = np.minimum(t_max, obj.deadline)
+            if incumbent is not None:
+                t_max = np.minimum(t_max, np.where(p > 0, (incumbent[1] - r_lb) / p, np.inf))
+    return t_lb, t_max
+
+
+def _data(problem: Problem, cands: list[Candidate]) -> dict[str, np.ndarray]:
+    plat = problem.platform
+    t = [c.terms for c in cands]
+    return {
+        "first": np.array([c.first for c in cands]), "last": np.array([c.last for c in cands]),
+        "fill": np.array([x.fill_fwd + x.fill_bwd for x in t]),
+        "aF": np.array([(x.per_replica - 1) * x.period_fwd for x in t]),
+        "aB": np.array([(x.per_replica - 1) * x.period_bwd for x in t]),
+        "tail": np.array([x.sync + x.update for x in t]),
+        "gb": np.array([x.gigabytes for x in t]), "d": np.array([x.replicas for x in t]),
+        "rate": np.array([plat.price_gb_second * x.gigabytes
+                          + plat.price_invocation * x.replicas / plat.timeout_s for x in t]),
+        "req": np.array([plat.price_put * x.puts + plat.price_get * x.gets for x in t]),
+    }
+
+
+def build(problem: Problem, micro_batch: int, cands: list[Candidate],
+          incumbent: tuple[float, float] | None = None, relax: bool = False) -> Milp | None:
+    """Build the MILP for ``micro_batch`` over ``cands``; None when bounds leave no candidate.
+
+    ``incumbent`` is (seconds, dollars) of a known feasible plan: candidates that cannot be part
+    of a better plan are dropped and the billing bounds Tmax_v are tightened accordingly.
+    """
+    L = problem.profile.num_layers
+    for _ in range(2):  # bound, prune, bound again with the smaller candidate set
+        if not cands:
+            return None
+        c = _data(problem, cands)
+        t_lb, t_max = _time_caps(problem, L, c, incumbent)
+        keep = t_lb <= t_max * (1 + 1e-9) + 1e-12
+        cands = [cand for cand, k in zip(cands, keep, strict=True) if k]
+    if not cands:
+        return None
+    c = _data(problem, cands)
+    t_lb, t_max = _time_caps(problem, L, c, incumbent)
+    V = len(cands)
+    # --- scaling: keep every coefficient near 1 for the solver's absolute tolerances
+    t0 = float(max(np.median(t_lb), 1e-9))
+    c0 = float(max(np.median(c["rate"] * t_lb + c["req"]), 1e-15))
+    # --- data: incidence of candidates on chain nodes and on layers
+    cols = np.arange(V)
+    start = sp.csr_matrix((np.ones(V), (c["first"], cols)), shape=(L + 1, V))
+    end = sp.csr_matrix((np.ones(V), (c["last"] + 1, cols)), shape=(L + 1, V))
+    flow = (start - end)[:L]  # row 0: leaves the source; rows 1..L-1: conservation
+    rhs = np.zeros(L)
+    rhs[0] = 1.0
+    lens = c["last"] - c["first"] + 1
+    rows = np.concatenate([np.arange(a, b + 1) for a, b in zip(c["first"], c["last"], strict=True)])
+    cover = sp.csr_matrix((np.ones(len(rows)), (rows, np.repeat(cols, lens))), shape=(L, V))
+    # --- variables (paper symbols)
+    x = cp.Variable(V, boolean=not relax, name="x")
+    z = cp.Variable(V, nonneg=True, name="z")
+    T, PF, PB, Y = (cp.Variable(nonneg=True, name=n) for n in ("T", "PF", "PB", "Y"))
+    cap = np.minimum(t_max, 1e6 * t0) / t0
+    rate = (c["rate"] * t0 / c0)
+    cons = [
+        flow @ x == rhs,  # (1) path
+        PF >= cover @ sp.diags(c["aF"] / t0) @ x,  # (2) bottlenecks, one row per layer
+        PB >= cover @ sp.diags(c["aB"] / t0) @ x,
+        Y >= cover @ sp.diags(c["tail"] / t0) @ x,
+        T >= (c["fill"] / t0) @ x + PF + PB + Y,  # (3) time
+        (flow @ z)[0] == T,  # (4) billing flow of value T
+        (flow @ z)[1:] == 0,
+        z <= cp.multiply(cap, x),
+        z >= cp.multiply(np.minimum(t_lb / t0, cap), x),  # z_v = T x_v >= T_lb_v x_v
+        c["d"] @ x <= problem.max_functions,  # (5) functions
+    ]
+    if relax:
+        cons += [x >= 0, x <= 1]  # cons[-2].dual_value: reduced cost of x at its lower bound
+    cost = rate @ z + (c["req"] / c0) @ x
+    obj = problem.objective
+    if obj.kind == "weighted":
+        objective, scale = cost + (obj.weight * t0 / c0) * T, c0
+    elif obj.kind == "budget":
+        objective, scale = T, t0
+        if obj.budget is not None:
+            cons.append(cost <= obj.budget / c0)
+    else:
+        objective, scale = cost, c0
+        cons.append(T <= obj.deadline / t0)
+    return Milp(micro_batch, cands, cp.Problem(cp.Minimize(objective), cons), x, T, t0, c0,
+                scale)
+
+
+def solve(milp: Milp, time_limit: float = 60.0) -> dict[str, object]:
+    """Solve with HiGHS; returns status, chosen candidates, objective and dual bound."""
+    t = time.perf_counter()
+    milp.problem.solve(solver=cp.HIGHS, time_limit=time_limit, mip_rel_gap=1e-7,
+                       threads=1, output_flag=False)
+    seconds = time.perf_counter() - t
+    info = milp.problem.solver_stats.extra_stats
+    status = milp.problem.status
+    has_solution = getattr(info, "primal_solution_status", 2) == 2  # kSolutionStatusFeasible
+    if milp.x.value is None or not has_solution or status in (cp.INFEASIBLE,
+                                                              cp.INFEASIBLE_INACCURATE):
+        timed_out = status not in (cp.INFEASIBLE, cp.INFEASIBLE_INACCURATE)
+        dual = getattr(info, "mip_dual_bound", -np.inf) if timed_out else np.inf
+        return {"status": "timeout" if timed_out else "infeasible", "seconds": seconds,
+                "chosen": None, "objective": None, "bound": dual * milp.objective_scale}
+    chosen = sorted((c for c, v in zip(milp.cands, milp.x.value, strict=True) if v > 0.5),
+                    key=lambda c: c.first)
+    bound = getattr(info, "mip_dual_bound", milp.problem.value) * milp.objective_scale
+    return {"status": "optimal" if status == cp.OPTIMAL else "feasible", "seconds": seconds,
+            "chosen": chosen, "objective": milp.problem.value * milp.objective_scale,
+            "bound": min(bound, milp.problem.value * milp.objective_scale),
+            "variables": len(milp.cands)}
+
+
+def plan_miqp(problem: Problem, time_limit: float = 60.0, incumbent: Plan | None = None) -> Plan:
+    """Optimal plan over every micro-batch size (FuncPipe's MIQP, linearised exactly).
+
+    Args:
+      problem: the request; its schedule must be ``funcpipe``.
+      time_limit: HiGHS limit per micro-batch size, s; on expiry the plan is ``feasible`` and
+        ``gap`` holds the proven relative gap.
+      incumbent: a feasible plan (e.g. from a heuristic) used to prune and bound.
+
+    Raises:
+      InfeasibleError: no plan satisfies memory, functions, budget or deadline; says which.
+    """
+    t_start = time.perf_counter()
+    if incumbent is None:
+        incumbent = _heuristic_incumbent(problem)
+    inc = (incumbent.iteration_seconds, incumbent.iteration_dollars) if incumbent else None
+    best: Plan | None = incumbent
+    lower, log, any_cands = np.inf, [], False
+    order = sorted(problem.valid_micro_batches, key=lambda b: b != getattr(best, "micro_batch", 0))
+    for b in order:
+        cands = candidates(problem, b)
+        any_cands |= bool(cands)
+        entry: dict[str, object] = {"micro_batch": b, "candidates": len(cands)}
+        log.append(entry)
+        if inc is not None and cands:
+            cands, z_lp = reduce(problem, b, cands, inc)
+            entry["lp_bound"] = z_lp
+            if not cands or z_lp >= best.objective_value * (1 - 1e-9):
+                entry["status"] = "pruned by LP bound"
+                lower = min(lower, z_lp)
+                continue
+        milp = build(problem, b, cands, inc)
+        if milp is None:
+            entry["status"] = "pruned by bounds"
+            continue
+        res = solve(milp, time_limit)
+        entry.update(status=res["status"], variables=len(milp.cands),
+                     seconds=round(res["seconds"], 4))
+        lower = min(lower, res["bound"])
+        if res["chosen"] is None:
+            continue
+        stages = tuple(StagePlan(c.first, c.last, c.memory_mb, c.replicas, c.mode)
+                       for c in res["chosen"])
+        plan = score(Plan(stages, b, problem.global_batch, "funcpipe"), problem)
+        if best is None or plan.objective_value < best.objective_value:
+            best = plan
+            inc = (plan.iteration_seconds, plan.iteration_dollars)
+    if best is None:
+        if not any_cands:
+            raise explain_infeasible(problem)
+        raise _objective_infeasible(problem, time_limit)
+    value = best.objective_value
+    gap = 0.0 if lower >= value * (1 - 1e-7) else float((value - lower) / max(abs(value), 1e-300))
+    status = "optimal" if gap <= 1e-6 else "feasible"
+    return score(best, problem, method="miqp", solve_seconds=time.perf_counter() - t_start,
+                 gap=gap, status=status, meta={"milps": log, "incumbent": getattr(
+                     incumbent, "method", None)})
+
+
+def _heuristic_incumbent(problem: Problem) -> Plan | None:
+    """Best of the fast rivals, used to prune; None when none finds a feasible plan."""
+    from planners.partition import plan_balanced, plan_uniform
+
+    plans = []
+    for rival in (plan_balanced, plan_uniform):
+        try:
+            plans.append(rival(problem))
+        except InfeasibleError:
+            pass
+    plans = [p for p in plans if p.objective_value is not None and np.isfinite(
+        p.objective_value)]
+    return min(plans, key=lambda p: p.objective_value) if plans else None
+
+
+def _objective_infeasible(problem: Problem, time_limit: float) -> InfeasibleError:
+    obj = problem.objective
+    if obj.kind == "deadline":
+        fastest = plan_miqp(replace(problem, objective=type(obj)("budget")), time_limit)
+        return InfeasibleError(
+            f"no plan meets the deadline of {obj.deadline:g} s per iteration; the fastest plan "
+            f"takes {fastest.iteration_seconds:.4g} s; fix: raise the deadline to at least that")
+    if obj.kind == "budget":
+        cheapest = plan_miqp(replace(problem, objective=type(obj)("weighted", weight=0.0)),
+                             time_limit)
+        return InfeasibleError(
+            f"no plan costs at most the budget of {obj.budget:g} per iteration; the cheapest "
+            f"plan costs {cheapest.iteration_dollars:.4g}; fix: raise the budget to at least that")
+    raise PlanError("the MILP found no plan although candidates exist; report this as a bug")
+
+
+def reduce(problem: Problem, micro_batch: int, cands: list[Candidate],
+           incumbent: tuple[float, float]) -> tuple[list[Candidate], float]:
+    """Reduced-cost fixing: drop candidates no plan better than ``incumbent`` can use.
+
+    Solves the LP relaxation (bound z_LP) and reads the reduced cost r_v of every x_v from the
+    dual of x >= 0. Any plan with x_v = 1 has objective >= z_LP + r_v (LP duality), so v is
+    dropped when that exceeds the incumbent's objective. Returns (kept, z_LP in objective units).
+    """
+    milp = build(problem, micro_batch, cands, incumbent, relax=True)
+    if milp is None:
+        return [], np.inf
+    milp.problem.solve(solver=cp.HIGHS, threads=1, output_flag=False)
+    if milp.problem.status not in (cp.OPTIMAL, cp.OPTIMAL_INACCURATE):
+        return ([], np.inf) if milp.problem.status == cp.INFEASIBLE else (milp.cands, -np.inf)
+    z_lp = milp.problem.value
+    reduced = np.asarray(milp.problem.constraints[-2].dual_value).reshape(-1)
+    limit = problem.objective.value(*incumbent) / milp.objective_scale
+    slack = 1e-6 * max(abs(limit), 1.0)
+    kept = [c for c, r in zip(milp.cands, reduced, strict=True) if z_lp + r <= limit + slack]
+    return kept, z_lp * milp.objective_scale

@@ -1,0 +1,105 @@
+"""Synthetic model profiles shaped like the paper's models, for benchmarks and tests.
+
+These are not measurements: sizes follow each architecture's layer shapes (float32, one sample)
+and times assume ``GFLOPS`` of sustained throughput at one reference CPU, with backward twice the
+forward. Real profiles come from ``jaxpipe profile``.
+"""
+
+from __future__ import annotations
+
+import random
+
+from planners.profile import LayerProfile, ModelProfile
+
+__all__ = ["SHAPES", "amoebanet_d36_like", "bert_large_like", "random_profile", "resnet101_like"]
+
+GFLOPS = 20e9  # [ASSUMED] sustained fp32 FLOP/s of one vCPU running XLA-compiled convolutions
+_ALPHA = 2e-3  # [ASSUMED] fixed per-call overhead of a layer's jitted forward, s
+
+
+def _layer(name: str, params: float, stash: float, boundary: float, flops: float) -> LayerProfile:
+    fwd = flops / GFLOPS
+    return LayerProfile(name=name, param_bytes=int(params), stash_bytes_per_sample=stash,
+                        boundary_bytes_per_sample=boundary, fwd_alpha=_ALPHA, fwd_beta=fwd,
+                        bwd_alpha=2 * _ALPHA, bwd_beta=2 * fwd, flops_per_sample=flops)
+
+
+def resnet101_like() -> ModelProfile:
+    """ResNet-101 at 224x224: stem, 33 bottleneck blocks as 3 convolutions each, head (101
+    layers; 44.5M parameters, 7.8 GFLOPs per sample)."""
+    layers = [_layer("stem", 9.4e3 * 4, 4 * 112 * 112 * 64 * 3, 4 * 56 * 56 * 64, 0.24e9)]
+    width, side = 64, 56
+    for stage, blocks in enumerate((3, 4, 23, 3)):
+        if stage:
+            width, side = width * 2, side // 2
+        out = 4 * width
+        for blk in range(blocks):
+            cin = out if blk else (64 if stage == 0 else 2 * width)
+            act_in = 4.0 * side * side * cin  # bytes per sample entering the block
+            for k, (ci, co, ks) in enumerate(((cin, width, 1), (width, width, 3),
+                                              (width, out, 1))):
+                params = 4.0 * ci * co * ks * ks
+                act = 4.0 * side * side * co
+                flops = 2.0 * side * side * ci * co * ks * ks
+                # a cut inside a block also carries the block input (the residual branch)
+                boundary = act + (act_in if k < 2 else 0.0)
+                layers.append(_layer(f"s{stage}b{blk}c{k}", params, 3 * act, boundary, flops))
+    layers.append(_layer("head", 4.0 * 2048 * 1000, 4 * 2048, 4 * 1000, 4.1e6))
+    return ModelProfile("resnet101-like", tuple(layers), input_bytes_per_sample=4 * 3 * 224 * 224,
+                        reference_cpus=1.0)
+
+
+def amoebanet_d36_like() -> ModelProfile:
+    """AmoebaNet-D(36, 256): stem, 36 normal cells in three groups with two reduction cells,
+    head (42 layers). Calibrated to the paper's 45 GB of activations at batch 64 [ABS1]."""
+    layers = [_layer("stem", 4 * 3 * 256 * 9, 4 * 112 * 112 * 128 * 2, 4 * 56 * 56 * 256, 1e9)]
+    filters, side = 256, 56
+    for group in range(3):
+        if group:
+            filters, side = filters * 2, side // 2
+            layers.append(_layer(f"reduce{group}", 4 * 10 * filters * filters,
+                                 4 * side * side * filters * 12, 8 * side * side * filters,
+                                 2 * 10 * side * side * filters * filters))
+        for cell in range(12):
+            # a cell reads the two previous cells' outputs: both cross a cut
+            layers.append(_layer(f"g{group}c{cell}", 4 * 6 * filters * filters,
+                                 4 * side * side * filters * 10, 8 * side * side * filters,
+                                 2 * 6 * side * side * filters * filters))
+    layers.append(_layer("head", 4 * 2048 * 1000, 4 * 2048, 4 * 1000, 4e6))
+    return ModelProfile("amoebanet-d36-like", tuple(layers),
+                        input_bytes_per_sample=4 * 3 * 224 * 224, reference_cpus=1.0)
+
+
+def bert_large_like(seq: int = 64) -> ModelProfile:
+    """BERT-Large at sequence length ``seq``: embeddings, 24 encoder layers, MLM head (26
+    layers; 335M parameters)."""
+    hidden, vocab = 1024, 30522
+    tok = 4.0 * seq * hidden
+    layers = [_layer("embed", 4 * (vocab + 512 + 2) * hidden, 2 * tok, tok + 8 * seq, 4 * tok)]
+    for i in range(24):
+        params = 4 * 12.6e6
+        stash = 14 * tok + 4.0 * 16 * seq * seq * 3
+        layers.append(_layer(f"enc{i}", params, stash, tok + 8 * seq, 2 * 12.6e6 * seq))
+    layers.append(_layer("mlm_head", 4 * (hidden * hidden + vocab), 4 * seq * vocab,
+                         4 * seq * vocab, 2 * seq * hidden * vocab))
+    return ModelProfile("bert-large-like", tuple(layers), input_bytes_per_sample=16 * seq,
+                        reference_cpus=1.0)
+
+
+SHAPES = {"resnet101": resnet101_like, "amoebanet-d36": amoebanet_d36_like,
+          "bert-large": bert_large_like}
+
+
+def random_profile(seed: int, num_layers: int) -> ModelProfile:
+    """A small random chain for property tests: MB-scale tensors, 10-300 ms layers."""
+    rng = random.Random(seed)
+    MB = 1 << 20
+    layers = tuple(
+        LayerProfile(name=f"l{i}", param_bytes=int(rng.uniform(1, 300) * MB),
+                     stash_bytes_per_sample=rng.uniform(0.5, 40) * MB,
+                     boundary_bytes_per_sample=rng.uniform(0.1, 8) * MB,
+                     fwd_alpha=rng.uniform(0, 0.01), fwd_beta=rng.uniform(0.01, 0.3),
+                     bwd_alpha=rng.uniform(0, 0.02), bwd_beta=rng.uniform(0.02, 0.6))
+        for i in range(num_layers))
+    return ModelProfile(f"random{seed}", layers, input_bytes_per_sample=rng.uniform(0.1, 2) * MB,
+                        reference_cpus=1.0)
