@@ -151,16 +151,21 @@ def _stash(run, diff_in, diff_out, p_specs, s_specs, in_specs):
     def residuals(p, s, acts):
         return fwd(p, _pick(acts, diff_in, True), _pick(acts, diff_in, False), s)[1]
 
-    treedef = jax.tree.structure(jax.eval_shape(residuals, p_specs, s_specs, in_specs))
+    # The residuals' structure is fixed when the forward is traced, and the backward needs it
+    # to rebuild them from flat leaves. Op-by-op runs (`jax.disable_jit`) may keep fewer
+    # residuals than a trace, so the structure is the one of the forward that last ran.
+    structure = {"treedef": jax.tree.structure(
+        jax.eval_shape(residuals, p_specs, s_specs, in_specs))}
 
     def forward(p, s, acts):
         d_out, res, (nd_out, new_s) = fwd(
             p, _pick(acts, diff_in, True), _pick(acts, diff_in, False), s)
-        return _merge(diff_out, d_out, nd_out), new_s, jax.tree.leaves(res)
+        leaves, structure["treedef"] = jax.tree.flatten(res)
+        return _merge(diff_out, d_out, nd_out), new_s, leaves
 
     def backward(p, saved, cts):
         del p  # the residuals already hold what the backward needs
-        g_params, g_in = bwd(jax.tree.unflatten(treedef, saved), list(cts))
+        g_params, g_in = bwd(jax.tree.unflatten(structure["treedef"], saved), list(cts))
         return list(g_params), list(g_in)
 
     return forward, backward

@@ -1,0 +1,160 @@
+"""Profiling each layer of a traced model into the `planners.ModelProfile` a planner solves on.
+
+Every layer is compiled on its own as a one-layer stage (the same `build_stage` programs the
+pipeline runs) at each micro-batch size b, then:
+
+- forward and backward are timed jitted, after warm-up, as the median of `repeats` runs;
+  `t(b) = alpha + beta * b` is fitted by least squares;
+- bytes stashed for backward come from the compiled forward's memory analysis (its output
+  buffers minus the values it hands on), and their per-sample part is the slope over b;
+- FLOPs come from XLA's cost analysis of the forward.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import jax
+import numpy as np
+
+from jaxpipe.stage import StageSpec, build_stage
+from jaxpipe.trace import Traced
+from planners.profile import LayerProfile, ModelProfile
+
+__all__ = ["profile"]
+
+
+def profile(
+    traced: Traced,
+    micro_batch_sizes: Sequence[int] = (1, 2, 4, 8),
+    repeats: int = 5,
+    name: str | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> ModelProfile:
+    """Measures every layer of `traced` at every micro-batch size.
+
+    Args:
+      traced: the model, from `jaxpipe.trace`.
+      micro_batch_sizes: the sizes b to time, in samples; at least one.
+      repeats: timed runs per measurement (after one warm-up run); the median is kept.
+      name: the model's name in the profile (defaults to the Flax module's class name).
+      progress: called with a short message after each layer (e.g. a progress bar's update).
+
+    Returns:
+      ModelProfile: per layer, parameter bytes, stashed and boundary bytes per sample, forward
+      and backward seconds per micro-batch size with their linear fits, and FLOPs per sample;
+      `reference_cpus` is the number of cores this process could use.
+    """
+    sizes = sorted({int(b) for b in micro_batch_sizes})
+    if not sizes or sizes[0] < 1:
+        raise ValueError(f"micro_batch_sizes must be positive integers; got {micro_batch_sizes}")
+    per_layer: list[dict[str, Any]] = [
+        {"fwd": {}, "bwd": {}, "saved": {}, "flops": {}} for _ in traced.layers]
+    for i, layer in enumerate(traced.layers):
+        for b in sizes:
+            m = _measure(traced, i, b, repeats)
+            for key in per_layer[i]:
+                per_layer[i][key][b] = m[key]
+        if progress:
+            progress(f"{layer.name}: fwd {per_layer[i]['fwd'][sizes[-1]] * 1e3:.2f} ms at "
+                     f"b={sizes[-1]}")
+
+    layers = []
+    for layer, m in zip(traced.layers, per_layer):
+        fwd_alpha, fwd_beta = _fit(m["fwd"])
+        bwd_alpha, bwd_beta = _fit(m["bwd"])
+        layers.append(LayerProfile(
+            name=layer.name,
+            param_bytes=layer.param_bytes,
+            stash_bytes_per_sample=max(_fit(m["saved"])[1], 0.0),
+            boundary_bytes_per_sample=layer.boundary_bytes_per_sample,
+            fwd_alpha=fwd_alpha, fwd_beta=fwd_beta, bwd_alpha=bwd_alpha, bwd_beta=bwd_beta,
+            fwd_seconds=dict(m["fwd"]), bwd_seconds=dict(m["bwd"]),
+            flops_per_sample=max(_fit(m["flops"])[1], 0.0),
+        ))
+    data = traced.data_specs(1)[: len(traced.inputs.leaves) + len(traced.targets.leaves)]
+    return ModelProfile(
+        model=name or type(traced.model).__name__,
+        layers=tuple(layers),
+        input_bytes_per_sample=float(sum(s.size * s.dtype.itemsize for s in data)),
+        reference_cpus=float(len(os.sched_getaffinity(0))),
+        meta={"micro_batch_sizes": sizes, "repeats": repeats, "jax": jax.__version__,
+              "layer_names": [layer.name for layer in traced.layers]},
+    )
+
+
+def _measure(traced: Traced, index: int, b: int, repeats: int) -> dict[str, float]:
+    """Times and sizes layer `index` alone, as a one-layer stage, at micro-batch size `b`."""
+    program = traced.program(b)
+    stage = build_stage(program, traced.params.paths, traced.state.paths, 0, index, index + 1,
+                        "stash")
+    spec = stage.spec
+    params = [_leaf(traced, p) for p in spec.param_paths]
+    state = [_leaf(traced, p) for p in spec.state_paths]
+    acts = [_sample(t) for t in spec.inputs]
+    compiled = stage.forward.lower(params, state, acts).compile()
+    outputs, _, saved = compiled(params, state, acts)
+    cts = [np.ones(t.shape, t.dtype) for t in spec.outputs if t.differentiable]
+    backward = stage.backward.lower(params, saved, cts).compile()
+    return {
+        "fwd": _median_seconds(lambda: compiled(params, state, acts), repeats),
+        "bwd": _median_seconds(lambda: backward(params, saved, cts), repeats),
+        "saved": _saved_bytes(compiled, spec),
+        "flops": _flops(compiled),
+    }
+
+
+def _median_seconds(run: Callable[[], Any], repeats: int) -> float:
+    jax.block_until_ready(run())  # warm-up
+    times = []
+    for _ in range(max(repeats, 1)):
+        start = time.perf_counter()
+        jax.block_until_ready(run())
+        times.append(time.perf_counter() - start)
+    return float(np.median(times))
+
+
+def _saved_bytes(compiled: Any, spec: StageSpec) -> float:
+    """Bytes the forward keeps for backward: its output buffers minus what it passes on."""
+    handed_on = sum(t.nbytes for t in spec.outputs)
+    try:
+        analysis = compiled.memory_analysis()
+        return float(max(analysis.output_size_in_bytes - handed_on, 0))
+    except Exception:  # some backends have no memory analysis: fall back to the shapes
+        return float(sum(t.nbytes for t in spec.saved))
+
+
+def _flops(compiled: Any) -> float:
+    analysis = compiled.cost_analysis()
+    if isinstance(analysis, list):
+        analysis = analysis[0] if analysis else {}
+    return float((analysis or {}).get("flops", 0.0))
+
+
+def _fit(values: dict[int, float]) -> tuple[float, float]:
+    """Least-squares (alpha, beta) of value = alpha + beta * b, alpha clipped at 0."""
+    b = np.array(sorted(values), dtype=float)
+    y = np.array([values[int(k)] for k in b])
+    if len(b) == 1:
+        return 0.0, float(y[0] / b[0])
+    beta, alpha = np.polyfit(b, y, 1)
+    if alpha < 0:
+        return 0.0, float(np.dot(b, y) / np.dot(b, b))
+    return float(alpha), float(beta)
+
+
+def _leaf(traced: Traced, path: str) -> np.ndarray:
+    flat = traced.params if path.startswith("params/") else traced.state
+    leaf = flat.leaves[flat.paths.index(path)]
+    return np.asarray(leaf)
+
+
+def _sample(t: Any) -> np.ndarray:
+    rng = np.random.default_rng(0)
+    dtype = np.dtype(t.dtype)
+    if np.issubdtype(dtype, np.floating):
+        return rng.standard_normal(t.shape).astype(dtype)
+    return np.zeros(t.shape, dtype)
