@@ -96,7 +96,7 @@ def _measure(traced: Traced, index: int, b: int, repeats: int) -> dict[str, floa
     state = [_leaf(traced, p) for p in spec.state_paths]
     acts = [_sample(t) for t in spec.inputs]
     compiled = stage.forward.lower(params, state, acts).compile()
-    outputs, _, saved = compiled(params, state, acts)
+    _, _, saved = compiled(params, state, acts)
     cts = [np.ones(t.shape, t.dtype) for t in spec.outputs if t.differentiable]
     backward = stage.backward.lower(params, saved, cts).compile()
     return {
@@ -120,11 +120,10 @@ def _median_seconds(run: Callable[[], Any], repeats: int) -> float:
 def _saved_bytes(compiled: Any, spec: StageSpec) -> float:
     """Bytes the forward keeps for backward: its output buffers minus what it passes on."""
     handed_on = sum(t.nbytes for t in spec.outputs)
-    try:
-        analysis = compiled.memory_analysis()
-        return float(max(analysis.output_size_in_bytes - handed_on, 0))
-    except Exception:  # some backends have no memory analysis: fall back to the shapes
+    analysis = compiled.memory_analysis()
+    if analysis is None:  # a backend without memory analysis: fall back to the shapes
         return float(sum(t.nbytes for t in spec.saved))
+    return float(max(analysis.output_size_in_bytes - handed_on, 0))
 
 
 def _flops(compiled: Any) -> float:
