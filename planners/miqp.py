@@ -33,7 +33,7 @@ import scipy.sparse as sp
 
 from planners.candidates import Candidate, candidates, explain_infeasible
 from planners.cost import score
-from planners.errors import InfeasibleError, PlanError
+from planners.errors import InfeasibleError
 from planners.plan import Plan, StagePlan
 from planners.problem import Problem
 
@@ -122,17 +122,15 @@ def build(problem: Problem, micro_batch: int, cands: list[Candidate],
     of a better plan are dropped and the billing bounds Tmax_v are tightened accordingly.
     """
     L = problem.profile.num_layers
-    for _ in range(2):  # bound, prune, bound again with the smaller candidate set
+    while True:  # bound, prune, repeat until no candidate is dropped
         if not cands:
             return None
         c = _data(problem, cands)
         t_lb, t_max = _time_caps(problem, L, c, incumbent)
-        keep = t_lb <= t_max * (1 + 1e-9) + 1e-12
+        keep = np.isfinite(t_lb) & (t_lb <= t_max * (1 + 1e-9) + 1e-12)
+        if keep.all():
+            break
         cands = [cand for cand, k in zip(cands, keep, strict=True) if k]
-    if not cands:
-        return None
-    c = _data(problem, cands)
-    t_lb, t_max = _time_caps(problem, L, c, incumbent)
     V = len(cands)
     # --- scaling: keep every coefficient near 1 for the solver's absolute tolerances
     t0 = float(max(np.median(t_lb), 1e-9))
@@ -223,11 +221,10 @@ def plan_miqp(problem: Problem, time_limit: float = 60.0, incumbent: Plan | None
         incumbent = _heuristic_incumbent(problem)
     inc = (incumbent.iteration_seconds, incumbent.iteration_dollars) if incumbent else None
     best: Plan | None = incumbent
-    lower, log, any_cands = np.inf, [], False
+    lower, log = np.inf, []
     order = sorted(problem.valid_micro_batches, key=lambda b: b != getattr(best, "micro_batch", 0))
     for b in order:
         cands = candidates(problem, b)
-        any_cands |= bool(cands)
         entry: dict[str, object] = {"micro_batch": b, "candidates": len(cands)}
         log.append(entry)
         if inc is not None and cands:
@@ -254,8 +251,6 @@ def plan_miqp(problem: Problem, time_limit: float = 60.0, incumbent: Plan | None
             best = plan
             inc = (plan.iteration_seconds, plan.iteration_dollars)
     if best is None:
-        if not any_cands:
-            raise explain_infeasible(problem)
         raise _objective_infeasible(problem, time_limit)
     value = best.objective_value
     gap = 0.0 if lower >= value * (1 - 1e-7) else float((value - lower) / max(abs(value), 1e-300))
@@ -293,7 +288,7 @@ def _objective_infeasible(problem: Problem, time_limit: float) -> InfeasibleErro
         return InfeasibleError(
             f"no plan costs at most the budget of {obj.budget:g} per iteration; the cheapest "
             f"plan costs {cheapest.iteration_dollars:.4g}; fix: raise the budget to at least that")
-    raise PlanError("the MILP found no plan although candidates exist; report this as a bug")
+    return explain_infeasible(problem)
 
 
 def reduce(problem: Problem, micro_batch: int, cands: list[Candidate],
