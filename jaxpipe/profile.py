@@ -134,12 +134,18 @@ def _flops(compiled: Any) -> float:
 
 
 def _fit(values: dict[int, float]) -> tuple[float, float]:
-    """Least-squares (alpha, beta) of value = alpha + beta * b, alpha clipped at 0."""
+    """Least-squares (alpha, beta) of value = alpha + beta * b, both kept >= 0.
+
+    Timings of tiny layers are noisy enough to give a negative slope (then: the mean, flat) or
+    a negative intercept (then: the best line through the origin).
+    """
     b = np.array(sorted(values), dtype=float)
     y = np.array([values[int(k)] for k in b])
     if len(b) == 1:
         return 0.0, float(y[0] / b[0])
     beta, alpha = np.polyfit(b, y, 1)
+    if beta < 0:
+        return float(np.mean(y)), 0.0
     if alpha < 0:
         return 0.0, float(np.dot(b, y) / np.dot(b, b))
     return float(alpha), float(beta)

@@ -1,0 +1,63 @@
+"""Stage checkpoints in the store: parameters, optimizer state and model state, by path.
+
+A checkpoint at iteration t is the state *before* iteration t. Replica 0 of every stage writes
+its three parts and then a `done` marker, so a checkpoint is complete exactly when every stage's
+marker exists; a crash halfway through writing one leaves it incomplete and unused.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from jaxpipe import optim
+from jaxpipe.job import Keys
+from transports import ObjectStore, codec
+
+__all__ = ["latest_complete", "load", "save", "save_initial"]
+
+
+def save(store: ObjectStore, keys: Keys, t: int, stage: int, params: dict[str, Any],
+         opt_state: Any, state: dict[str, Any]) -> None:
+    """Writes stage `stage`'s checkpoint before iteration `t`; the marker goes last."""
+    parts = {"params": params, "opt": optim.state_to_leaves(opt_state), "state": state}
+    for part, leaves in parts.items():
+        store.put(keys.checkpoint(t, stage, part),
+                  codec.encode({p: np.asarray(v) for p, v in leaves.items()}))
+    store.put(keys.checkpoint(t, stage, "done"), b"{}")
+
+
+def save_initial(store: ObjectStore, keys: Keys, stages: list[tuple[list[str], list[str]]],
+                 params: dict[str, Any], state: dict[str, Any],
+                 optimizer: optax.GradientTransformation) -> None:
+    """Checkpoint 0: each stage's slice of the initial parameters and state, fresh optimizer."""
+    for k, (param_paths, state_paths) in enumerate(stages):
+        mine = {p: params[p] for p in param_paths}
+        save(store, keys, 0, k, mine, optimizer.init(mine), {p: state[p] for p in state_paths})
+
+
+def load(store: ObjectStore, keys: Keys, t: int, stage: int,
+         optimizer: optax.GradientTransformation, timeout: float) -> tuple[dict, Any, dict]:
+    """Reads stage `stage`'s checkpoint before iteration `t`: (params, opt_state, state)."""
+    out = []
+    for part in ("params", "opt", "state"):
+        key = keys.checkpoint(t, stage, part)
+        arrays = codec.decode(store.get(key, timeout=timeout), key=key)
+        out.append({p: jnp.asarray(v) for p, v in arrays.items()})
+    params, opt_leaves, state = out
+    return params, optim.state_from_leaves(optimizer, params, opt_leaves), state
+
+
+def latest_complete(store: ObjectStore, keys: Keys, num_stages: int) -> int | None:
+    """The latest iteration whose checkpoint every stage finished, or None."""
+    prefix = keys.checkpoints()
+    done: dict[int, set[int]] = {}
+    for key in store.list(prefix):
+        parts = key[len(prefix):].split("/")
+        if len(parts) == 3 and parts[2] == "done":
+            done.setdefault(int(parts[0]), set()).add(int(parts[1].removeprefix("stage")))
+    complete = [t for t, stages in done.items() if len(stages) == num_stages]
+    return max(complete) if complete else None

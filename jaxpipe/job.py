@@ -1,0 +1,122 @@
+"""A training job as data: its spec, and where each of its objects lives in the store.
+
+Every key of a job lives under `jobs/<job-id>/` (DESIGN.md), laid out as:
+
+    job.json                          the JobSpec (plan included)
+    bundle.zip                        the exported stage programs
+    data/<shard>                      dataset shards (codec: {"leaf0": ..., "leaf1": ...})
+    ckpt/<t>/stage<k>/{params,opt,state,done}   stage k before iteration t
+    run/<attempt>/it/<t>/act/<s>/<m>  activations of micro-batch m leaving stage s
+    run/<attempt>/it/<t>/grad/<s>/<m> cotangents of micro-batch m leaving stage s (backwards)
+    run/<attempt>/it/<t>/sync/<s>/    the all-reduce group of stage s
+    metrics/loss/<t>/rank<r>          micro-batch losses of a last-stage rank
+    metrics/rank<r>/<attempt>-<inv>.json   per-invocation metrics and timeline
+    status/<attempt>/<inv>/rank<r>    how an invocation ended ("done" or "handover")
+
+A restart after a crash uses a new attempt number, so messages of the failed attempt can never
+be mistaken for new ones.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = ["JobSpec", "Keys"]
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    """Everything a worker needs besides the bundle, the data and the checkpoints.
+
+    Attributes:
+      job_id: unique name; every key of the job lives under `jobs/<job_id>/`.
+      model: zoo name (informational for workers; the bundle carries the programs).
+      plan: `planners.Plan.to_dict()`.
+      platform: `planners.Platform.to_dict()`: bandwidth, latency, prices.
+      iterations: total iterations of the job.
+      optimizer: optax optimizer name (`jaxpipe.optim.OPTIMIZERS`), with `learning_rate`.
+      seed: seeds the data order and the dropout keys.
+      num_samples, shard_size: the training set in the store.
+      rng_names: PRNG collections the model takes (e.g. ["dropout"]).
+      checkpoint_every: iterations between checkpoints (the last one always checkpoints).
+      wait_timeout_s: how long any rank waits for any one object before giving up.
+      allreduce: "pipelined" or "lambdaml".
+    """
+
+    job_id: str
+    model: str
+    plan: dict[str, Any]
+    platform: dict[str, Any]
+    iterations: int
+    optimizer: str = "adam"
+    learning_rate: float = 1e-3
+    seed: int = 0
+    num_samples: int = 0
+    shard_size: int = 1024
+    rng_names: tuple[str, ...] = ()
+    checkpoint_every: int = 10
+    wait_timeout_s: float = 120.0
+    allreduce: str = "pipelined"
+    meta: dict[str, Any] = field(default_factory=dict, compare=False)
+
+    def to_json(self) -> bytes:
+        return json.dumps(dataclasses.asdict(self), indent=1).encode()
+
+    @classmethod
+    def from_json(cls, data: bytes) -> JobSpec:
+        d = json.loads(data)
+        d["rng_names"] = tuple(d.get("rng_names", ()))
+        return cls(**d)
+
+    @property
+    def keys(self) -> Keys:
+        return Keys(self.job_id)
+
+
+@dataclass(frozen=True)
+class Keys:
+    """The store keys of one job (see the module docstring for the layout)."""
+
+    job_id: str
+
+    @property
+    def prefix(self) -> str:
+        return f"jobs/{self.job_id}/"
+
+    @property
+    def spec(self) -> str:
+        return self.prefix + "job.json"
+
+    @property
+    def bundle(self) -> str:
+        return self.prefix + "bundle.zip"
+
+    def shard(self, index: int) -> str:
+        return f"{self.prefix}data/{index:06d}"
+
+    def checkpoint(self, t: int, stage: int, part: str) -> str:
+        return f"{self.prefix}ckpt/{t:08d}/stage{stage}/{part}"
+
+    def checkpoints(self) -> str:
+        return self.prefix + "ckpt/"
+
+    def run(self, attempt: int) -> str:
+        return f"{self.prefix}run/{attempt}/"
+
+    def message(self, attempt: int, t: int, kind: str, stage: int, micro_batch: int) -> str:
+        return f"{self.run(attempt)}it/{t}/{kind}/{stage}/{micro_batch}"
+
+    def sync_group(self, attempt: int, t: int, stage: int) -> str:
+        return f"{self.run(attempt)}it/{t}/sync/{stage}"
+
+    def loss(self, t: int, rank: int) -> str:
+        return f"{self.prefix}metrics/loss/{t:08d}/rank{rank}"
+
+    def metrics(self, rank: int, attempt: int, invocation: int) -> str:
+        return f"{self.prefix}metrics/rank{rank}/{attempt}-{invocation}.json"
+
+    def status(self, attempt: int, invocation: int, rank: int) -> str:
+        return f"{self.prefix}status/{attempt}/{invocation}/rank{rank}"
