@@ -1,4 +1,4 @@
-"""The `jaxpipe` command: demo, profile, plan (and train, once the runtime lands)."""
+"""The `jaxpipe` command: train, plan, profile, demo."""
 
 from __future__ import annotations
 
@@ -14,6 +14,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `jaxpipe` console script."""
     parser = argparse.ArgumentParser(prog="jaxpipe", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
+
+    train = commands.add_parser(
+        "train", help="train a zoo model on emulated serverless functions (every flag optional)")
+    _add_train_arguments(train)
+    train.set_defaults(run=_train)
 
     demo = commands.add_parser(
         "demo", help="trace, split and check a zoo model against the unsplit model")
@@ -39,6 +44,70 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     args = parser.parse_args(argv)
     return int(args.run(args) or 0)
+
+
+def _add_train_arguments(parser: argparse.ArgumentParser) -> None:
+    from jaxpipe.train import TrainOptions
+
+    d = TrainOptions()
+    parser.add_argument("--model", default=d.model, help=f"zoo model (default: {d.model})")
+    parser.add_argument("--platform", default=d.platform, help="platform (default: local)")
+    parser.add_argument("--platform-file", help="TOML/JSON overrides of the platform catalog")
+    parser.add_argument("--plan", dest="plan_file", help="a plan JSON (from `jaxpipe plan -o`)")
+    parser.add_argument("--method", default=d.method,
+                        help=f"planner when no --plan is given (default: {d.method})")
+    parser.add_argument("--batch", type=int, default=d.batch, help=f"global batch ({d.batch})")
+    parser.add_argument("--iterations", type=int, default=d.iterations,
+                        help=f"iterations ({d.iterations})")
+    parser.add_argument("--optimizer", default=d.optimizer, help=f"optax optimizer ({d.optimizer})")
+    parser.add_argument("--lr", dest="learning_rate", type=float, default=d.learning_rate,
+                        help=f"learning rate ({d.learning_rate})")
+    parser.add_argument("--seed", type=int, default=d.seed)
+    parser.add_argument("--store", default=d.store,
+                        help=f"a directory, or s3://bucket (default: {d.store})")
+    parser.add_argument("--endpoint-url", help="S3 API endpoint for an s3:// store")
+    parser.add_argument("--job-id", help="name the job (default: model, time, random suffix)")
+    parser.add_argument("--resume", metavar="JOB", help="continue a job from its last checkpoint")
+    parser.add_argument("--max-functions", type=int, default=d.max_functions,
+                        help=f"most functions the planner may use ({d.max_functions})")
+    parser.add_argument("--checkpoint-every", type=int, default=d.checkpoint_every)
+    parser.add_argument("--allreduce", default=d.allreduce, choices=("pipelined", "lambdaml"))
+    parser.add_argument("--no-link", action="store_true",
+                        help="do not emulate the storage bandwidth and latency")
+    parser.add_argument("--invocation-seconds", type=float,
+                        help="time limit of one invocation (default: the platform's)")
+    parser.add_argument("--out", help="write the summary JSON here")
+
+
+def _train(args: argparse.Namespace) -> int:
+    from jaxpipe.driver import RunConfig
+    from jaxpipe.train import TrainOptions, train
+
+    fields = {k: v for k, v in vars(args).items() if k in TrainOptions.__dataclass_fields__
+              and k != "run"
+              and v is not None}
+    options = TrainOptions(**fields, run=RunConfig(
+        invocation_seconds=args.invocation_seconds, link=not args.no_link))
+    summary = train(options, resume=args.resume)
+    losses = summary["losses"]
+    print(f"job {summary['job']}: {len(losses)} iterations, loss {losses[0]:.4f} -> "
+          f"{losses[-1]:.4f}")
+    rows = [("seconds / iteration", "measured_seconds_per_iteration",
+             "predicted_seconds_per_iteration", "simulated_seconds_per_iteration"),
+            ("dollars / iteration", "measured_dollars_per_iteration",
+             "predicted_dollars_per_iteration", None)]
+    print(f"{'':22s}{'measured':>12s}{'cost model':>12s}{'simulator':>12s}")
+    for label, *names in rows:
+        cells = [summary.get(n) if n else None for n in names]
+        print(f"{label:22s}" + "".join(f"{c:12.4g}" if c is not None else f"{'-':>12s}"
+                                        for c in cells))
+    if "test_accuracy" in summary:
+        print(f"test accuracy: {summary['test_accuracy']:.3f}")
+    if args.out:
+        with open(args.out, "w") as f:
+            json.dump(summary, f, indent=1)
+        print(f"wrote {args.out}")
+    return 0
 
 
 def _demo(args: argparse.Namespace) -> int:
