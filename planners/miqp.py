@@ -227,6 +227,7 @@ def plan_miqp(problem: Problem, time_limit: float = 60.0, incumbent: Plan | None
         cands = candidates(problem, b)
         entry: dict[str, object] = {"micro_batch": b, "candidates": len(cands)}
         log.append(entry)
+        z_lp = -np.inf
         if inc is not None and cands:
             cands, z_lp = reduce(problem, b, cands, inc)
             entry["lp_bound"] = z_lp
@@ -241,7 +242,7 @@ def plan_miqp(problem: Problem, time_limit: float = 60.0, incumbent: Plan | None
         res = solve(milp, time_limit)
         entry.update(status=res["status"], variables=len(milp.cands),
                      seconds=round(res["seconds"], 4))
-        lower = min(lower, res["bound"])
+        lower = min(lower, max(res["bound"], z_lp))  # the LP bound holds when HiGHS has none
         if res["chosen"] is None:
             continue
         stages = tuple(StagePlan(c.first, c.last, c.memory_mb, c.replicas, c.mode)
