@@ -1,0 +1,143 @@
+"""Pipelined training on the local platform equals single-process training, and survives
+deadlines and killed ranks with the same final parameters.
+
+The optimizer is SGD with momentum: Adam divides each gradient by its own running scale, which
+turns float rounding in near-zero gradients into full-size steps, so no two float32
+implementations of one Adam run agree to 1e-5.
+"""
+
+from __future__ import annotations
+
+import json
+
+import jax
+import numpy as np
+import optax
+import pytest
+
+from jaxpipe import models
+from jaxpipe.dataset import batch_indices
+from jaxpipe.driver import RunConfig
+from jaxpipe.errors import JaxPipeError
+from jaxpipe.train import TrainOptions, open_store, train
+from jaxpipe.tree import nest
+from planners import Plan, StagePlan
+from tests.jaxpipe.helpers import max_relative_error, reference
+from transports import codec
+
+BATCH, ITERATIONS = 16, 3
+# Three stages, the middle one replicated twice, one stage recomputing: 4 functions.
+PLAN = Plan(stages=(StagePlan(0, 0, 1024), StagePlan(1, 2, 1024, 2, "recompute"),
+                    StagePlan(3, 3, 1024)), micro_batch=4, global_batch=BATCH)
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("runtime")
+    (folder / "plan.json").write_text(json.dumps(PLAN.to_dict()))
+    return folder
+
+
+def run(workdir, job, **run_config):
+    options = TrainOptions(
+        model="mlp", plan_file=str(workdir / "plan.json"), batch=BATCH, iterations=ITERATIONS,
+        optimizer="momentum", learning_rate=0.05, store=str(workdir / "store"), job_id=job,
+        checkpoint_every=1, profile_cache=str(workdir / "profiles"), wait_timeout_s=60,
+        run=RunConfig(log_dir=str(workdir / "logs"), **run_config))
+    summary = train(options, show_progress=False)
+    store = open_store(str(workdir / "store"))
+    params = {}
+    for k in range(len(PLAN.stages)):
+        key = f"jobs/{job}/ckpt/{ITERATIONS:08d}/stage{k}/params"
+        params.update(codec.decode(store.get(key), key=key))
+    return summary, nest(params, strip="params"), store
+
+
+@pytest.fixture(scope="module")
+def fault_free(workdir):
+    return run(workdir, "fault-free")
+
+
+def single_process_training():
+    spec = models.get("mlp")
+    params = spec.init(jax.random.PRNGKey(0))["params"]
+    x, y, _, _ = models.digits()
+    optimizer = optax.sgd(0.05, momentum=0.9)
+    opt_state = optimizer.init(params)
+    losses = []
+    for t in range(ITERATIONS):
+        idx = batch_indices(len(x), BATCH, 0, t)
+        loss, grads, _ = reference(spec.module, {"params": params}, (x[idx], y[idx]),
+                                   spec.loss_fn, jit=True)
+        updates, opt_state = optimizer.update(grads, opt_state, params)
+        params = optax.apply_updates(params, updates)
+        losses.append(float(loss))
+    return params, losses
+
+
+def test_pipelined_training_equals_single_process_training(fault_free):
+    summary, params, _ = fault_free
+    expected, losses = single_process_training()
+    assert max_relative_error(params, expected) <= 1e-5
+    np.testing.assert_allclose(summary["losses"], losses, rtol=1e-5)
+    assert summary["restarts"] == 0 and summary["handovers"] == 0
+    for key in ("measured_seconds_per_iteration", "predicted_seconds_per_iteration",
+                "simulated_seconds_per_iteration", "measured_dollars_per_iteration",
+                "predicted_dollars_per_iteration"):
+        assert summary[key] > 0, key
+
+
+def test_a_finished_job_keeps_only_results_and_checkpoints(fault_free):
+    _, _, store = fault_free
+    kinds = {key.split("/")[2] for key in store.list("jobs/fault-free/")}
+    assert kinds == {"job.json", "ckpt", "metrics", "results"}
+
+
+def test_deadline_hand_over_gives_bitwise_the_same_parameters(workdir, fault_free):
+    # An invocation limit this short leaves room for one iteration per invocation.
+    summary, params, _ = run(workdir, "hand-over", invocation_seconds=0.001, startup_seconds=0)
+    assert summary["handovers"] == ITERATIONS - 1
+    assert summary["invocations"] == ITERATIONS
+    for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(fault_free[1])):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_a_rank_killed_mid_iteration_is_recovered_from_the_last_checkpoint(workdir, fault_free):
+    summary, params, store = run(workdir, "killed", faults=({"rank": 2, "iteration": 1},))
+    assert summary["restarts"] == 1
+    for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(fault_free[1])):
+        np.testing.assert_array_equal(a, b)
+    assert not store.list("jobs/killed/run/")
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"model": "gpt5"}, "unknown model"),
+    ({"optimizer": "lion9"}, "unknown optimizer"),
+    ({"platform": "azure"}, "unknown platform"),
+    ({"batch": 12}, "the plan is for batch 16"),
+])
+def test_bad_input_is_refused_before_any_function_starts(workdir, change, message):
+    options = TrainOptions(**{"model": "mlp", "plan_file": str(workdir / "plan.json"),
+                                     "batch": BATCH, "store": str(workdir / "refused"),
+                                     "profile_cache": str(workdir / "profiles"), **change})
+    with pytest.raises(JaxPipeError, match=message):
+        train(options, show_progress=False)
+    assert not (workdir / "refused").exists() or not open_store(
+        str(workdir / "refused")).list("jobs/")
+
+
+@pytest.mark.parametrize("plan, message", [
+    (Plan(stages=(StagePlan(0, 2, 1024),), micro_batch=4, global_batch=BATCH),
+     "covers 3 layers"),
+    (Plan(stages=(StagePlan(0, 3, 1024, 3),), micro_batch=4, global_batch=BATCH),
+     "do not divide over 3 replicas"),
+    (Plan(stages=(StagePlan(0, 3, 512),), micro_batch=4, global_batch=BATCH,
+          peak_memory_mb=(900.0,)), "above its 512 MB cap"),
+])
+def test_plans_that_cannot_run_are_refused(workdir, plan, message, tmp_path):
+    (tmp_path / "plan.json").write_text(json.dumps(plan.to_dict()))
+    options = TrainOptions(model="mlp", plan_file=str(tmp_path / "plan.json"), batch=BATCH,
+                           store=str(tmp_path / "store"),
+                           profile_cache=str(workdir / "profiles"))
+    with pytest.raises(JaxPipeError, match=message):
+        train(options, show_progress=False)
