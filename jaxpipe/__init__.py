@@ -6,9 +6,11 @@ and `load_stages` in a fresh process, `profile` them for the planners.
 
 from jaxpipe.bundle import BundleError, StageRunner, load_stages
 from jaxpipe.errors import BatchError, CutError, JaxPipeError, TraceError
+from jaxpipe.profile import profile
 from jaxpipe.split import Staged
 from jaxpipe.stage import StageProgram, StageSpec, TensorSpec
 from jaxpipe.trace import Layer, Traced, trace
+from planners import coarsen  # merges adjacent layers of a profile; the planners own it
 
 __all__ = [
     "BatchError",
@@ -23,6 +25,8 @@ __all__ = [
     "TensorSpec",
     "TraceError",
     "Traced",
+    "coarsen",
     "load_stages",
+    "profile",
     "trace",
 ]
