@@ -1,4 +1,4 @@
-"""The `jaxpipe` command: train, plan, profile, demo."""
+"""The `jaxpipe` command: train, plan, profile, calibrate, deploy, demo."""
 
 from __future__ import annotations
 
@@ -34,7 +34,25 @@ def main(argv: Sequence[str] | None = None) -> int:
                       help="micro-batch sizes to time, comma-separated (default: 1,2,4,8)")
     prof.add_argument("--repeats", type=int, default=5, help="timed runs per measurement")
     prof.add_argument("-o", "--output", default="profile.json", help="where to write the JSON")
+    _add_cloud_arguments(prof, "profile inside functions of each memory size")
     prof.set_defaults(run=_profile)
+
+    cal = commands.add_parser(
+        "calibrate", help="measure storage latency and bandwidth (inside functions on aws-lambda)")
+    cal.add_argument("--size-mb", type=float, default=16.0,
+                     help="object size of the bandwidth test, MB (default: 16)")
+    cal.add_argument("--repeats", type=int, default=5, help="transfers per measurement")
+    _add_cloud_arguments(cal, "measure inside functions of each memory size")
+    cal.add_argument("--store", help="local platform: a directory or s3://bucket to measure")
+    cal.set_defaults(run=_calibrate)
+
+    deploy = commands.add_parser("deploy", help="set up a cloud platform (image, functions, bucket)")
+    clouds = deploy.add_subparsers(dest="cloud", required=True)
+    aws = clouds.add_parser("aws", help="AWS Lambda + S3 (see docs/aws.md)")
+    from jaxpipe.deploy.cli import add_aws_arguments, run_aws
+
+    add_aws_arguments(aws)
+    aws.set_defaults(run=run_aws)
 
     from planners.cli import add_plan_arguments, run_plan
 
@@ -77,6 +95,10 @@ def _add_train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--invocation-seconds", type=float,
                         help="time limit of one invocation (default: the platform's)")
     parser.add_argument("--out", help="write the summary JSON here")
+    parser.add_argument("--max-cost", type=float,
+                        help="stop before the run would spend more than this many dollars")
+    parser.add_argument("--function-prefix", default=d.function_prefix,
+                        help="aws-lambda: ranks run on <prefix>-<memory MB>")
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -87,7 +109,8 @@ def _train(args: argparse.Namespace) -> int:
               and k != "run"
               and v is not None}
     options = TrainOptions(**fields, run=RunConfig(
-        invocation_seconds=args.invocation_seconds, link=not args.no_link))
+        invocation_seconds=args.invocation_seconds, link=not args.no_link,
+        max_cost=args.max_cost))
     summary = train(options, resume=args.resume)
     losses = summary["losses"]
     print(f"job {summary['job']}: {len(losses)} iterations, loss {losses[0]:.4f} -> "
@@ -160,7 +183,24 @@ def _demo(args: argparse.Namespace) -> int:
     return 0 if ok else 1
 
 
+def _add_cloud_arguments(parser: argparse.ArgumentParser, what: str) -> None:
+    parser.add_argument("--platform", default="local",
+                        help=f"local (this machine) or aws-lambda ({what})")
+    parser.add_argument("--memory", help="aws-lambda: memory sizes in MB, comma-separated "
+                        "(default: the platform's grid)")
+    parser.add_argument("--bucket", help="aws-lambda: the bucket `jaxpipe deploy aws` set up")
+    parser.add_argument("--endpoint-url", help="S3 API endpoint (default: AWS)")
+    parser.add_argument("--function-prefix", default="jaxpipe-worker",
+                        help="aws-lambda: functions are <prefix>-<memory MB>")
+    parser.add_argument("--platform-file", default=None,
+                        help="platform JSON to write or update (default: platform-<name>.json)")
+
+
 def _profile(args: argparse.Namespace) -> int:
+    if args.platform != "local":
+        from jaxpipe.deploy.cli import profile_on_platform
+
+        return profile_on_platform(args)
     import jax
     from tqdm import tqdm
 
@@ -182,6 +222,12 @@ def _profile(args: argparse.Namespace) -> int:
         json.dump(result.to_dict(), f, indent=1)
     print(f"wrote {args.output}: {len(result.layers)} layers of {spec.name}")
     return 0
+
+
+def _calibrate(args: argparse.Namespace) -> int:
+    from jaxpipe.deploy.cli import calibrate_platform
+
+    return calibrate_platform(args)
 
 
 if __name__ == "__main__":

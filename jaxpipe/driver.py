@@ -8,6 +8,8 @@
 
 A window is as many iterations as fit in one invocation's time limit (with a safety factor),
 so a rank checkpoints at an iteration boundary and hands over before the platform would kill it.
+With `RunConfig.max_cost`, a window is also cut to what the budget still affords (`CostGuard`),
+and the job stops before a window that would exceed it.
 """
 
 from __future__ import annotations
@@ -26,16 +28,26 @@ import numpy as np
 from jaxpipe import checkpoint
 from jaxpipe.errors import JaxPipeError
 from jaxpipe.job import JobSpec, Keys
+from jaxpipe.platforms import Launcher
+from jaxpipe.platforms.aws import REFUSED
 from jaxpipe.platforms.local import LocalPlatform
 from planners import Plan, Platform
 from planners.schedule import build
 from transports import ObjectStore, store_to_spec
 
-__all__ = ["JobFailed", "RunConfig", "run_job"]
+__all__ = ["BudgetExceeded", "CostGuard", "JobFailed", "RunConfig", "run_job"]
 
 
 class JobFailed(JaxPipeError, RuntimeError):
     """A job could not finish: ranks kept dying, or a rank stayed silent past the timeout."""
+
+
+class BudgetExceeded(JobFailed):
+    """The next iteration would take the job past `--max-cost`; it stopped at a checkpoint.
+
+    Fix: resume the job (`jaxpipe train --resume <job>`) with a larger `--max-cost`, or plan a
+    cheaper configuration.
+    """
 
 
 @dataclass(frozen=True)
@@ -49,6 +61,7 @@ class RunConfig:
       faults: test hook, e.g. ({"rank": 1, "iteration": 2},): that rank SIGKILLs itself
         mid-iteration during the first attempt.
       log_dir: where rank processes write their output.
+      max_cost: budget of the whole run, in the platform's currency; None means no limit.
     """
 
     invocation_seconds: float | None = None
@@ -57,6 +70,7 @@ class RunConfig:
     faults: tuple[dict[str, int], ...] = ()
     log_dir: str = ".jaxpipe/logs"
     startup_seconds: float = 20.0
+    max_cost: float | None = None
 
 
 @dataclass
@@ -69,25 +83,90 @@ class Progress:
     restarts: int = 0
     handovers: int = 0
     invocations: int = 0
+    dollars: float = 0.0  # spent so far: measured windows plus estimates for failed ones
+
+
+@dataclass
+class CostGuard:
+    """Keeps a run under `max_cost`: predicts a window's cost before launching it.
+
+    Dollars per iteration are predicted from the plan (`iteration_dollars`, else its time at
+    the platform's GB-s price) until a window has run, then measured from the workers' metrics
+    (billed GB-s, invocations and requests; startup included). A failed window is charged its
+    wall time for every function, since Lambda bills the dead ranks too.
+    """
+
+    max_cost: float | None
+    platform: Platform
+    plan: Plan
+    spent: float = 0.0
+    measured_dollars: float = 0.0
+    measured_iterations: int = 0
+
+    def per_iteration(self) -> float:
+        if self.measured_iterations:
+            return self.measured_dollars / self.measured_iterations
+        if self.plan.iteration_dollars:
+            return float(self.plan.iteration_dollars)
+        return (self.plan.iteration_seconds or 1.0) * self.gb() * self.platform.price_gb_second
+
+    def gb(self) -> float:
+        return sum(s.replicas * s.memory_mb / 1024 for s in self.plan.stages)
+
+    def affordable(self, wanted: int, t: int, job: str) -> int:
+        """How many of `wanted` iterations from t fit the budget; raises if not even one."""
+        if self.max_cost is None:
+            return wanted
+        per = self.per_iteration()
+        fits = math.floor((self.max_cost - self.spent) / per) if per > 0 else wanted
+        if fits < 1:
+            raise BudgetExceeded(
+                f"stopped before iteration {t}: {self.spent:.4f} spent, one more iteration is "
+                f"predicted at {per:.4f}, and --max-cost is {self.max_cost:.4f} "
+                f"({self.platform.currency}). The checkpoint of iteration {t} is in the store: "
+                f"continue with `jaxpipe train --resume {job} --max-cost <larger>`.")
+        return min(wanted, fits)
+
+    def charge_window(self, dollars: float, iterations: int) -> None:
+        self.spent += dollars
+        self.measured_dollars += dollars
+        self.measured_iterations += iterations
+
+    def charge_failure(self, seconds: float, functions: int) -> None:
+        self.spent += (seconds * self.gb() * self.platform.price_gb_second
+                       + functions * self.platform.price_invocation)
 
 
 def run_job(store: ObjectStore, spec: JobSpec, start: int = 0, config: RunConfig = RunConfig(),
-            on_iteration: Callable[[int, Progress], None] | None = None) -> Progress:
-    """Runs iterations [start, spec.iterations) of a job whose objects are in `store`."""
+            on_iteration: Callable[[int, Progress], None] | None = None,
+            launcher: Launcher | None = None) -> Progress:
+    """Runs iterations [start, spec.iterations) of a job whose objects are in `store`.
+
+    `launcher` is the platform ranks run on (default: local processes, `LocalPlatform`).
+
+    Raises:
+      JobFailed: ranks kept dying; BudgetExceeded (a JobFailed): `config.max_cost` reached.
+    """
     plan = Plan.from_dict(spec.plan)
     platform = Platform.from_dict(spec.platform)
     schedule = build(plan)
     keys = spec.keys
-    launcher = LocalPlatform(platform, Path(config.log_dir) / spec.job_id)
+    if launcher is None:
+        launcher = LocalPlatform(platform, Path(config.log_dir) / spec.job_id)
+    guard = CostGuard(config.max_cost, platform, plan)
+    cap = spec.iterations  # shrinks when ranks refuse a window they cannot finish in time
     limit = config.invocation_seconds or platform.timeout_s
     per_iteration = plan.iteration_seconds or 1.0
     progress = Progress()
     last_ranks = [schedule.rank(len(plan.stages) - 1, r) for r in range(plan.stages[-1].replicas)]
     attempt, t = 0, start
     while t < spec.iterations:
-        stop = min(spec.iterations, t + window_for(limit, per_iteration, config.startup_seconds))
+        wanted = min(cap, window_for(limit, per_iteration, config.startup_seconds))
+        stop = min(spec.iterations, t + guard.affordable(wanted, t, spec.job_id))
         event = {"job": spec.job_id, "store": store_to_spec(store), "start": t, "stop": stop,
-                 "attempt": attempt, "invocation": progress.invocations, "link": config.link}
+                 "attempt": attempt, "invocation": progress.invocations, "link": config.link,
+                 "iteration_s": per_iteration}
+        launched = time.time()
         if attempt == 0 and config.faults:
             event["fault"] = dict(config.faults[0])
         ranks = [launcher.launch({**event, "rank": r}, plan.stages[_stage(schedule, r)].memory_mb)
@@ -107,6 +186,10 @@ def run_job(store: ObjectStore, spec: JobSpec, start: int = 0, config: RunConfig
         except _RankDied as death:
             for rank in ranks:
                 rank.kill()
+            guard.charge_failure(time.time() - launched, len(ranks))
+            progress.dollars = guard.spent
+            if death.code == REFUSED:  # the window did not fit the time left: halve it
+                cap = max(1, (stop - t) // 2)
             progress.restarts += 1
             if progress.restarts > config.max_restarts:
                 raise JobFailed(
@@ -119,6 +202,11 @@ def run_job(store: ObjectStore, spec: JobSpec, start: int = 0, config: RunConfig
             attempt += 1
             t = resume if resume is not None else 0
             continue
+        window_metrics = [json.loads(store.get(keys.metrics(r, attempt, event["invocation"]),
+                                               timeout=spec.wait_timeout_s))
+                          for r in range(schedule.num_ranks)]
+        guard.charge_window(measured_dollars(platform, window_metrics), stop - t)
+        progress.dollars = guard.spent
         measured = [progress.times[i] for i in range(t + 1, stop)]  # the first includes startup
         if measured:
             per_iteration = float(np.median(measured))

@@ -65,6 +65,7 @@ class TrainOptions:
     allreduce: str = "pipelined"
     profile_cache: str = ".jaxpipe/profiles"
     wait_timeout_s: float = 120.0
+    function_prefix: str = "jaxpipe-worker"  # aws-lambda: ranks run on <prefix>-<memory MB>
     run: RunConfig = field(default_factory=RunConfig)
 
 
@@ -93,9 +94,14 @@ def prepare(options: TrainOptions) -> Prepared:
     if options.platform not in platforms.names():
         raise JaxPipeError(
             f"unknown platform {options.platform!r}; choose one of {platforms.names()}")
-    if options.platform != "local":
+    # aws-lambda runs ranks as Lambda invocations (jaxpipe.platforms.aws); they can only
+    # share an S3 bucket, never a directory of this machine.
+    if options.platform not in ("local", "aws-lambda"):
         raise JaxPipeError(f"running on {options.platform!r} is not available yet; use "
-                           "--platform local (plans for other platforms: `jaxpipe plan`)")
+                           "--platform local or aws-lambda (other platforms: `jaxpipe plan`)")
+    if options.platform == "aws-lambda" and not options.store.startswith("s3://"):
+        raise JaxPipeError(f"--platform aws-lambda needs --store s3://<bucket> (the bucket "
+                           f"`jaxpipe deploy aws` set up), not {options.store!r}")
     platform = platforms.get(options.platform, options.platform_file)
     spec = models.get(options.model)
     variables = spec.init(jax.random.PRNGKey(options.seed))
@@ -156,7 +162,8 @@ def train(options: TrainOptions, resume: str | None = None, show_progress: bool 
     spec, store = prepared.spec, prepared.store
     bar = _progress_bar(spec, start, show_progress)
     began = time.time()
-    progress = run_job(store, spec, start, options.run, on_iteration=bar)
+    progress = run_job(store, spec, start, options.run, on_iteration=bar,
+                       launcher=_launcher(spec, store, options))
     wall = time.time() - began
     if show_progress:
         print(file=__import__("sys").stderr)
@@ -164,6 +171,16 @@ def train(options: TrainOptions, resume: str | None = None, show_progress: bool 
     _clean_up(store, spec)
     store.put(spec.keys.prefix + "results/summary.json", json.dumps(summary, indent=1).encode())
     return summary
+
+
+def _launcher(spec: JobSpec, store: ObjectStore, options: TrainOptions) -> Any:
+    """The aws-lambda launcher for a Lambda job; None (the driver's local default) otherwise."""
+    platform = Platform.from_dict(spec.platform)
+    if platform.name != "aws-lambda":
+        return None
+    from jaxpipe.platforms.aws import AwsLambdaPlatform
+
+    return AwsLambdaPlatform(platform, store, function_prefix=options.function_prefix)
 
 
 def _training_data(spec: Any, options: TrainOptions) -> tuple[Any, Any]:

@@ -26,6 +26,8 @@ import os
 import resource
 import sys
 import time
+import traceback
+import uuid
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
@@ -36,7 +38,7 @@ import numpy as np
 from jaxpipe import checkpoint, optim
 from jaxpipe.bundle import load_stages
 from jaxpipe.dataset import ShardReader, batch_indices, micro_batch_keys
-from jaxpipe.job import JobSpec
+from jaxpipe.job import JobSpec, Keys
 from planners import Plan, Platform
 from planners.schedule import Kind, build
 from transports import ThrottledStore, allreduce_mean, codec, store_from_spec
@@ -49,20 +51,55 @@ def handler(event: dict[str, Any], context: Any = None) -> dict[str, Any]:
 
     Event fields: `job`, `rank`, `store` (a `transports.store_to_spec` dict), `start`, `stop`
     (iterations), `attempt`, `invocation`, `link` (bool: emulate the platform's bandwidth and
-    latency), optional `launched_at` (epoch seconds, for the cold start) and `fault`
-    ({"iteration": t}: die by SIGKILL in that iteration; tests only).
+    latency), optional `launched_at` (epoch seconds, for the cold start), `iteration_s` (the
+    driver's estimate of one iteration, seconds) and `fault` ({"iteration": t}: die by SIGKILL
+    in that iteration; tests only). An event with a `task` field is a profiling or calibration
+    run (`jaxpipe.platforms.aws_tasks`), which shares this entry point in the container image.
+
+    (a) The first delivery of an event claims its slot (job, attempt, invocation, rank) with a
+    conditional write, and a duplicate delivery (Lambda may deliver an asynchronous event
+    twice) returns at once. (b) On a serverless platform (a `context` with
+    `get_remaining_time_in_millis`), a window that cannot finish in the time left is refused
+    with status "refused" before any iteration starts. (c) A rank that raises writes status
+    "failed" with the traceback, then raises.
 
     Returns:
-      dict: `status` ("done" or "handover"), `next` iteration, and the metrics key.
+      dict: `status` ("done", "handover", "refused" or "duplicate"), `next` iteration, and the
+      metrics key.
     """
+    if "task" in event:
+        from jaxpipe.platforms.aws_tasks import run_task
+
+        return run_task(event, context)
     began = time.time()
     base = store_from_spec(event["store"])
+    status_key = Keys(event["job"]).status(event["attempt"], event["invocation"], event["rank"])
+    # (a) Lambda may deliver one asynchronous event twice: only the first claim runs the rank.
+    token = json.dumps({"token": uuid.uuid4().hex, "at": began,
+                        "request": getattr(context, "aws_request_id", None)}).encode()
+    if not base.put_if_absent(status_key + ".claim", token):
+        return {"status": "duplicate", "next": event["start"], "metrics": None}
+    try:
+        return _run(event, context, base, status_key, began)
+    except Exception:  # tell the driver why, then fail as the platform expects
+        body = {"status": "failed", "error": traceback.format_exc()[-4000:]}
+        base.put(status_key, json.dumps(body).encode())
+        raise
+
+
+def _run(event: dict[str, Any], context: Any, base: Any, status_key: str,
+         began: float) -> dict[str, Any]:
     spec = JobSpec.from_json(base.get(f"jobs/{event['job']}/job.json", timeout=60))
     platform = Platform.from_dict(spec.platform)
     store = ThrottledStore(base, platform.uplink_bytes_per_s, platform.downlink_bytes_per_s,
                            platform.request_latency_s) if event.get("link", True) else base
     rank = Rank(spec, store, event)
     ready = time.time()
+    refusal = _deadline_refusal(event, context, rank.plan)
+    if refusal:  # (b) hand the window back whole rather than die in the middle of it
+        rank.close()
+        base.put(status_key, json.dumps(refusal).encode())
+        return refusal
     for t in range(event["start"], event["stop"]):
         rank.iteration(t)
         last = t + 1 == event["stop"]
@@ -71,13 +108,37 @@ def handler(event: dict[str, Any], context: Any = None) -> dict[str, Any]:
     rank.close()
     done = event["stop"] >= spec.iterations
     status = {"status": "done" if done else "handover", "next": event["stop"]}
+    # On Lambda the bill starts when the handler does (queueing in the async queue is free);
+    # locally the process start is part of the emulated function.
+    billed_from = began if context is not None else event.get("launched_at", began)
     metrics = rank.metrics(cold_start=ready - event.get("launched_at", began),
-                           billed=time.time() - event.get("launched_at", began))
+                           billed=time.time() - billed_from)
     key = spec.keys.metrics(rank.rank, event["attempt"], event["invocation"])
     store.put(key, json.dumps(metrics).encode())
-    store.put(spec.keys.status(event["attempt"], event["invocation"], rank.rank),
-              json.dumps(status).encode())
+    store.put(status_key, json.dumps(status).encode())
     return {**status, "metrics": key}
+
+
+HANDOVER_MARGIN_S = 15.0
+"""Seconds kept free at the end of an invocation to checkpoint and write metrics and status."""
+
+
+def _deadline_refusal(event: dict[str, Any], context: Any, plan: Plan) -> dict[str, Any] | None:
+    """The "refused" status if the window cannot finish in the invocation's time left, else None.
+
+    Needed time = iterations x seconds per iteration (the driver's measurement in the event,
+    else the plan's prediction) + HANDOVER_MARGIN_S. Without a context (local processes) there
+    is no platform deadline and nothing is refused.
+    """
+    if context is None or not hasattr(context, "get_remaining_time_in_millis"):
+        return None
+    remaining = context.get_remaining_time_in_millis() / 1000.0
+    per_iteration = event.get("iteration_s") or plan.iteration_seconds or 0.0
+    needed = (event["stop"] - event["start"]) * per_iteration + HANDOVER_MARGIN_S
+    if remaining >= needed:
+        return None
+    return {"status": "refused", "reason": "deadline", "next": event["start"],
+            "remaining_s": round(remaining, 3), "needed_s": round(needed, 3), "metrics": None}
 
 
 class Rank:
@@ -104,6 +165,10 @@ class Rank:
         self.reader = ShardReader(store, self.keys, spec.shard_size, self.timeout)
         self.up = ThreadPoolExecutor(1, thread_name_prefix="upload")
         self.down = ThreadPoolExecutor(1, thread_name_prefix="download")
+        # Deleting consumed messages is one request round trip per iteration: off the lanes, so
+        # that the next iteration's receives and sends never wait for it.
+        self.cleaner = ThreadPoolExecutor(1, thread_name_prefix="cleanup")
+        self.cleaning: Future | None = None
         self.timeline: list[dict[str, Any]] = []
         self.seconds: list[dict[str, float]] = []
 
@@ -165,8 +230,9 @@ class Rank:
             future.result(timeout=self.timeout)
         consumed = [self._message_key(t, task) for task in tasks
                     if task.kind in (Kind.RECV_ACT, Kind.RECV_GRAD) and task.peer is not None]
-        if consumed:
-            self.store.delete_many(consumed)
+        if self.cleaning is not None:
+            self.cleaning.result(timeout=self.timeout)
+        self.cleaning = self.cleaner.submit(self.store.delete_many, consumed) if consumed else None
         self.seconds.append({"iteration": t, "seconds": time.time() - start})
 
     def _receive(self, t: int, task: Any) -> list[Any]:
@@ -236,6 +302,9 @@ class Rank:
     def close(self) -> None:
         self.up.shutdown(wait=True)
         self.down.shutdown(wait=True)
+        if self.cleaning is not None:
+            self.cleaning.result(timeout=self.timeout)
+        self.cleaner.shutdown(wait=True)
 
     def metrics(self, cold_start: float, billed: float) -> dict[str, Any]:
         return {

@@ -63,6 +63,9 @@ class FaultyStore(ObjectStore):
     def _put(self, key: str, data: bytes | memoryview) -> None:
         self._around("PUT", key, lambda: self.store.put(key, data))
 
+    def _put_if_absent(self, key: str, data: bytes | memoryview) -> bool:
+        return self._around("PUT", key, lambda: self.store.put_if_absent(key, data))
+
     def _get(self, key: str) -> bytes:
         return self._around("GET", key, lambda: self.store.get(key))
 

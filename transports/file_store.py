@@ -8,12 +8,15 @@ can on S3.
 
 Writes are atomic: the bytes go to a temporary file in the target folder, which is then renamed
 over the final name (`os.replace`, atomic on POSIX), so a reader sees the old object, the new
-one or nothing, never half a file. Empty folders are removed after a delete so that a long job
+one or nothing, never half a file. A conditional write (`put_if_absent`) hard-links the complete
+temporary file to the final name instead: `os.link` fails if the name exists, atomically, and
+the object appears whole or not at all. Empty folders are removed after a delete so that a long job
 does not leave a tree of empty folders behind.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import uuid
 from typing import Any
@@ -64,9 +67,10 @@ class FileStore(ObjectStore):
         path = self._path(key)
         folder = os.path.dirname(path)
         for _ in range(5):  # a concurrent delete may prune the folder between mkdir and open
-            os.makedirs(folder, exist_ok=True)
             tmp = os.path.join(folder, f"{_TMP_PREFIX}{uuid.uuid4().hex}")
             try:
+                # makedirs too: a concurrent delete may prune a parent while it descends
+                os.makedirs(folder, exist_ok=True)
                 with open(tmp, "wb") as f:
                     f.write(data)
             except FileNotFoundError:
@@ -76,6 +80,30 @@ class FileStore(ObjectStore):
                 return
             except FileNotFoundError:
                 continue
+        raise OSError(f"could not write key {key!r} under {self.root}: its folder kept vanishing")
+
+    def _put_if_absent(self, key: str, data: bytes | memoryview) -> bool:
+        path = self._path(key)
+        folder = os.path.dirname(path)
+        for _ in range(5):  # as in _put: a concurrent delete may prune the folder
+            tmp = os.path.join(folder, f"{_TMP_PREFIX}{uuid.uuid4().hex}")
+            try:
+                # makedirs too: a concurrent delete may prune a parent while it descends
+                os.makedirs(folder, exist_ok=True)
+                with open(tmp, "wb") as f:
+                    f.write(data)
+            except FileNotFoundError:
+                continue
+            try:
+                os.link(tmp, path)  # atomic, and refuses an existing name (unlike rename)
+                return True
+            except FileExistsError:
+                return False
+            except FileNotFoundError:
+                continue
+            finally:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(tmp)
         raise OSError(f"could not write key {key!r} under {self.root}: its folder kept vanishing")
 
     def _get(self, key: str) -> bytes:

@@ -53,6 +53,15 @@ class MemoryStore(ObjectStore):
                 bisect.insort(objs.sorted_keys, key)
             objs.data[key] = blob
 
+    def _put_if_absent(self, key: str, data: bytes | memoryview) -> bool:
+        objs = self._objects
+        with objs.lock:
+            if key in objs.data:
+                return False
+            bisect.insort(objs.sorted_keys, key)
+            objs.data[key] = bytes(data)
+        return True
+
     def _get(self, key: str) -> bytes:
         try:
             return self._objects.data[key]

@@ -7,6 +7,11 @@ What it adds to plain `put_object`/`get_object`:
 * retries live in `ObjectStore`: botocore's own retries are switched off (one attempt per
   call) so that every request sent is counted once, and throttling (SlowDown, 503, 429...),
   other 5xx and connection errors become `TransientStoreError`;
+* `put_if_absent` is one `PutObject` with `If-None-Match: *` (S3 conditional writes, 2024):
+  S3 answers 412 PreconditionFailed if the key exists, and 409 ConditionalRequestConflict
+  while a concurrent conditional write to the key is in flight (retried: AWS advises it).
+  A server that ignores the header (s3rver 3.7.1 does) silently overwrites instead; moto 5.2.5
+  honours it. Conditional objects are never uploaded in parts;
 * objects above `multipart_threshold` bytes are uploaded in parts of `multipart_chunksize`
   bytes, `multipart_concurrency` at a time; such a put costs `parts + 2` PUT-class requests
   (create, parts, complete), all counted as PUTs.
@@ -34,6 +39,7 @@ _NOT_FOUND = {"NoSuchKey", "404", "NotFound"}
 _TRANSIENT_CODES = {"SlowDown", "Throttling", "ThrottlingException", "RequestLimitExceeded",
                     "TooManyRequests", "RequestTimeout", "RequestTimeTooSkewed",
                     "InternalError", "ServiceUnavailable", "503", "500", "429"}
+_PRECONDITION = {"PreconditionFailed", "412"}
 _TRANSIENT_EXCEPTIONS = (botocore.exceptions.ConnectionError,
                          botocore.exceptions.HTTPClientError,
                          botocore.exceptions.IncompleteReadError,
@@ -47,7 +53,8 @@ def _translate(err: Exception, key: str) -> Exception:
         status = int(err.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
         if code in _NOT_FOUND or status == 404:
             return KeyNotFound(key)
-        if code in _TRANSIENT_CODES or status >= 500 or status == 429:
+        if (code in _TRANSIENT_CODES or status >= 500 or status == 429
+                or code == "ConditionalRequestConflict"):
             return TransientStoreError(f"S3 request on {key!r} failed transiently: {err}")
     if isinstance(err, _TRANSIENT_EXCEPTIONS):
         return TransientStoreError(f"S3 request on {key!r} failed transiently: {err}")
@@ -140,6 +147,20 @@ class S3Store(ObjectStore):
                 data, memoryview) else data)
             return
         self._put_multipart(key, full, memoryview(data))
+
+    def _put_if_absent(self, key: str, data: bytes | memoryview) -> bool:
+        try:
+            self.client.put_object(Bucket=self.bucket, Key=self.prefix + key, IfNoneMatch="*",
+                                   Body=bytes(data))
+        except botocore.exceptions.ClientError as err:
+            error = err.response.get("Error", {})
+            status = err.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+            if str(error.get("Code", "")) in _PRECONDITION or status == 412:
+                return False
+            raise _translate(err, key) from err
+        except Exception as err:  # re-raised, translated
+            raise _translate(err, key) from err
+        return True
 
     def _put_multipart(self, key: str, full: str, data: memoryview) -> None:
         upload = self._s3(key, "create_multipart_upload", Key=full)

@@ -15,8 +15,8 @@ other, so this is the only channel between them; three facts shape the contract:
   with `retry.RetryPolicy`; a backend only translates its native errors into
   `TransientStoreError` (retry) or `KeyNotFound` (the key is absent); anything else propagates.
 
-Backends subclass `ObjectStore` and implement the private one-shot operations `_put`, `_get`,
-`_exists`, `_delete`, `_list` and `_spec`; the public methods add key checks, waiting, retries
+Backends subclass `ObjectStore` and implement the private one-shot operations `_put`,
+`_put_if_absent`, `_get`, `_exists`, `_delete`, `_list` and `_spec`; the public methods add key checks, waiting, retries
 and counting. Keys are '/'-separated paths: non-empty, at most 1024 UTF-8 bytes, no leading
 '/', and no empty, '.' or '..' segment (S3 allows such keys; no JaxPipe key needs them and
 they cannot map to files).
@@ -202,6 +202,41 @@ class ObjectStore(abc.ABC):
         self._call(lambda: self._put(key, view))
         self._count(puts=1, bytes_up=len(view))
 
+    def put_if_absent(self, key: str, data: bytes | bytearray | memoryview) -> bool:
+        """Stores `data` under `key` only if no object is there; returns whether this call did.
+
+        One conditional PUT (S3 `If-None-Match: *`): of any number of concurrent callers on one
+        key, exactly one gets True, and an existing object is never replaced. This is how a
+        serverless rank claims its slot when the platform delivers one event twice.
+
+        A retried request is ambiguous: if the first attempt reached the store and only its
+        reply was lost, the retry is refused although this call wrote the object. So when the
+        store refuses after a transient failure, the object is read back and compared with
+        `data`; callers therefore pass data unique to the caller (a random token).
+
+        Raises:
+          TransientStoreError: the store kept failing for every retry attempt.
+        """
+        check_key(key)
+        view = memoryview(data).cast("B") if not isinstance(data, bytes) else data
+        attempts = []
+
+        def attempt() -> bool:
+            attempts.append(1)
+            return self._put_if_absent(key, view)
+
+        created = self._call(attempt)
+        if created:
+            self._count(puts=1, bytes_up=len(view))
+            return True
+        self._count(puts=1)  # a refused conditional PUT is still a billed request
+        if len(attempts) > 1:  # ambiguous: did an attempt whose reply was lost write it?
+            try:
+                return self._call(lambda: self._get(key)) == bytes(view)
+            except KeyNotFound:
+                return False
+        return False
+
     def get(self, key: str, timeout: float | None = None) -> bytes:
         """Returns the object under `key`, waiting up to `timeout` s for it to appear.
 
@@ -281,6 +316,11 @@ class ObjectStore(abc.ABC):
     @abc.abstractmethod
     def _put(self, key: str, data: bytes | memoryview) -> None:
         """Stores the object in one attempt."""
+
+    @abc.abstractmethod
+    def _put_if_absent(self, key: str, data: bytes | memoryview) -> bool:
+        """Stores the object unless the key exists, atomically, in one attempt; returns whether
+        it stored it."""
 
     @abc.abstractmethod
     def _get(self, key: str) -> bytes:

@@ -132,6 +132,13 @@ class ThrottledStore(ObjectStore):
         self.store.put(key, data)
         self._half_trip()
 
+    def _put_if_absent(self, key: str, data: bytes | memoryview) -> bool:
+        self._half_trip()
+        self.uplink.transfer(len(data))
+        created = self.store.put_if_absent(key, data)
+        self._half_trip()
+        return created
+
     def _get(self, key: str) -> bytes:
         self._half_trip()
         try:

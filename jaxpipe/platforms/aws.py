@@ -1,0 +1,188 @@
+"""The AWS Lambda platform: every rank one asynchronous invocation of a container-image function.
+
+Lambda fixes memory per function, so there is one function per memory size, named
+`<prefix>-<MB>` (`jaxpipe-worker-2048`); `jaxpipe deploy aws` creates them. A rank is launched
+with `Invoke(InvocationType="Event")`: Lambda queues the event and answers 202 at once, and the
+event is only a pointer into the store (job id, rank, window, attempt, invocation, store spec),
+a few hundred bytes against the 256 KB asynchronous limit.
+
+An asynchronous invocation has no exit code, so the handle learns how a rank ended from the
+store, where the worker writes `status/<attempt>/<inv>/rank<r>`:
+
+    status "done" / "handover"   -> 0          the window ran to its end
+    status "failed"              -> FAILED     the handler raised (the error is in the status)
+    status "refused"             -> REFUSED    too little time left to finish the window
+    no status past the deadline  -> TIMED_OUT  killed: timeout, out of memory, or never started
+
+Lambda may deliver one event twice; the worker's claim (`put_if_absent`) makes the second
+delivery exit at once, so it writes no status and the handle never sees it.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from jaxpipe.errors import JaxPipeError
+from jaxpipe.job import Keys
+from planners import Platform
+from transports import KeyNotFound, ObjectStore
+
+__all__ = ["ASYNC_PAYLOAD_LIMIT", "FAILED", "FUNCTION_PREFIX", "REFUSED", "TIMED_OUT",
+           "AwsLambdaPlatform", "LambdaInvocation", "function_name", "invocation_dollars",
+           "lambda_client"]
+
+FUNCTION_PREFIX = "jaxpipe-worker"
+ASYNC_PAYLOAD_LIMIT = 256 * 1024  # bytes; AWS raised it to 1 MB in 2025, we keep the old bound
+FAILED, REFUSED, TIMED_OUT = 1, 75, 124  # exit codes as a shell would report them
+
+
+def function_name(memory_mb: int, prefix: str = FUNCTION_PREFIX) -> str:
+    """The Lambda function that runs ranks of `memory_mb` MB, e.g. `jaxpipe-worker-2048`."""
+    return f"{prefix}-{int(memory_mb)}"
+
+
+def lambda_client(region_name: str | None = None, endpoint_url: str | None = None) -> Any:
+    """A boto3 Lambda client whose throttled Invoke calls are retried with backoff."""
+    import boto3
+    import botocore.config
+
+    config = botocore.config.Config(retries={"total_max_attempts": 8, "mode": "adaptive"},
+                                    read_timeout=60)
+    return boto3.client("lambda", region_name=region_name, endpoint_url=endpoint_url,
+                        config=config)
+
+
+def invocation_dollars(platform: Platform, memory_mb: float, billed_s: float) -> float:
+    """Dollars of one invocation: billed seconds (rounded up to 1 ms) x GB, plus the request.
+
+    Example:
+      >>> from planners import platforms
+      >>> round(invocation_dollars(platforms.get("aws-lambda"), 2048, 60.0), 6)
+      0.002
+    """
+    billed = math.ceil(max(billed_s, 0.0) * 1000) / 1000
+    return billed * memory_mb / 1024 * platform.price_gb_second + platform.price_invocation
+
+
+@dataclass
+class LambdaInvocation:
+    """A launched rank; how it ended is read from its status key (module docstring).
+
+    Attributes:
+      rank: the rank.
+      function: the Lambda function invoked.
+      request_id: Lambda's id of the asynchronous request (find its logs with it).
+      status_key: where the worker writes how the window ended.
+      deadline: epoch seconds after which a rank without a status counts as killed.
+      poll_every_s: the store is read at most this often (a poll is one GET).
+    """
+
+    rank: int
+    function: str
+    request_id: str
+    store: ObjectStore
+    status_key: str
+    deadline: float
+    poll_every_s: float = 5.0
+    code: int | None = None
+    status: dict[str, Any] = field(default_factory=dict)
+    _checked: float = 0.0
+
+    def poll(self) -> int | None:
+        if self.code is not None or time.time() - self._checked < self.poll_every_s:
+            return self.code
+        return self._check()
+
+    def _check(self) -> int | None:
+        self._checked = time.time()
+        try:
+            self.status = json.loads(self.store.get(self.status_key))
+        except KeyNotFound:
+            if time.time() > self.deadline:
+                self.code = TIMED_OUT
+            return self.code
+        kind = self.status.get("status")
+        self.code = 0 if kind in ("done", "handover") else REFUSED if kind == "refused" else FAILED
+        return self.code
+
+    def wait(self, timeout: float) -> int:
+        """Blocks until the rank ends; TIMED_OUT if it has not after `timeout` seconds."""
+        end = time.time() + timeout
+        while self._check() is None:
+            if time.time() >= end:
+                return TIMED_OUT
+            time.sleep(max(0.0, min(self.poll_every_s, end - time.time())))
+        assert self.code is not None
+        return self.code
+
+    def kill(self) -> None:
+        """Lambda cannot stop a running invocation: a rank of an abandoned attempt ends when
+        its next wait times out (the job's `wait_timeout_s`), and it writes nothing useful."""
+
+    def tail(self, lines: int = 15) -> str:
+        if self.status.get("error"):
+            return "\n".join(str(self.status["error"]).splitlines()[-lines:])
+        if self.code == REFUSED:
+            return (f"refused the window: {self.status.get('remaining_s', '?')} s left, "
+                    f"{self.status.get('needed_s', '?')} s needed")
+        return (f"no status from {self.function} (request {self.request_id}); its log: "
+                f"aws logs tail /aws/lambda/{self.function} --since 1h "
+                f"--filter-pattern '\"{self.request_id}\"'")
+
+
+class AwsLambdaPlatform:
+    """Launches ranks as asynchronous invocations of `<prefix>-<MB>` functions.
+
+    Args:
+      platform: the catalog platform (time limit, prices).
+      store: the job's store as the driver sees it; the handles read status keys from it.
+      client: a boto3 Lambda client (default: `lambda_client()`).
+      function_prefix: functions are `<prefix>-<memory MB>`.
+      grace_s: seconds past the platform's time limit (plus queueing) before a rank with no
+        status counts as killed.
+      poll_every_s: how often a handle reads its status key.
+    """
+
+    name = "aws-lambda"
+
+    def __init__(self, platform: Platform, store: ObjectStore, client: Any = None,
+                 function_prefix: str = FUNCTION_PREFIX, grace_s: float = 60.0,
+                 poll_every_s: float = 5.0) -> None:
+        self.platform = platform
+        self.store = store
+        self.client = client if client is not None else lambda_client()
+        self.function_prefix = function_prefix
+        self.grace_s = grace_s
+        self.poll_every_s = poll_every_s
+
+    def launch(self, event: dict[str, Any], memory_mb: int) -> LambdaInvocation:
+        """Invokes the rank's function asynchronously; returns once Lambda queued the event.
+
+        Raises:
+          JaxPipeError: the event is too large for an asynchronous invocation, or Lambda did
+            not accept it (the message names the function and the answer).
+        """
+        # The function's own link is real: never emulate bandwidth on top of it.
+        event = {**event, "link": False, "launched_at": time.time()}
+        payload = json.dumps(event, separators=(",", ":")).encode()
+        if len(payload) > ASYNC_PAYLOAD_LIMIT:
+            raise JaxPipeError(f"the event of rank {event['rank']} is {len(payload)} bytes, "
+                               f"above the {ASYNC_PAYLOAD_LIMIT}-byte asynchronous limit; an "
+                               "event must point into the store, not carry data")
+        name = function_name(memory_mb, self.function_prefix)
+        answer = self.client.invoke(FunctionName=name, InvocationType="Event", Payload=payload)
+        if answer.get("StatusCode") != 202 or answer.get("FunctionError"):
+            raise JaxPipeError(f"Lambda did not queue rank {event['rank']} on {name}: "
+                               f"{answer.get('StatusCode')} {answer.get('FunctionError', '')}; "
+                               "check that `jaxpipe deploy aws` created this memory size")
+        request_id = answer.get("ResponseMetadata", {}).get("RequestId", "?")
+        keys = Keys(event["job"])
+        return LambdaInvocation(
+            rank=int(event["rank"]), function=name, request_id=request_id, store=self.store,
+            status_key=keys.status(event["attempt"], event["invocation"], event["rank"]),
+            deadline=time.time() + self.platform.timeout_s + self.grace_s,
+            poll_every_s=self.poll_every_s)
