@@ -12,6 +12,7 @@ pipeline runs) at each micro-batch size b, then:
 
 from __future__ import annotations
 
+import operator
 import os
 import time
 from collections.abc import Callable, Sequence
@@ -48,7 +49,10 @@ def profile(
       and backward seconds per micro-batch size with their linear fits, and FLOPs per sample;
       `reference_cpus` is the number of cores this process could use.
     """
-    sizes = sorted({int(b) for b in micro_batch_sizes})
+    try:  # operator.index: 1.5 or "2" is an error, not silently 1 or 2
+        sizes = sorted({operator.index(b) for b in micro_batch_sizes})
+    except TypeError:
+        sizes = []
     if not sizes or sizes[0] < 1:
         raise ValueError(f"micro_batch_sizes must be positive integers; got {micro_batch_sizes}")
     per_layer: list[dict[str, Any]] = [
