@@ -24,6 +24,7 @@ for the exchange, the data GETs as data-parallel. (d, b) are chosen for the same
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import math
 import time
 from pathlib import Path
@@ -32,14 +33,16 @@ from typing import Any
 import matplotlib.pyplot as plt
 
 from experiments import common
-from planners import Plan, Problem, StagePlan, cost
+from planners import Objective, Plan, Problem, StagePlan, cost
 
 METHODS = ("miqp", "data-parallel", "hybrid-ps", "gpipe-largest", "maxload")
 BASELINES = ("data-parallel", "hybrid-ps")  # the paper's "serverless training frameworks"
 FULL = {"models": common.MODELS, "batches": (64, 128, 256),
-        "platforms": ("aws-lambda", "alibaba-fc"), "groups": 20, "time_limit": 6.0}
+        "platforms": ("aws-lambda", "alibaba-fc"), "groups": 12, "time_limit": 3.0,
+        "matched_batches": (64,)}
 QUICK = {"models": ("bert-large", "resnet101"), "batches": (64,),
-         "platforms": ("aws-lambda", "alibaba-fc"), "groups": 10, "time_limit": 2.0}
+         "platforms": ("aws-lambda", "alibaba-fc"), "groups": 8, "time_limit": 1.5,
+         "matched_batches": ()}
 
 
 def hybrid_ps(problem: Problem) -> dict[str, Any] | None:
@@ -95,8 +98,26 @@ def hybrid_ps(problem: Problem) -> dict[str, Any] | None:
     return best
 
 
+def matched(problem: Problem, base: dict[str, Any], time_limit: float) -> dict[str, Any]:
+    """The MIQP at a baseline's cost (min time s.t. $ <= its $) and at its time (min $ s.t.
+    time <= its time): speedup at equal cost, saving at equal time (None: no such plan)."""
+    out: dict[str, Any] = {}
+    for key, obj in (("speedup_at_equal_cost", Objective.min_time(base["dollars"])),
+                     ("saving_at_equal_time", Objective.min_cost(base["seconds"]))):
+        p = common.solve(dataclasses.replace(problem, objective=obj), "miqp", time_limit)
+        if p is None:
+            out[key] = None
+            continue
+        out[key] = (base["seconds"] / p.iteration_seconds if key.startswith("speedup")
+                    else 1 - p.iteration_dollars / base["dollars"])
+        out[key.replace("speedup", "plan").replace("saving", "plan")] = {
+            "seconds": p.iteration_seconds, "dollars": p.iteration_dollars,
+            "status": p.status, "stages": len(p.stages), "functions": p.num_functions}
+    return out
+
+
 def run_setting(model: str, platform: str, batch: int, groups: int, time_limit: float,
-                cpu_scale: float) -> dict[str, Any]:
+                cpu_scale: float, match: bool = False) -> dict[str, Any]:
     """Every method on one (model, platform, batch)."""
     problem = common.make_problem(model, platform, batch, groups, cpu_scale)
     rows: dict[str, Any] = {}
@@ -110,6 +131,9 @@ def run_setting(model: str, platform: str, batch: int, groups: int, time_limit: 
             row = None if p is None else common.plan_row(p, problem)
         rows[method] = row or {"method": method, "infeasible": True}
         rows[method]["wall_seconds"] = round(time.perf_counter() - t0, 2)
+    for method in BASELINES if match else ():
+        if not rows[method].get("infeasible"):
+            rows[method]["matched"] = matched(problem, rows[method], time_limit)
     return {"model": model, "platform": platform, "batch": batch,
             "currency": problem.platform.currency,
             "profile": problem.profile.meta.get("source"), "methods": rows}
@@ -141,6 +165,12 @@ def headline(settings: list[dict[str, Any]]) -> dict[str, Any]:
         base = {k: [v for m in BASELINES for v in per.get(m, {}).get(k, [])]
                 for k in ("speedup", "cost_saving")}
         per["serverless baselines"] = base
+        if not key:
+            for m in BASELINES:
+                for k in ("speedup_at_equal_cost", "saving_at_equal_time"):
+                    per.setdefault(m, {})[k] = [
+                        s["methods"][m]["matched"][k] for s in settings
+                        if s["methods"][m].get("matched", {}).get(k) is not None]
         table[label] = {m: {k: [min(v), max(v)] if v else None for k, v in r.items()}
                         for m, r in per.items()}
     return table
@@ -187,7 +217,7 @@ def run(out: Path | str | None = None, quick: bool = False, cpu_scale: float = 1
         for platform in cfg["platforms"]:
             for batch in cfg["batches"]:
                 s = run_setting(model, platform, batch, cfg["groups"], cfg["time_limit"],
-                                cpu_scale)
+                                cpu_scale, batch in cfg["matched_batches"])
                 settings.append(s)
                 print(model, platform, batch, {m: (round(r.get("seconds", math.nan), 2),
                                                    r.get("dollars"))

@@ -25,8 +25,8 @@ from experiments import common
 from planners import METHODS, PlanError, pareto
 
 RIVALS = tuple(m for m in METHODS if m != "exhaustive")
-FULL = {"models": common.MODELS, "platforms": ("aws-lambda", "alibaba-fc"), "groups": 16,
-        "time_limit": 4.0, "points": 5, "exhaustive": False}
+FULL = {"models": common.MODELS, "platforms": ("aws-lambda", "alibaba-fc"), "groups": 12,
+        "time_limit": 3.0, "points": 4, "exhaustive": False}
 QUICK = {"models": ("bert-large",), "platforms": ("aws-lambda",), "groups": 8,
          "time_limit": 2.0, "points": 3, "exhaustive": False}
 TOL = 1e-6

@@ -28,8 +28,8 @@ import matplotlib.pyplot as plt
 from experiments import common
 from planners import Plan, Problem, cost
 
-FULL = {"models": common.MODELS, "platforms": ("aws-lambda", "alibaba-fc"), "groups": 16,
-        "time_limit": 4.0}
+FULL = {"models": common.MODELS, "platforms": ("aws-lambda", "alibaba-fc"), "groups": 12,
+        "time_limit": 3.0}
 QUICK = {"models": ("bert-large", "resnet101"), "platforms": ("alibaba-fc",), "groups": 8,
          "time_limit": 2.0}
 METHODS = ("miqp", "data-parallel")

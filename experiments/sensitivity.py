@@ -7,7 +7,9 @@ around the aws-lambda catalog?
 
     python -m experiments.sensitivity [--quick] [--out DIR]
 
-Every point solves the weighted objective (the "best plan"); the bandwidth and latency sweeps
+Every point solves the weighted objective (the "best plan"), warm-started with the previous
+point's plan when that plan is valid at the new point (an incumbent only: the MIQP stays exact;
+with a time limit it keeps a sweep from losing a plan it had); the bandwidth and latency sweeps
 also solve min-time (the fastest plan), whose time can only fall as links get faster. The
 weight stays 1e-3 $/s when the price changes, so the price sweep moves the time-cost trade-off.
 Full: ResNet-101 and BERT-Large, batch 64, 12 layer groups, HiGHS limit 3 s per MILP (about
@@ -18,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 import time
 from pathlib import Path
 from typing import Any
@@ -25,7 +28,7 @@ from typing import Any
 import matplotlib.pyplot as plt
 
 from experiments import common
-from planners import Objective, Problem, platforms
+from planners import InfeasibleError, Objective, Plan, PlanError, Problem, cost, plan, platforms
 from planners.platforms import MB
 
 AWS = platforms.get("aws-lambda")
@@ -40,7 +43,7 @@ SWEEPS = {
     "price_factor": (0.25, 0.5, 1.0, 2.0, 4.0),
     "cpu_scale": (0.5, 1.0, 2.0, 3.0),
 }
-FULL = {"models": ("resnet101", "bert-large"), "groups": 12, "time_limit": 3.0,
+FULL = {"models": ("resnet101", "bert-large"), "groups": 8, "time_limit": 2.0,
         "sweeps": SWEEPS}
 QUICK = {"models": ("bert-large",), "groups": 8, "time_limit": 2.0,
          "sweeps": {"bandwidth_MBps": (10, 70, 200), "latency_s": (0.01, 0.1),
@@ -68,15 +71,36 @@ def problem_at(base: Problem, axis: str, value: Any, model: str, groups: int) ->
     return dataclasses.replace(base, platform=plat)
 
 
-def point(problem: Problem, time_limit: float, fastest: bool) -> dict[str, Any]:
-    """Best plan (weighted objective) and, if asked, the fastest plan."""
-    p = common.solve(problem, "miqp", time_limit)
+def warm(prev: Plan | None, problem: Problem) -> Plan | None:
+    """The previous point's plan re-scored under ``problem``, if it is valid there."""
+    if prev is None or prev.micro_batch not in problem.valid_micro_batches:
+        return None
+    try:
+        if cost.violations(prev, problem):
+            return None
+        p = cost.score(prev, problem)
+    except PlanError:
+        return None
+    return p if math.isfinite(p.objective_value) else None
+
+
+def point(problem: Problem, time_limit: float, fastest: bool,
+          prev: Plan | None = None) -> tuple[dict[str, Any], Plan | None]:
+    """Best plan (weighted objective; warm-started from ``prev`` when it is valid here) and,
+    if asked, the fastest plan."""
+    inc = warm(prev, problem)
+    try:
+        p = plan(problem, "miqp", time_limit=time_limit,
+                 **({"incumbent": inc} if inc is not None else {}))
+    except InfeasibleError:
+        p = None
     row = ({"infeasible": True} if p is None else common.plan_row(p, problem, sim=False))
+    row["warm_started"] = inc is not None
     if fastest and p is not None:
         f = common.solve(dataclasses.replace(problem, objective=Objective.min_time()), "miqp",
                          time_limit)
         row["fastest"] = None if f is None else common.plan_row(f, problem, sim=False)
-    return row
+    return row, p
 
 
 def run(out: Path | str | None = None, quick: bool = False, cpu_scale: float = 1.0,
@@ -91,10 +115,11 @@ def run(out: Path | str | None = None, quick: bool = False, cpu_scale: float = 1
                                    objective=Objective.weighted(common.weight_for(AWS)))
         results[model] = {}
         for axis, values in cfg["sweeps"].items():
-            rows = []
+            rows, prev = [], None
             for v in values:
                 prob = problem_at(base, axis, v, model, cfg["groups"])
-                rows.append({"value": v} | point(prob, cfg["time_limit"], axis in FASTEST))
+                row, prev = point(prob, cfg["time_limit"], axis in FASTEST, prev)
+                rows.append({"value": v} | row)
             results[model][axis] = rows
             print(model, axis, [(r["value"], round(r.get("seconds") or 0, 2), r.get("stages"),
                                  r.get("functions")) for r in rows], flush=True)
