@@ -36,9 +36,9 @@ class Candidate:
                 (t.per_replica - 1) * t.period_bwd, t.sync + t.update)
 
 
-def _dominated(a: Candidate, b: Candidate) -> bool:
-    """Whether b is at least as good as a in every objective term (same interval, replicas)."""
-    return all(y <= x for x, y in zip(a.key(), b.key(), strict=True)) and a.key() != b.key()
+def _dominates(b: tuple[float, ...], a: tuple[float, ...]) -> bool:
+    """Whether key b is at least as good as key a in every objective term and differs."""
+    return b != a and all(y <= x for x, y in zip(a, b, strict=True))
 
 
 def candidates(problem: Problem, micro_batch: int) -> list[Candidate]:
@@ -68,7 +68,9 @@ def candidates(problem: Problem, micro_batch: int) -> list[Candidate]:
                     break
                 group = [Candidate(i, j, m, d, mode, t) for m in mems
                          if (fit := model.fit(i, j, m, d)) is not None for mode, t in [fit]]
-                out += [c for c in group if not any(_dominated(c, o) for o in group)]
+                keys = [c.key() for c in group]
+                out += [c for c, k in zip(group, keys, strict=True)
+                        if not any(_dominates(o, k) for o in keys)]
     return out
 
 

@@ -24,6 +24,8 @@ exact; each MILP is solved by HiGHS to a relative gap of 1e-7.
 
 from __future__ import annotations
 
+import heapq
+import itertools
 import time
 from dataclasses import dataclass, replace
 
@@ -58,29 +60,42 @@ def _paths(L: int, first: np.ndarray, last: np.ndarray, w: np.ndarray) -> tuple[
     """Shortest path weights 0 -> k (pre) and k -> L (suf) over candidate edges i -> j+1."""
     pre, suf = np.full(L + 1, np.inf), np.full(L + 1, np.inf)
     pre[0], suf[L] = 0.0, 0.0
-    by_end = np.argsort(last, kind="stable")
-    for v in by_end:
-        pre[last[v] + 1] = min(pre[last[v] + 1], pre[first[v]] + w[v])
-    for v in by_end[::-1]:
-        suf[first[v]] = min(suf[first[v]], suf[last[v] + 1] + w[v])
+    if len(w) == 0:
+        return pre, suf
+    order = np.argsort(last, kind="stable")
+    bounds = np.searchsorted(last[order], np.arange(L + 1))
+    for k in range(L):  # edges ending at k+1 start at nodes <= k, all final by now
+        e = order[bounds[k]:bounds[k + 1]]
+        if len(e):
+            pre[k + 1] = min(pre[k + 1], float(np.min(pre[first[e]] + w[e])))
+    order = np.argsort(first, kind="stable")
+    bounds = np.searchsorted(first[order], np.arange(L + 1))
+    for k in range(L - 1, -1, -1):
+        e = order[bounds[k]:bounds[k + 1]]
+        if len(e):
+            suf[k] = min(suf[k], float(np.min(suf[last[e] + 1] + w[e])))
     return pre, suf
 
 
 def _time_caps(problem: Problem, L: int, c: dict[str, np.ndarray],
-               incumbent: tuple[float, float] | None) -> tuple[np.ndarray, np.ndarray]:
+               incumbent: tuple[float, float] | None,
+               band: tuple[float, float] | None = None) -> tuple[np.ndarray, np.ndarray]:
     """(T_lb_v, T_max_v): a lower bound on T for any plan using v, and an upper bound on T for
-    any plan using v that beats the incumbent (seconds, dollars) or meets budget/deadline."""
-    plat, obj = problem.platform, problem.objective
+    any plan using v that beats the incumbent (seconds, dollars) or meets budget/deadline.
+    With ``band`` = (lo, hi) only plans with lo <= T <= hi are considered."""
+    obj = problem.objective
     f, j = c["first"], c["last"]
     pre_t, suf_t = _paths(L, f, j, c["fill"])
-    pre_g, suf_g = _paths(L, f, j, c["gb"])
+    pre_g, suf_g = _paths(L, f, j, c["rate"])
     pre_r, suf_r = _paths(L, f, j, c["req"])
     t_lb = pre_t[f] + c["fill"] + suf_t[j + 1] + c["aF"] + c["aB"] + c["tail"]
-    g_lb = pre_g[f] + c["gb"] + suf_g[j + 1]
+    p = pre_g[f] + c["rate"] + suf_g[j + 1]  # lower bound on sum of rates ($/s) through v
     r_lb = pre_r[f] + c["req"] + suf_r[j + 1]
     longest = -_paths(L, f, j, -c["fill"])[0][L]  # DAG longest path via negated weights
     t_max = np.full(len(f), longest + c["aF"].max() + c["aB"].max() + c["tail"].max())
-    p = plat.price_gb_second * g_lb
+    if band is not None:
+        t_lb = np.maximum(t_lb, band[0])
+        t_max = np.minimum(t_max, band[1])
     with np.errstate(divide="ignore", invalid="ignore"):
         if obj.kind == "weighted" and incumbent is not None:
             f_inc = obj.value(*incumbent)
@@ -204,7 +219,8 @@ def solve(milp: Milp, time_limit: float = 60.0) -> dict[str, object]:
             "variables": len(milp.cands)}
 
 
-def plan_miqp(problem: Problem, time_limit: float = 60.0, incumbent: Plan | None = None) -> Plan:
+def plan_miqp(problem: Problem, time_limit: float = 60.0, incumbent: Plan | None = None,
+              bands: bool = True) -> Plan:
     """Optimal plan over every micro-batch size (FuncPipe's MIQP, linearised exactly).
 
     Args:
@@ -219,6 +235,16 @@ def plan_miqp(problem: Problem, time_limit: float = 60.0, incumbent: Plan | None
     t_start = time.perf_counter()
     if incumbent is None:
         incumbent = _heuristic_incumbent(problem)
+    if bands:
+        best, lower, log = _plan_bands(problem, time_limit, incumbent)
+        if best is None:
+            raise _objective_infeasible(problem, time_limit)
+        value = best.objective_value
+        gap = 0.0 if lower >= value * (1 - 1e-7) else float(
+            (value - lower) / max(abs(value), 1e-300))
+        return score(best, problem, method="miqp", solve_seconds=time.perf_counter() - t_start,
+                     gap=gap, status="optimal" if gap <= 1e-6 else "feasible",
+                     meta={"milps": log, "incumbent": getattr(incumbent, "method", None)})
     inc = (incumbent.iteration_seconds, incumbent.iteration_dollars) if incumbent else None
     best: Plan | None = incumbent
     lower, log = np.inf, []
@@ -313,3 +339,383 @@ def reduce(problem: Problem, micro_batch: int, cands: list[Candidate],
     slack = 1e-6 * max(abs(limit), 1.0)
     kept = [c for c, r in zip(milp.cands, reduced, strict=True) if z_lp + r <= limit + slack]
     return kept, z_lp * milp.objective_scale
+
+
+# ---------------------------------------------------------------------------------------------
+# Band search: the same MILP restricted to iteration-time bands lo <= T <= hi (the default).
+
+
+def _prune(problem: Problem, L: int, c: dict[str, np.ndarray], incumbent: tuple[float, float]
+           | None, band: tuple[float, float] | None) -> tuple[np.ndarray, ...]:
+    """Indices of the candidates that can be in a plan with T in ``band`` beating ``incumbent``
+    (bound, prune, repeat to a fixed point), with their T_lb and T_max."""
+    idx = np.arange(len(c["first"]))
+    while True:
+        sub = {k: v[idx] for k, v in c.items()}
+        if len(idx) == 0:
+            return idx, np.zeros(0), np.zeros(0)
+        t_lb, t_max = _time_caps(problem, L, sub, incumbent, band)
+        keep = np.isfinite(t_lb) & (t_lb <= t_max * (1 + 1e-9) + 1e-12)
+        if band is not None and keep.all():
+            keep = _lagrange_keep(problem, L, sub, incumbent, band)
+        if keep.all():
+            return idx, t_lb, t_max
+        idx = idx[keep]
+
+
+def _shortest_path(L: int, first: np.ndarray, last: np.ndarray, w: np.ndarray) -> list[int]:
+    """Indices of the candidates on a shortest 0 -> L path (empty if none)."""
+    pre, arg = np.full(L + 1, np.inf), np.full(L + 1, -1)
+    pre[0] = 0.0
+    order = np.argsort(last, kind="stable")
+    bounds = np.searchsorted(last[order], np.arange(L + 1))
+    for k in range(L):
+        e = order[bounds[k]:bounds[k + 1]]
+        if len(e):
+            val = pre[first[e]] + w[e]
+            i = int(np.argmin(val))
+            pre[k + 1], arg[k + 1] = val[i], e[i]
+    if not np.isfinite(pre[L]):
+        return []
+    path, k = [], L
+    while k > 0:
+        path.append(int(arg[k]))
+        k = int(first[arg[k]])
+    return path[::-1]
+
+
+def _lagrange_plans(problem: Problem, L: int, c: dict[str, np.ndarray], t_hat: float,
+                    ) -> list[list[int]]:
+    """Heuristic paths: shortest paths on rate_u t_hat + req_u + mu (fill_u + own_u)."""
+    obj = problem.objective
+    w = obj.weight if obj.kind == "weighted" else 0.0
+    own = c["aF"] + c["aB"] + c["tail"]
+    base = c["rate"] * t_hat + c["req"]
+    scale = w + float(np.median(c["rate"])) * 4
+    out = []
+    for mu in scale * np.array([0.1, 0.3, 1.0, 3.0, 10.0]):
+        path = _shortest_path(L, c["first"], c["last"], base + mu * (c["fill"] + own))
+        if path and path not in out and c["d"][path].sum() <= problem.max_functions:
+            out.append(path)
+    return out
+
+
+def _lagrange_keep(problem: Problem, L: int, c: dict[str, np.ndarray],
+                   incumbent: tuple[float, float] | None, band: tuple[float, float]) -> np.ndarray:
+    """Candidates whose Lagrangian bound does not exceed the incumbent (weighted/deadline).
+
+    A plan with lo <= T <= hi through v costs at least sum_u (rate_u lo + req_u) + w lo, and its
+    stages' fill is at most hi - (aF_v + aB_v + tail_v); dualising that with mu >= 0 gives
+    shortest-path bounds pre_mu(i_v) + c_v + mu fill_v + suf_mu(j_v+1) - mu (hi - own_v) + w lo.
+    """
+    obj, V = problem.objective, len(c["first"])
+    if obj.kind == "budget" or incumbent is None:
+        return np.ones(V, bool)
+    lo, hi = band
+    w = obj.weight if obj.kind == "weighted" else 0.0
+    limit = obj.value(*incumbent)
+    limit += 1e-9 * abs(limit)
+    f, j = c["first"], c["last"]
+    own = c["aF"] + c["aB"] + c["tail"]
+    base = c["rate"] * lo + c["req"]
+    scale = w + float(np.median(c["rate"])) * 4
+    best = np.full(V, -np.inf)
+    for mu in scale * np.array([0.0, 0.1, 0.3, 1.0, 3.0, 10.0]):
+        wt = base + mu * c["fill"]
+        pre, suf = _paths(L, f, j, wt)
+        best = np.maximum(best, pre[f] + wt + suf[j + 1] - mu * (hi - own) + w * lo)
+    return best <= limit
+
+
+def _band_milp(problem: Problem, L: int, c: dict[str, np.ndarray], t_lb: np.ndarray,
+               t_max: np.ndarray, band: tuple[float, float],
+               cutoff: float = np.inf) -> dict[str, object]:
+    """The MILP of the module docstring over candidates ``c`` (already pruned), with
+    lo <= T <= hi, as scipy.optimize.milp arrays. Variables: x (V), z (V), T, PF, PB, Y."""
+    V = len(c["first"])
+    lo, hi = band
+    t0 = float(max(0.5 * (lo + hi), 1e-9))
+    c0 = float(max(np.median(c["rate"] * t_lb + c["req"]), 1e-15))
+    cols = np.arange(V)
+    start = sp.csr_matrix((np.ones(V), (c["first"], cols)), shape=(L + 1, V))
+    end = sp.csr_matrix((np.ones(V), (c["last"] + 1, cols)), shape=(L + 1, V))
+    flow = (start - end)[:L].tocsr()
+    lens = c["last"] - c["first"] + 1
+    rows = np.concatenate([np.arange(a, b + 1) for a, b in zip(c["first"], c["last"], strict=True)])
+    cover = sp.csr_matrix((np.ones(len(rows)), (rows, np.repeat(cols, lens))), shape=(L, V))
+    O_LV, O_L4 = sp.csr_matrix((L, V)), sp.csr_matrix((L, 4))
+    eye4 = np.eye(4)
+    ident = sp.identity(V, format="csr")
+    cap = np.minimum(t_max, hi) / t0
+    low = np.minimum(np.maximum(t_lb, lo), cap * t0) / t0
+    rhs = np.zeros(L)
+    rhs[0] = 1.0
+    blocks = [  # (matrix over [x, z, T, PF, PB, Y], lower, upper)
+        (sp.hstack([flow, O_LV, O_L4]), rhs, rhs),  # (1) path
+        *[(sp.hstack([-cover @ sp.diags(c[k] / t0), O_LV,
+                      sp.csr_matrix(np.tile(eye4[n + 1], (L, 1)))]), 0.0, np.inf)
+          for n, k in enumerate(("aF", "aB", "tail"))],  # (2) bottlenecks, one row per layer
+        (sp.hstack([sp.csr_matrix(-c["fill"][None, :] / t0), sp.csr_matrix((1, V)),
+                    sp.csr_matrix([[1.0, -1.0, -1.0, -1.0]])]), 0.0, np.inf),  # (3) time
+        (sp.hstack([O_LV, flow, sp.csr_matrix(-np.outer(rhs, eye4[0]))]), 0.0, 0.0),  # (4) flow
+        (sp.hstack([-sp.diags(cap), ident, sp.csr_matrix((V, 4))]), -np.inf, 0.0),  # z <= cap x
+        (sp.hstack([-sp.diags(low), ident, sp.csr_matrix((V, 4))]), 0.0, np.inf),  # z >= lb x
+        (sp.hstack([-sp.diags(np.full(V, hi / t0)), ident,  # z >= T - hi (1 - x)
+                    sp.csr_matrix(np.tile(-eye4[0], (V, 1)))]), -hi / t0, np.inf),
+        (sp.hstack([sp.csr_matrix(c["d"][None, :].astype(float)), sp.csr_matrix((1, V + 4))]),
+         -np.inf, float(problem.max_functions)),  # (5) functions
+    ]
+    # (2') level sets of the bottlenecks: u_kt >= [some chosen v has term_k >= theta_t]
+    # (one chosen candidate covers each layer), and P_k >= sum_t (theta_t - theta_{t-1}) u_kt.
+    level_rows, n_u = [], 0
+    for n, k in enumerate(("aF", "aB", "tail")):
+        a = c[k] / t0
+        base = max(float(a[cover.indices[cover.indptr[l]:cover.indptr[l + 1]]].min())
+                   for l in range(L))
+        above = np.unique(a[a > base * (1 + 1e-9)])
+        if len(above) == 0:
+            continue
+        thetas = np.concatenate([[base], np.unique(np.quantile(
+            above, np.linspace(0.0, 1.0, LEVELS + 1)[:-1], method="lower"))])
+        deltas = np.diff(np.concatenate([[0.0], thetas]))
+        for t, theta in enumerate(thetas):
+            masked = cover @ sp.diags((a >= theta).astype(float))
+            level_rows.append((-masked, n_u + t, L))
+        level_rows.append((n + 1, (n_u, deltas), 1))
+        n_u += len(thetas)
+    width = 2 * V + 4
+    blocks = [(sp.hstack([blk[0], sp.csr_matrix((blk[0].shape[0], n_u))]), blk[1], blk[2])
+              for blk in blocks]
+    for row in level_rows:
+        if row[2] == L:
+            u = sp.csr_matrix((np.ones(L), (np.arange(L), np.full(L, row[1]))), shape=(L, n_u))
+            blocks.append((sp.hstack([row[0], sp.csr_matrix((L, V + 4)), u]), 0.0, np.inf))
+        else:
+            first_u, deltas = row[1]
+            r = np.zeros((1, width + n_u))
+            r[0, 2 * V + row[0]] = 1.0
+            r[0, width + first_u:width + first_u + len(deltas)] = -deltas
+            blocks.append((sp.csr_matrix(r), 0.0, np.inf))
+    cost = np.concatenate([c["req"] / c0, c["rate"] * t0 / c0, np.zeros(4 + n_u)])
+    obj = problem.objective
+    if obj.kind == "weighted":
+        cost[2 * V] = obj.weight * t0 / c0
+        scale = c0
+    elif obj.kind == "budget":
+        money = cost.copy()
+        cost = np.zeros(2 * V + 4 + n_u)
+        cost[2 * V] = 1.0
+        scale = t0
+        if obj.budget is not None:
+            blocks.append((sp.csr_matrix(money[None, :]), -np.inf, obj.budget / c0))
+    else:
+        scale = c0
+        hi = min(hi, obj.deadline)
+    if np.isfinite(cutoff):  # only plans better than the incumbent
+        blocks.append((sp.csr_matrix(cost[None, :]), -np.inf,
+                       cutoff / scale + 1e-7 * abs(cutoff / scale)))
+    A = sp.vstack([blk[0] for blk in blocks]).tocsr()
+    n_rows = [blk[0].shape[0] for blk in blocks]
+    lb = np.concatenate([np.broadcast_to(np.asarray(blk[1], float), (n,))
+                         for blk, n in zip(blocks, n_rows, strict=True)])
+    ub = np.concatenate([np.broadcast_to(np.asarray(blk[2], float), (n,))
+                         for blk, n in zip(blocks, n_rows, strict=True)])
+    vlb, vub = np.zeros(width + n_u), np.full(width + n_u, np.inf)
+    vub[:V] = 1.0
+    vub[width:] = 1.0
+    vlb[2 * V], vub[2 * V] = lo / t0, hi / t0
+    integrality = np.zeros(width + n_u)
+    integrality[:V] = 1
+    return {"c": cost, "A": A, "lb": lb, "ub": ub, "vlb": vlb, "vub": vub,
+            "integrality": integrality, "scale": scale, "V": V}
+
+
+def _solve_band(m: dict[str, object], time_limit: float,
+                relax: bool = False) -> tuple[str, np.ndarray | None, float]:
+    """(status, x or None, dual bound in objective units) of one band MILP on HiGHS."""
+    from scipy.optimize import Bounds, LinearConstraint, milp
+
+    res = milp(m["c"], constraints=LinearConstraint(m["A"], m["lb"], m["ub"]),
+               bounds=Bounds(m["vlb"], m["vub"]),
+               integrality=0 * m["integrality"] if relax else m["integrality"],
+               options={"time_limit": max(time_limit, 0.05), "mip_rel_gap": 1e-7,
+                        "disp": False})
+    scale = m["scale"]
+    if res.status == 2:  # infeasible: no plan in this band beats the incumbent
+        return "infeasible", None, np.inf
+    bound = getattr(res, "mip_dual_bound", None)
+    bound = -np.inf if bound is None or not np.isfinite(bound) else bound * scale
+    if res.x is None:
+        return "timeout", None, bound
+    x = res.x[:m["V"]]
+    if res.status == 0:
+        return "optimal", x, res.fun * scale
+    return "feasible", x, min(bound, res.fun * scale)
+
+
+def _band_bound(problem: Problem, L: int, c: dict[str, np.ndarray], t_lb: np.ndarray,
+                band: tuple[float, float]) -> float:
+    """A cheap lower bound on the objective of any plan with T in ``band`` over candidates c:
+    every plan uses, for each layer l, one candidate covering l, whose own bound holds."""
+    f, j = c["first"], c["last"]
+    pre, suf = _paths(L, f, j, c["rate"])
+    pre_r, suf_r = _paths(L, f, j, c["req"])
+    rate = pre[f] + c["rate"] + suf[j + 1]
+    req = pre_r[f] + c["req"] + suf_r[j + 1]
+    t = np.maximum(t_lb, band[0])
+    obj = problem.objective
+    if obj.kind == "weighted":
+        v = (rate + obj.weight) * t + req
+    elif obj.kind == "budget":
+        v = t
+    else:
+        v = rate * t + req
+    best = -np.inf
+    for layer in range(L):
+        m = (f <= layer) & (j >= layer)
+        best = max(best, float(v[m].min()) if m.any() else np.inf)
+    return best
+
+
+def _to_plan(problem: Problem, b: int, chosen: list[Candidate]) -> Plan:
+    stages = tuple(StagePlan(k.first, k.last, k.memory_mb, k.replicas, k.mode)
+                   for k in sorted(chosen, key=lambda k: k.first))
+    return score(Plan(stages, b, problem.global_batch, "funcpipe"), problem)
+
+
+SPLIT = 0.004  # bands narrower than this (relative) get more time instead of a split
+BOX = (0.0, np.inf, 0.0, np.inf, 0.0, np.inf)  # (PF_lo, PF_hi, PB_lo, PB_hi, Y_lo, Y_hi)
+_TERMS = ("aF", "aB", "tail")
+
+
+def _boxed(c: dict[str, np.ndarray], box: tuple[float, ...]) -> tuple[np.ndarray, dict]:
+    """Candidates allowed in a bottleneck box, with each term raised to the box's lower end:
+    a plan's P^F is max(PF_lo, max_v aF_v) inside the box, so aF_v -> max(aF_v, PF_lo) is
+    exact there (likewise P^B, Y); candidates above a box's upper end are removed."""
+    keep = np.ones(len(c["first"]), bool)
+    for k, name in enumerate(_TERMS):
+        keep &= c[name] <= box[2 * k + 1]
+    idx = np.flatnonzero(keep)
+    sub = {k: v[idx] for k, v in c.items()}
+    for k, name in enumerate(_TERMS):
+        sub[name] = np.maximum(sub[name], box[2 * k])
+    return idx, sub
+
+
+def _split(lo: float, hi: float, box: tuple[float, ...], sub: dict[str, np.ndarray],
+           ) -> list[tuple]:
+    """Children covering a band whose MILP did not finish: halve T if the band is wide, else
+    halve the widest bottleneck range [lo_k, max_v term_v] of the box (P^F, P^B or Y)."""
+    if hi - lo > SPLIT * hi:
+        mid = 0.5 * (lo + hi)
+        return [(lo, mid, box), (mid, hi, box)]
+    widths = [float(sub[name].max()) - box[2 * k] for k, name in enumerate(_TERMS)]
+    k = int(np.argmax(widths))
+    if widths[k] <= 1e-6 * max(hi, 1e-9):
+        return []
+    mid = box[2 * k] + 0.5 * widths[k]
+    below, above = list(box), list(box)
+    below[2 * k + 1], above[2 * k] = mid, mid
+    return [(lo, hi, tuple(below)), (lo, hi, tuple(above))]
+
+
+LIMIT = 4.0  # first HiGHS time limit of a band MILP, s (doubled when a band cannot split)
+LEVELS = 6  # bottleneck levels per term in constraint (2')
+BAND = 0.02  # initial width of an iteration-time band, relative to its lower end
+
+
+def _plan_bands(problem: Problem, time_limit: float, best: Plan | None,
+                ) -> tuple[Plan | None, float, list[dict[str, object]]]:
+    """Best-first search over (micro-batch, time band) MILPs. Returns (best plan, proven
+    lower bound on the optimum, log)."""
+    L = problem.profile.num_layers
+    t_end = time.perf_counter() + time_limit * len(problem.valid_micro_batches)
+    inc = (best.iteration_seconds, best.iteration_dollars) if best is not None else None
+    data, heap, log = {}, [], []
+    stats = {"bands": 0, "heuristic": 0, "pruned": 0, "lps": 0, "milps": 0, "split": 0, "lp_seconds": 0.0,
+             "milp_seconds": 0.0}
+
+    def value() -> float:
+        return best.objective_value if best is not None else np.inf
+
+    for b in problem.valid_micro_batches:
+        cands = candidates(problem, b)
+        entry: dict[str, object] = {"micro_batch": b, "candidates": len(cands)}
+        log.append(entry)
+        if not cands:
+            continue
+        c = _data(problem, cands)
+        idx, t_lb, t_max = _prune(problem, L, c, inc, None)
+        entry["after_bounds"] = len(idx)
+        if len(idx) == 0:
+            continue
+        data[b] = (cands, c)
+        lo, hi = float(t_lb.min()), float(t_max[np.isfinite(t_max)].max(initial=t_lb.max()))
+        hi = max(hi, lo)
+        edges = [lo]
+        while edges[-1] < hi * (1 - 1e-12):
+            edges.append(min(edges[-1] * (1 + BAND) if edges[-1] > 0 else hi, hi))
+        if len(edges) == 1:
+            edges.append(lo)
+        entry["bands"] = len(edges) - 1
+        for a, z in itertools.pairwise(edges):
+            heapq.heappush(heap, (-np.inf, 0, b, a, z, LIMIT, BOX))
+    while heap:
+        bound, stage, b, lo, hi, limit, box = heap[0]
+        if bound >= value() - 1e-9 * abs(value()):
+            break  # every remaining band is bounded by the incumbent
+        if time.perf_counter() > t_end:
+            break
+        heapq.heappop(heap)
+        cands, c = data[b]
+        idx0, c_box = _boxed(c, box)
+        idx, t_lb, t_max = _prune(problem, L, c_box, inc, (lo, hi))
+        sub = {k: v[idx] for k, v in c_box.items()}
+        idx = idx0[idx]
+        if stage == 0:
+            stats["bands"] += 1
+            if len(idx) == 0:
+                stats["pruned"] += 1
+                continue
+            for path in _lagrange_plans(problem, L, sub, lo):
+                plan = _to_plan(problem, b, [cands[idx[k]] for k in path])
+                stats["heuristic"] += 1
+                if plan.objective_value < value():
+                    best, inc = plan, (plan.iteration_seconds, plan.iteration_dollars)
+            new = max(bound, _band_bound(problem, L, sub, t_lb, (lo, hi)))
+            heapq.heappush(heap, (new, 1, b, lo, hi, limit, box))
+            continue
+        if len(idx) == 0:
+            continue
+        m = _band_milp(problem, L, sub, t_lb, t_max, (lo, hi), value())
+        if stage == 1:
+            t = time.perf_counter()
+            status, _, lp = _solve_band(m, t_end - t, relax=True)
+            stats["lps"] += 1
+            stats["lp_seconds"] += time.perf_counter() - t
+            if status == "infeasible":
+                continue
+            heapq.heappush(heap, (max(bound, lp), 2, b, lo, hi, limit, box))
+            continue
+        t = time.perf_counter()
+        status, x, dual = _solve_band(m, min(limit, t_end - t))
+        stats["milps"] += 1
+        stats["milp_seconds"] += time.perf_counter() - t
+        if x is not None:
+            plan = _to_plan(problem, b, [cands[i] for i, v in zip(idx, x, strict=True)
+                                         if v > 0.5])
+            if plan.objective_value < value():
+                best = plan
+                inc = (plan.iteration_seconds, plan.iteration_dollars)
+        if status in ("optimal", "infeasible"):
+            continue
+        bound = max(bound, dual)
+        stats["split"] += 1
+        children = _split(lo, hi, box, sub)
+        for c_lo, c_hi, c_box in children:
+            heapq.heappush(heap, (bound, 0, b, c_lo, c_hi, limit, c_box))
+        if not children:  # nothing left to split: more time
+            heapq.heappush(heap, (bound, 2, b, lo, hi, 2 * limit, box))
+    lower = min((h[0] for h in heap), default=np.inf)
+    log.append(stats)
+    return best, lower, log
