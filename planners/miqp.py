@@ -57,23 +57,28 @@ class Milp:
 
 
 def _paths(L: int, first: np.ndarray, last: np.ndarray, w: np.ndarray) -> tuple[np.ndarray, ...]:
-    """Shortest path weights 0 -> k (pre) and k -> L (suf) over candidate edges i -> j+1."""
-    pre, suf = np.full(L + 1, np.inf), np.full(L + 1, np.inf)
+    """Shortest path weights 0 -> k (pre) and k -> L (suf) over candidate edges i -> j+1.
+
+    ``w`` is (V,) or (V, K) for K weightings at once; pre and suf are (L+1,) or (L+1, K)."""
+    w2 = w.reshape(len(w), -1)
+    pre = np.full((L + 1, w2.shape[1]), np.inf)
+    suf = pre.copy()
     pre[0], suf[L] = 0.0, 0.0
-    if len(w) == 0:
-        return pre, suf
-    order = np.argsort(last, kind="stable")
-    bounds = np.searchsorted(last[order], np.arange(L + 1))
-    for k in range(L):  # edges ending at k+1 start at nodes <= k, all final by now
-        e = order[bounds[k]:bounds[k + 1]]
-        if len(e):
-            pre[k + 1] = min(pre[k + 1], float(np.min(pre[first[e]] + w[e])))
-    order = np.argsort(first, kind="stable")
-    bounds = np.searchsorted(first[order], np.arange(L + 1))
-    for k in range(L - 1, -1, -1):
-        e = order[bounds[k]:bounds[k + 1]]
-        if len(e):
-            suf[k] = min(suf[k], float(np.min(suf[last[e] + 1] + w[e])))
+    if len(w2):
+        order = np.argsort(last, kind="stable")
+        bounds = np.searchsorted(last[order], np.arange(L + 1))
+        for k in range(L):  # edges ending at k+1 start at nodes <= k, all final by now
+            e = order[bounds[k]:bounds[k + 1]]
+            if len(e):
+                pre[k + 1] = np.minimum(pre[k + 1], (pre[first[e]] + w2[e]).min(axis=0))
+        order = np.argsort(first, kind="stable")
+        bounds = np.searchsorted(first[order], np.arange(L + 1))
+        for k in range(L - 1, -1, -1):
+            e = order[bounds[k]:bounds[k + 1]]
+            if len(e):
+                suf[k] = np.minimum(suf[k], (suf[last[e] + 1] + w2[e]).min(axis=0))
+    if w.ndim == 1:
+        return pre[:, 0], suf[:, 0]
     return pre, suf
 
 
@@ -85,13 +90,13 @@ def _time_caps(problem: Problem, L: int, c: dict[str, np.ndarray],
     With ``band`` = (lo, hi) only plans with lo <= T <= hi are considered."""
     obj = problem.objective
     f, j = c["first"], c["last"]
-    pre_t, suf_t = _paths(L, f, j, c["fill"])
-    pre_g, suf_g = _paths(L, f, j, c["rate"])
-    pre_r, suf_r = _paths(L, f, j, c["req"])
-    t_lb = pre_t[f] + c["fill"] + suf_t[j + 1] + c["aF"] + c["aB"] + c["tail"]
-    p = pre_g[f] + c["rate"] + suf_g[j + 1]  # lower bound on sum of rates ($/s) through v
-    r_lb = pre_r[f] + c["req"] + suf_r[j + 1]
-    longest = -_paths(L, f, j, -c["fill"])[0][L]  # DAG longest path via negated weights
+    w = np.stack([c["fill"], c["rate"], c["req"], -c["fill"]], axis=1)
+    pre, suf = _paths(L, f, j, w)
+    through = pre[f] + w + suf[j + 1]  # shortest path through v in each weighting
+    t_lb = through[:, 0] + c["aF"] + c["aB"] + c["tail"]
+    p = through[:, 1]  # lower bound on the sum of rates ($/s) of a plan through v
+    r_lb = through[:, 2]
+    longest = -pre[L, 3]  # DAG longest path via negated weights
     t_max = np.full(len(f), longest + c["aF"].max() + c["aB"].max() + c["tail"].max())
     if band is not None:
         t_lb = np.maximum(t_lb, band[0])
@@ -419,12 +424,11 @@ def _lagrange_keep(problem: Problem, L: int, c: dict[str, np.ndarray],
     own = c["aF"] + c["aB"] + c["tail"]
     base = c["rate"] * lo + c["req"]
     scale = w + float(np.median(c["rate"])) * 4
-    best = np.full(V, -np.inf)
-    for mu in scale * np.array([0.0, 0.1, 0.3, 1.0, 3.0, 10.0]):
-        wt = base + mu * c["fill"]
-        pre, suf = _paths(L, f, j, wt)
-        best = np.maximum(best, pre[f] + wt + suf[j + 1] - mu * (hi - own) + w * lo)
-    return best <= limit
+    mu = scale * np.array([0.0, 0.1, 0.3, 1.0, 3.0, 10.0])
+    wt = base[:, None] + mu[None, :] * c["fill"][:, None]
+    pre, suf = _paths(L, f, j, wt)
+    bound = pre[f] + wt + suf[j + 1] - mu[None, :] * (hi - own)[:, None] + w * lo
+    return bound.max(axis=1) <= limit
 
 
 def _band_milp(problem: Problem, L: int, c: dict[str, np.ndarray], t_lb: np.ndarray,
@@ -553,15 +557,35 @@ def _solve_band(m: dict[str, object], time_limit: float,
     return "feasible", x, min(bound, res.fun * scale)
 
 
+def _solve_lp(m: dict[str, object], time_limit: float) -> tuple[float, np.ndarray | None]:
+    """LP relaxation of a band MILP: (value in objective units, reduced cost of every x_v in
+    objective units); value inf when infeasible, -inf (and None) when unsolved. Any plan with
+    x_v = 1 is worth at least value + r_v (LP duality), which fixes candidates to 0."""
+    from scipy.optimize import linprog
+
+    A, lb, ub = m["A"], m["lb"], m["ub"]
+    eq = lb == ub
+    up = ~eq & np.isfinite(ub)
+    down = ~eq & np.isfinite(lb)
+    res = linprog(m["c"], A_ub=sp.vstack([A[up], -A[down]]), b_ub=np.concatenate(
+        [ub[up], -lb[down]]), A_eq=A[eq], b_eq=lb[eq], bounds=np.stack(
+        [m["vlb"], m["vub"]], axis=1), method="highs",
+        options={"time_limit": max(time_limit, 0.05)})
+    if res.status == 2:
+        return np.inf, None
+    if res.status != 0:
+        return -np.inf, None
+    return res.fun * m["scale"], np.asarray(res.lower.marginals[:m["V"]]) * m["scale"]
+
+
 def _band_bound(problem: Problem, L: int, c: dict[str, np.ndarray], t_lb: np.ndarray,
                 band: tuple[float, float]) -> float:
     """A cheap lower bound on the objective of any plan with T in ``band`` over candidates c:
     every plan uses, for each layer l, one candidate covering l, whose own bound holds."""
     f, j = c["first"], c["last"]
-    pre, suf = _paths(L, f, j, c["rate"])
-    pre_r, suf_r = _paths(L, f, j, c["req"])
-    rate = pre[f] + c["rate"] + suf[j + 1]
-    req = pre_r[f] + c["req"] + suf_r[j + 1]
+    w2 = np.stack([c["rate"], c["req"]], axis=1)
+    pre, suf = _paths(L, f, j, w2)
+    rate, req = (pre[f] + w2 + suf[j + 1]).T
     t = np.maximum(t_lb, band[0])
     obj = problem.objective
     if obj.kind == "weighted":
@@ -584,7 +608,8 @@ def _to_plan(problem: Problem, b: int, chosen: list[Candidate]) -> Plan:
 
 
 SPLIT = 0.004  # bands narrower than this (relative) get more time instead of a split
-BOX = (0.0, np.inf, 0.0, np.inf, 0.0, np.inf)  # (PF_lo, PF_hi, PB_lo, PB_hi, Y_lo, Y_hi)
+BOX = (0.0, np.inf, 0.0, np.inf, 0.0, np.inf, frozenset())
+# (PF_lo, PF_hi, PB_lo, PB_hi, Y_lo, Y_hi, candidates fixed to 0)
 _TERMS = ("aF", "aB", "tail")
 
 
@@ -616,6 +641,7 @@ def _split(lo: float, hi: float, box: tuple[float, ...], sub: dict[str, np.ndarr
     mid = box[2 * k] + 0.5 * widths[k]
     below, above = list(box), list(box)
     below[2 * k + 1], above[2 * k] = mid, mid
+    below[6] = above[6] = frozenset()  # reduced costs were for the parent only
     return [(lo, hi, tuple(below)), (lo, hi, tuple(above))]
 
 
@@ -669,6 +695,9 @@ def _plan_bands(problem: Problem, time_limit: float, best: Plan | None,
         heapq.heappop(heap)
         cands, c = data[b]
         idx0, c_box = _boxed(c, box)
+        if box[6]:  # candidates fixed to 0 by reduced costs in this band
+            free = np.array([i not in box[6] for i in idx0], bool)
+            idx0, c_box = idx0[free], {k: v[free] for k, v in c_box.items()}
         idx, t_lb, t_max = _prune(problem, L, c_box, inc, (lo, hi))
         sub = {k: v[idx] for k, v in c_box.items()}
         idx = idx0[idx]
@@ -690,11 +719,14 @@ def _plan_bands(problem: Problem, time_limit: float, best: Plan | None,
         m = _band_milp(problem, L, sub, t_lb, t_max, (lo, hi), value())
         if stage == 1:
             t = time.perf_counter()
-            status, _, lp = _solve_band(m, t_end - t, relax=True)
+            lp, reduced = _solve_lp(m, t_end - t)
             stats["lps"] += 1
             stats["lp_seconds"] += time.perf_counter() - t
-            if status == "infeasible":
+            if lp >= value() - 1e-9 * abs(value()):
                 continue
+            if reduced is not None:  # reduced-cost fixing: drop v with lp + r_v > incumbent
+                fixed = idx[lp + reduced > value() + 1e-7 * abs(value())]
+                box = (*box[:6], frozenset(fixed.tolist()) | box[6])
             heapq.heappush(heap, (max(bound, lp), 2, b, lo, hi, limit, box))
             continue
         t = time.perf_counter()
