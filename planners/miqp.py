@@ -295,10 +295,9 @@ def plan_miqp(problem: Problem, time_limit: float = 60.0, incumbent: Plan | None
 def _heuristic_incumbent(problem: Problem) -> Plan | None:
     """Best of the fast rivals, used to prune; None when none finds a feasible plan."""
     from planners.partition import plan_balanced, plan_uniform
-    from planners.pipedream import plan_pipedream
 
     plans = []
-    for rival in (plan_balanced, plan_uniform, plan_pipedream):
+    for rival in (plan_balanced, plan_uniform):  # pipedream costs seconds and rarely helps
         try:
             plans.append(rival(problem))
         except InfeasibleError:

@@ -66,6 +66,15 @@ def test_miqp_equals_exhaustive(seed, layers, kind, slack, functions) -> None:
     assert objective.feasible(got.iteration_seconds, got.iteration_dollars)
 
 
+@pytest.mark.parametrize("seed", [1, 4])
+def test_band_search_equals_the_single_milp(seed) -> None:
+    from planners.miqp import plan_miqp
+    prob = small_problem(seed, layers=4, max_functions=5)
+    banded, single = plan_miqp(prob), plan_miqp(prob, bands=False)
+    assert banded.status == single.status == "optimal"
+    assert banded.objective_value == pytest.approx(single.objective_value, rel=1e-6)
+
+
 def test_infeasible_memory_names_the_layer_and_the_memory_it_needs() -> None:
     prof = synthetic.random_profile(0, 3)
     huge = dataclasses.replace(prof.layers[1], param_bytes=10 * 1024**3)
