@@ -160,8 +160,12 @@ class Rank:
         bundle = store.get(self.keys.bundle, timeout=self.timeout)
         self.program = load_stages(bundle, only=[self.stage]).stages[self.stage]
         self.optimizer = optim.make(spec.optimizer, spec.learning_rate)
-        self.params, self.opt_state, self.state = checkpoint.load(
-            store, self.keys, event["start"], self.stage, self.optimizer, self.timeout)
+        loaded = checkpoint.load(store, self.keys, event["start"], self.stage, self.optimizer,
+                                 self.timeout)
+        # Committed to the device from the start: jit specialises on commitment, and the
+        # optimizer's outputs are committed, so uncommitted loaded arrays made every rank
+        # compile its stage programs a second time in its second iteration.
+        self.params, self.opt_state, self.state = jax.device_put(loaded, jax.devices()[0])
         self.reader = ShardReader(store, self.keys, spec.shard_size, self.timeout)
         self.up = ThreadPoolExecutor(1, thread_name_prefix="upload")
         self.down = ThreadPoolExecutor(1, thread_name_prefix="download")
