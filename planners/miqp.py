@@ -397,8 +397,12 @@ def _lagrange_plans(problem: Problem, L: int, c: dict[str, np.ndarray], t_hat: f
     base = c["rate"] * t_hat + c["req"]
     scale = w + float(np.median(c["rate"])) * 4
     out = []
-    for mu in scale * np.array([0.1, 0.3, 1.0, 3.0, 10.0]):
-        path = _shortest_path(L, c["first"], c["last"], base + mu * (c["fill"] + own))
+    weights = [base + mu * (c["fill"] + own) for mu in scale * np.array([0.1, 0.3, 1.0, 3.0, 10.0])]
+    for beta in np.quantile(own, [0.1, 0.3, 0.5]):  # stages whose own bottleneck is <= beta
+        capped = np.where(own <= beta, base, np.inf)
+        weights += [capped + mu * c["fill"] for mu in scale * np.array([0.3, 1.0, 3.0])]
+    for wt in weights:
+        path = _shortest_path(L, c["first"], c["last"], wt)
         if path and path not in out and c["d"][path].sum() <= problem.max_functions:
             out.append(path)
     return out
@@ -556,9 +560,9 @@ def _solve_band(m: dict[str, object], time_limit: float,
     return "feasible", x, min(bound, res.fun * scale)
 
 
-def _solve_lp(m: dict[str, object], time_limit: float) -> tuple[float, np.ndarray | None]:
+def _solve_lp(m: dict[str, object], time_limit: float) -> tuple:
     """LP relaxation of a band MILP: (value in objective units, reduced cost of every x_v in
-    objective units); value inf when infeasible, -inf (and None) when unsolved. Any plan with
+    objective units, x); value inf when infeasible, -inf (and None) when unsolved. Any plan with
     x_v = 1 is worth at least value + r_v (LP duality), which fixes candidates to 0."""
     from scipy.optimize import linprog
 
@@ -571,10 +575,11 @@ def _solve_lp(m: dict[str, object], time_limit: float) -> tuple[float, np.ndarra
         [m["vlb"], m["vub"]], axis=1), method="highs",
         options={"time_limit": max(time_limit, 0.05)})
     if res.status == 2:
-        return np.inf, None
+        return np.inf, None, None
     if res.status != 0:
-        return -np.inf, None
-    return res.fun * m["scale"], np.asarray(res.lower.marginals[:m["V"]]) * m["scale"]
+        return -np.inf, None, None
+    return (res.fun * m["scale"], np.asarray(res.lower.marginals[:m["V"]]) * m["scale"],
+            res.x[:m["V"]])
 
 
 def _band_bound(problem: Problem, L: int, c: dict[str, np.ndarray], t_lb: np.ndarray,
@@ -645,7 +650,7 @@ def _split(lo: float, hi: float, box: tuple[float, ...], sub: dict[str, np.ndarr
 
 
 LIMIT = 4.0  # first HiGHS time limit of a band MILP, s (doubled when a band cannot split)
-LEVELS = 6  # bottleneck levels per term in constraint (2')
+LEVELS = 12  # bottleneck levels per term in constraint (2')
 BAND = 0.02  # initial width of an iteration-time band, relative to its lower end
 
 
@@ -718,9 +723,17 @@ def _plan_bands(problem: Problem, time_limit: float, best: Plan | None,
         m = _band_milp(problem, L, sub, t_lb, t_max, (lo, hi), value())
         if stage == 1:
             t = time.perf_counter()
-            lp, reduced = _solve_lp(m, t_end - t)
+            lp, reduced, x_lp = _solve_lp(m, t_end - t)
             stats["lps"] += 1
             stats["lp_seconds"] += time.perf_counter() - t
+            if x_lp is not None:  # LP rounding: cheapest path with -log x_v as weight
+                path = _shortest_path(L, sub["first"], sub["last"],
+                                      -np.log(np.clip(x_lp, 1e-9, 1.0)))
+                if path and sub["d"][path].sum() <= problem.max_functions:
+                    plan = _to_plan(problem, b, [cands[idx[k]] for k in path])
+                    stats["heuristic"] += 1
+                    if plan.objective_value < value():
+                        best, inc = plan, (plan.iteration_seconds, plan.iteration_dollars)
             if lp >= value() - 1e-9 * abs(value()):
                 continue
             if reduced is not None:  # reduced-cost fixing: drop v with lp + r_v > incumbent
