@@ -134,9 +134,10 @@ def timed(fn: Any, *args: Any, **kw: Any) -> tuple[Any, float]:
     return out, time.perf_counter() - t0
 
 
-def out_dir(name: str, out: Path | str | None) -> Path:
-    """``out`` or ``experiments/results/<name>``, created."""
-    path = Path(out) if out is not None else RESULTS / name
+def out_dir(name: str, out: Path | str | None, quick: bool = False) -> Path:
+    """``out``, else ``experiments/results/<name>`` (``.../<name>/quick`` for quick runs, so
+    they never overwrite the full results), created."""
+    path = Path(out) if out is not None else RESULTS / name / ("quick" if quick else "")
     path.mkdir(parents=True, exist_ok=True)
     return path
 

@@ -70,8 +70,10 @@ def frontier(model: str, cfg: dict[str, Any], cpu_scale: float) -> dict[str, Any
         p = common.solve(problem, method, cfg["time_limit"])
         if p is not None:
             rivals[method] = (p.iteration_seconds, p.iteration_dollars)
+    beaten = sorted(m for m, (t, d) in rivals.items() for ft, fd in points
+                    if t < ft * (1 - TOL) and d < fd * (1 - TOL))
     return {"model": model, "frontier": points, "rivals": rivals, "seconds": round(wall, 1),
-            "statuses": [p.status for p in front]}
+            "statuses": [p.status for p in front], "rivals_dominating_a_frontier_point": beaten}
 
 
 def summary(settings: list[dict[str, Any]]) -> dict[str, Any]:
@@ -123,7 +125,7 @@ def run(out: Path | str | None = None, quick: bool = False, cpu_scale: float = 1
         **overrides: Any) -> dict[str, Any]:
     """Run the experiment; writes planners.json and .png into ``out``; returns the data."""
     cfg = dict(QUICK if quick else FULL) | overrides
-    path = common.out_dir("planners", out)
+    path = common.out_dir("planners", out, quick)
     t0 = time.perf_counter()
     settings = [run_setting(m, p, cfg, cpu_scale) for m in cfg["models"] for p in cfg["platforms"]]
     fronts = [frontier(m, cfg, cpu_scale) for m in cfg["models"]] if cfg["points"] else []

@@ -7,11 +7,11 @@ which stages does it put in recompute mode?
 
     python -m experiments.recompute [--quick] [--out DIR] [--cpu-scale 1.0]
 
-For each model and platform at batch 64: the MIQP plan with recompute allowed and forbidden
+For each model and platform at batch 64 and 256: the MIQP plan with recompute allowed and forbidden
 (same cost model, same objective), and data-parallel likewise; for every stage the planner
 recomputes, its peak memory in recompute mode against the stash mode of the same stage and
-configuration. Full: 4 models x {aws-lambda, alibaba-fc}, 16 groups, HiGHS limit 4 s (about
-8 min on 2 shared cores). Quick: BERT-Large and ResNet-101 on alibaba-fc (3 GB functions, where
+configuration. Full: 4 models x {aws-lambda, alibaba-fc} x batch {64, 256}, 12 groups, HiGHS
+limit 3 s (about 4 min on 2 shared cores). Quick: BERT-Large and ResNet-101 on alibaba-fc (3 GB functions, where
 memory binds), 8 groups (about 40 s).
 """
 
@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import itertools
 import time
 from pathlib import Path
 from typing import Any
@@ -29,9 +30,9 @@ from experiments import common
 from planners import Plan, Problem, cost
 
 FULL = {"models": common.MODELS, "platforms": ("aws-lambda", "alibaba-fc"), "groups": 12,
-        "time_limit": 3.0}
+        "time_limit": 3.0, "batches": (64, 256)}
 QUICK = {"models": ("bert-large", "resnet101"), "platforms": ("alibaba-fc",), "groups": 8,
-         "time_limit": 2.0}
+         "time_limit": 2.0, "batches": (64,)}
 METHODS = ("miqp", "data-parallel")
 
 
@@ -51,11 +52,11 @@ def stage_savings(p: Plan, problem: Problem) -> list[dict[str, Any]]:
     return out
 
 
-def run_setting(model: str, platform: str, cfg: dict[str, Any],
+def run_setting(model: str, platform: str, batch: int, cfg: dict[str, Any],
                 cpu_scale: float) -> dict[str, Any]:
     """MIQP and data-parallel with recompute on and off."""
-    base = common.make_problem(model, platform, 64, cfg["groups"], cpu_scale)
-    out: dict[str, Any] = {"model": model, "platform": platform,
+    base = common.make_problem(model, platform, batch, cfg["groups"], cpu_scale)
+    out: dict[str, Any] = {"model": model, "platform": platform, "batch": batch,
                            "currency": base.platform.currency,
                            "profile": base.profile.meta.get("source")}
     for method in METHODS:
@@ -84,7 +85,7 @@ def run_setting(model: str, platform: str, cfg: dict[str, Any],
 def figure(settings: list[dict[str, Any]], path: Path) -> None:
     """Time, cost and GB of functions of the MIQP plan, recompute off vs on."""
     fig, axes = plt.subplots(1, 3, figsize=(14, 4))
-    labels = [f"{s['model']}\n{s['platform'].split('-')[0]}" for s in settings]
+    labels = [f"{s['model']}\n{s['platform'].split('-')[0]} B={s['batch']}" for s in settings]
     for ax, (key, name) in zip(axes, (("seconds", "s / iteration"),
                                       ("dollars", "cost / iteration (platform currency)"),
                                       ("gb", "GB of functions")), strict=True):
@@ -97,7 +98,7 @@ def figure(settings: list[dict[str, Any]], path: Path) -> None:
         ax.set_ylabel(name)
         ax.set_yscale("log")
     axes[0].legend(fontsize=7)
-    fig.suptitle("MIQP plan with and without per-stage recomputation (batch 64; missing bar: "
+    fig.suptitle("MIQP plan with and without per-stage recomputation (missing bar: "
                  "infeasible)", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -108,15 +109,15 @@ def run(out: Path | str | None = None, quick: bool = False, cpu_scale: float = 1
         **overrides: Any) -> dict[str, Any]:
     """Run the experiment; writes recompute.json and .png into ``out``; returns the data."""
     cfg = dict(QUICK if quick else FULL) | overrides
-    path = common.out_dir("recompute", out)
+    path = common.out_dir("recompute", out, quick)
     t0 = time.perf_counter()
     settings = []
-    for model in cfg["models"]:
-        for platform in cfg["platforms"]:
-            s = run_setting(model, platform, cfg, cpu_scale)
-            settings.append(s)
-            print(model, platform, {k: v for k, v in s.items() if k.endswith("gain")},
-                  [s[f"miqp/{m}"].get("modes") for m in ("on", "off")], flush=True)
+    for model, platform, batch in itertools.product(cfg["models"], cfg["platforms"],
+                                                    cfg["batches"]):
+        s = run_setting(model, platform, batch, cfg, cpu_scale)
+        settings.append(s)
+        print(model, platform, batch, {k: v for k, v in s.items() if k.endswith("gain")},
+              [s[f"miqp/{m}"].get("modes") for m in ("on", "off")], flush=True)
     data = {"config": {k: list(v) if isinstance(v, tuple) else v for k, v in cfg.items()}
             | {"quick": quick, "cpu_scale": cpu_scale}, "settings": settings,
             "runtime_seconds": round(time.perf_counter() - t0, 1)}

@@ -107,7 +107,7 @@ def run(out: Path | str | None = None, quick: bool = False, cpu_scale: float = 1
         **overrides: Any) -> dict[str, Any]:
     """Run the sweeps; writes sensitivity.json and .png into ``out``; returns the data."""
     cfg = dict(QUICK if quick else FULL) | overrides
-    path = common.out_dir("sensitivity", out)
+    path = common.out_dir("sensitivity", out, quick)
     t0 = time.perf_counter()
     results: dict[str, Any] = {}
     for model in cfg["models"]:

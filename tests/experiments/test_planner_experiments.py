@@ -57,6 +57,8 @@ def test_planners_ratios_and_monotone_frontier(tmp_path):
         dollars = [d for _, d in f["frontier"]]
         assert times == sorted(times) and dollars == sorted(dollars, reverse=True)
         assert len(set(times)) == len(times)
+        if all(st == "optimal" for st in f["statuses"]):
+            assert f["rivals_dominating_a_frontier_point"] == []
     assert data["summary"]["miqp"]["optimum_hits"] >= 1
 
 
