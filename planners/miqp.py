@@ -20,6 +20,12 @@ i_v..j_v, memory m_v, replicas d_v, mode) from ``planners.candidates``:
 so the bilinear cost T * sum(d m) of the MIQP becomes linear without losing exactness; memory
 limits are enforced by which candidates exist. An outer loop over b keeps the whole search
 exact; each MILP is solved by HiGHS to a relative gap of 1e-7.
+
+Solving (default, ``bands=True``): best-first search over (b, iteration-time band lo <= T <= hi)
+MILPs, each with (2') bottleneck level-set cuts and an incumbent cutoff, after bound, Lagrangian
+and reduced-cost pruning; undecided bands split in T, then in the bottleneck box
+(P^F, P^B, Y <= or >= a threshold). ``bands=False`` solves one cvxpy MILP per b instead.
+The exactness argument for every pruning rule is in planners/README.md.
 """
 
 from __future__ import annotations
@@ -650,7 +656,7 @@ def _split(lo: float, hi: float, box: tuple[float, ...], sub: dict[str, np.ndarr
 
 
 LIMIT = 4.0  # first HiGHS time limit of a band MILP, s (doubled when a band cannot split)
-LEVELS = 12  # bottleneck levels per term in constraint (2')
+LEVELS = 6  # bottleneck levels per term in constraint (2')
 BAND = 0.02  # initial width of an iteration-time band, relative to its lower end
 
 
