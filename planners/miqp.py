@@ -236,9 +236,11 @@ def plan_miqp(problem: Problem, time_limit: float = 60.0, incumbent: Plan | None
 
     Args:
       problem: the request; its schedule must be ``funcpipe``.
-      time_limit: HiGHS limit per micro-batch size, s; on expiry the plan is ``feasible`` and
-        ``gap`` holds the proven relative gap.
+      time_limit: s per micro-batch size: the band search stops after time_limit times the
+        number of micro-batch sizes, the single MILP gives HiGHS time_limit per size; on expiry
+        the plan is ``feasible`` and ``gap`` holds the proven relative gap.
       incumbent: a feasible plan (e.g. from a heuristic) used to prune and bound.
+      bands: search iteration-time bands (default); False solves one cvxpy MILP per size.
 
     Raises:
       InfeasibleError: no plan satisfies memory, functions, budget or deadline; says which.
