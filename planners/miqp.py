@@ -768,6 +768,13 @@ def _plan_bands(problem: Problem, time_limit: float, best: Plan | None,
             heapq.heappush(heap, (bound, 0, b, c_lo, c_hi, limit, c_box))
         if not children:  # nothing left to split: more time
             heapq.heappush(heap, (bound, 2, b, lo, hi, 2 * limit, box))
-    lower = min((h[0] for h in heap), default=np.inf)
+    lower = np.inf
+    for bound, _, b, lo, hi, _, box in heap:  # time is up: bound the unexamined bands cheaply
+        if bound == -np.inf and lower > -np.inf:
+            idx0, c_box = _boxed(data[b][1], box)
+            idx, t_lb, _ = _prune(problem, L, c_box, inc, (lo, hi))
+            sub = {k: v[idx] for k, v in c_box.items()}
+            bound = _band_bound(problem, L, sub, t_lb, (lo, hi)) if len(idx) else np.inf
+        lower = min(lower, bound)
     log.append(stats)
     return best, lower, log
