@@ -259,8 +259,9 @@ def iteration_indices(metrics: list[dict[str, Any]]) -> range:
 
 
 WARM_UP = 2
-"""Iterations left out of every measurement: the first compiles each rank's programs, and the
-second is slow too (10-37 s against 0.6-0.8 s steady on 4 functions, see the README)."""
+"""Iterations left out of every measurement: the first compiles each rank's programs, and in the
+second ranks still wait for peers that compiled late (before the worker committed its arrays to
+the device, it also compiled every program again: 10-37 s against 0.6-0.8 s steady)."""
 
 
 def _micro_batch(name: str) -> int | None:

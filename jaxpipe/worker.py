@@ -279,10 +279,13 @@ class Rank:
             size = int(np.prod(np.shape(ref)))
             value = mean[offset:offset + size].reshape(np.shape(ref))
             offset += size
+            # device_put (committed, like the loaded state): an uncommitted array here would
+            # make the next forward compile again
             if p in grads:
-                out[p] = jnp.asarray(value * self.replicas, ref.dtype)
+                out[p] = jax.device_put(np.asarray(value * self.replicas, ref.dtype),
+                                        jax.devices()[0])
             else:
-                self.state[p] = jnp.asarray(value, ref.dtype)
+                self.state[p] = jax.device_put(np.asarray(value, ref.dtype), jax.devices()[0])
         return out
 
     def _update(self, grads: dict[str, Any]) -> None:
