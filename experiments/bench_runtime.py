@@ -5,8 +5,8 @@ under 5 ms). Same machinery as `experiments.fidelity` (profile as a function run
 cores / functions, timeline replay); see `runtime_common.compare_run` for the definitions.
 
 Usage:
-    python -m experiments.bench_runtime            # 2 models x 4 and 8 functions: ~6 min
-    python -m experiments.bench_runtime --quick    # 2 models x 4 functions: ~3 min
+    python -m experiments.bench_runtime            # 2 models x 4 and 8 functions: ~5 min
+    python -m experiments.bench_runtime --quick    # 2 models x 4 functions: ~3.5 min
 Writes experiments/results/bench_runtime/bench_runtime.json, bench_runtime.png and timelines.
 """
 

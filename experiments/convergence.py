@@ -8,8 +8,8 @@ micro-batches of 16, 2048 MB functions. Test accuracy is measured every 5 iterat
 checkpoints the job leaves, through the unsplit model.
 
 Usage:
-    python -m experiments.convergence            # 5 plans x 60 iterations: ~4 min
-    python -m experiments.convergence --quick    # 1, 2 and 4 stages x 30 iterations: ~1.5 min
+    python -m experiments.convergence            # 5 plans x 60 iterations: ~4.5 min
+    python -m experiments.convergence --quick    # 1, 2 and 4 stages x 30 iterations: ~70 s
 Writes experiments/results/convergence/convergence.{json,png}.
 """
 

@@ -13,8 +13,8 @@ in that iteration: the gap between that replay and the measured iteration is the
 overhead (`runtime_common.compare_run`).
 
 Usage:
-    python -m experiments.fidelity            # mlp, resnet18-tiny, bert-base-tiny: ~5 min
-    python -m experiments.fidelity --quick    # mlp on 2 and 4 functions: ~1.5 min
+    python -m experiments.fidelity            # mlp, resnet18-tiny, bert-base-tiny: ~6 min
+    python -m experiments.fidelity --quick    # mlp on 2 and 4 functions: ~70 s
 Writes experiments/results/fidelity/fidelity.json and one timeline PNG per case.
 """
 

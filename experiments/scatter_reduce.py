@@ -13,8 +13,8 @@ Request counts are read from every run's `StoreStats` and checked against
 aws-lambda prices: the requests, plus n functions of 2048 MB for the measured seconds.
 
 Usage:
-    python -m experiments.scatter_reduce           # 4/16/64 MB x n = 2, 4, 8, 16, 3 repeats: ~6 min
-    python -m experiments.scatter_reduce --quick   # 1/4 MB x n = 2, 4, 8: ~30 s
+    python -m experiments.scatter_reduce           # 4/16/64 MB x n = 2, 4, 8, 16, 3 repeats: ~2.5 min
+    python -m experiments.scatter_reduce --quick   # 1/4 MB x n = 2, 4, 8: ~10 s
 Writes experiments/results/scatter_reduce/scatter_reduce.{json,png}.
 """
 
