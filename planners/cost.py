@@ -170,7 +170,8 @@ class StageModel:
         model = w * (2 + self.problem.optimizer_slots) + (2 * w if replicas > 1 else 0.0)
         peak = (model + acts + 2 * (x_in + x_out)) / MIB + self._fixed_mb
         m_total = self.M
-        sync_puts = replicas * replicas + (replicas - 1) if replicas > 1 else 0
+        # Per rank of an all-reduce: n+1 PUTs and one LIST, priced as a PUT (transports/README.md).
+        sync_puts = replicas * (replicas + 2) if replicas > 1 else 0
         sync_gets = 2 * replicas * (replicas - 1)
         return StageTerms(
             fwd=fwd, bwd=bwd,
