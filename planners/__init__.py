@@ -1,4 +1,5 @@
-"""planners: model profiles -> pipeline plans for serverless training (numpy, scipy, cvxpy only).
+"""planners: model profiles -> pipeline plans for serverless training (numpy, scipy, cvxpy only;
+cvxpy is imported lazily, by the single-MILP solver in ``planners.miqp``).
 
 A planner turns a ``Problem`` (profile, platform, batch, options, objective) into a ``Plan``;
 every plan is scored by one cost model (``planners.cost``) and can be replayed by the simulator
