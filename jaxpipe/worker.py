@@ -237,7 +237,7 @@ class Rank:
         if self.cleaning is not None:
             self.cleaning.result(timeout=self.timeout)
         self.cleaning = self.cleaner.submit(self.store.delete_many, consumed) if consumed else None
-        self.seconds.append({"iteration": t, "seconds": time.time() - start})
+        self.seconds.append({"iteration": t, "seconds": time.time() - start, "end": time.time()})
 
     def _receive(self, t: int, task: Any) -> list[Any]:
         with self._span("download", f"{task.kind} {task.micro_batch}"):
