@@ -23,7 +23,7 @@ import numpy as np
 
 from jaxpipe import checkpoint, dataset, models, optim
 from jaxpipe.driver import RunConfig, job_id, measured_dollars, run_job
-from jaxpipe.errors import JaxPipeError, TraceError
+from jaxpipe.errors import JaxPipeError
 from jaxpipe.job import JobSpec
 from jaxpipe.trace import trace
 from planners import (
@@ -202,10 +202,6 @@ def _problem(traced: Any, name: str, platform: Platform, options: TrainOptions) 
     from jaxpipe.profile import profile
 
     sizes = tuple(b for b in (1, 2, 4, 8, 16) if options.batch % b == 0)
-    try:
-        traced.program(1)
-    except TraceError:  # some models (BERT) trace differently at one sample: skip that size
-        sizes = tuple(b for b in sizes if b > 1)
     config = json.dumps(options.model_overrides, sort_keys=True).encode()
     tag = hashlib.sha256(config).hexdigest()[:8] if options.model_overrides else "default"
     cache = Path(options.profile_cache) / f"{name}-{tag}-{'-'.join(map(str, sizes))}.json"
