@@ -60,15 +60,17 @@ def _json_default(value: Any) -> Any:
 
 # -- models ------------------------------------------------------------------------------------
 
-def register_small_models() -> None:
-    """Adds SMALL_MODELS to `jaxpipe.models`' registry of this process (driver side only: the
-    workers load the exported stage bundle and never look a model up by name)."""
-    from jaxpipe import models
+def resolve(model: str) -> tuple[str, dict[str, Any]]:
+    """(zoo name, config overrides) of a model name, experiment-only SMALL_MODELS included."""
+    return SMALL_MODELS.get(model, (model, {}))
 
-    for name, (base, overrides) in SMALL_MODELS.items():
-        if name not in models._REGISTRY:
-            make_spec, config = models._REGISTRY[base]
-            models._REGISTRY[name] = (make_spec, dataclasses.replace(config, **overrides))
+
+def profile_path(cache_dir: str | Path, model: str, batch: int) -> Path:
+    """Where `jaxpipe.train` looks for the profile of `model` at global batch `batch`."""
+    from jaxpipe.train import profile_cache_path
+
+    base, overrides = resolve(model)
+    return profile_cache_path(cache_dir, base, overrides, sizes_for(batch))
 
 
 def sizes_for(batch: int) -> tuple[int, ...]:
@@ -89,7 +91,7 @@ def profile_like_a_function(model: str, batch: int, cache_dir: str | Path,
     costs minutes on a loaded 2-core machine): pass the plan's micro-batch size and one more for
     the linear fit. Batch size 1 is avoided: BERT's trace changes structure at batch 1.
     """
-    path = Path(cache_dir) / f"{model}-{'-'.join(map(str, sizes_for(batch)))}.json"
+    path = profile_path(cache_dir, model, batch)
     if path.exists():
         return path
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -109,9 +111,9 @@ def _profile_main(model: str, batch: int, out: str, repeats: int, sizes: tuple[i
     from jaxpipe.trace import trace
     from jaxpipe.train import TrainOptions, _slice, _training_data
 
-    register_small_models()
-    spec = models.get(model)
-    options = TrainOptions(model=model, batch=batch)
+    base, overrides = resolve(model)
+    spec = models.get(base, **overrides)
+    options = TrainOptions(model=base, model_overrides=overrides, batch=batch)
     variables = spec.init(jax.random.PRNGKey(options.seed))
     data, _ = _training_data(spec, options)
     traced = trace(spec.module, variables, tuple(_slice(p, batch) for p in data), spec.loss_fn,
@@ -160,7 +162,6 @@ def run_plan(workdir: str | Path, job: str, model: str, plan: Any, batch: int, i
     from jaxpipe.driver import RunConfig
     from jaxpipe.train import TrainOptions, train
 
-    register_small_models()
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     cache = workdir / "profiles"
@@ -175,8 +176,9 @@ def run_plan(workdir: str | Path, job: str, model: str, plan: Any, batch: int, i
     else:
         plat_path = workdir / f"{job}-platform.json"
         plat_path.write_text(json.dumps(fields))
+    base, overrides = resolve(model)
     options = TrainOptions(
-        model=model, platform="local", platform_file=str(plat_path), plan_file=str(plan_path),
+        model=base, model_overrides=overrides, platform="local", platform_file=str(plat_path), plan_file=str(plan_path),
         batch=batch, iterations=iterations, optimizer=optimizer, learning_rate=learning_rate,
         store=str(workdir / "store"), job_id=job, checkpoint_every=checkpoint_every,
         profile_cache=str(cache), wait_timeout_s=wait_timeout_s,
@@ -202,8 +204,8 @@ def load_run(workdir: str | Path, job: str, model: str, plan: Any, batch: int,
     summary = json.loads(store.get(f"jobs/{job}/results/summary.json"))
     metrics = [json.loads(store.get(k)) for k in store.list(f"jobs/{job}/metrics/rank")]
     metrics.sort(key=lambda m: m["rank"])
-    profile_path = workdir / "profiles" / f"{model}-{'-'.join(map(str, sizes_for(batch)))}.json"
-    prof = ModelProfile.from_dict(json.loads(profile_path.read_text()))
+    prof = ModelProfile.from_dict(json.loads(profile_path(workdir / "profiles", model,
+                                                          batch).read_text()))
     plat = platforms.get("local", str(workdir / f"{job}-platform.json"))
     problem = Problem(profile=prof, platform=Platform.from_dict(plat.to_dict()),
                       global_batch=batch, micro_batches=sizes_for(batch),

@@ -40,7 +40,7 @@ from planners import (
 from planners import plan as make_plan
 from transports import FileStore, ObjectStore, S3Store, codec
 
-__all__ = ["TrainOptions", "prepare", "train"]
+__all__ = ["TrainOptions", "prepare", "profile_cache_path", "train"]
 
 OPTIMIZER_SLOTS = {"sgd": 0, "momentum": 1, "adam": 2, "adamw": 2}
 
@@ -202,9 +202,7 @@ def _problem(traced: Any, name: str, platform: Platform, options: TrainOptions) 
     from jaxpipe.profile import profile
 
     sizes = tuple(b for b in (1, 2, 4, 8, 16) if options.batch % b == 0)
-    config = json.dumps(options.model_overrides, sort_keys=True).encode()
-    tag = hashlib.sha256(config).hexdigest()[:8] if options.model_overrides else "default"
-    cache = Path(options.profile_cache) / f"{name}-{tag}-{'-'.join(map(str, sizes))}.json"
+    cache = profile_cache_path(options.profile_cache, name, options.model_overrides, sizes)
     if cache.exists():
         prof = ModelProfile.from_dict(json.loads(cache.read_text()))
     else:
@@ -217,6 +215,14 @@ def _problem(traced: Any, name: str, platform: Platform, options: TrainOptions) 
                    micro_batches=sizes, replica_options=(1, 2, 4),
                    max_functions=options.max_functions,
                    optimizer_slots=OPTIMIZER_SLOTS[options.optimizer])
+
+
+def profile_cache_path(folder: str | Path, name: str, overrides: dict[str, Any],
+                       sizes: tuple[int, ...]) -> Path:
+    """Where `train` keeps the profile of a model config at these micro-batch sizes."""
+    config = json.dumps(overrides, sort_keys=True).encode()
+    tag = hashlib.sha256(config).hexdigest()[:8] if overrides else "default"
+    return Path(folder) / f"{name}-{tag}-{'-'.join(map(str, sizes))}.json"
 
 
 def _check_plan(plan: Plan, traced: Any, platform: Platform, options: TrainOptions) -> None:
