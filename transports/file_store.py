@@ -64,38 +64,27 @@ class FileStore(ObjectStore):
                             _encode(name) + _OBJECT_SUFFIX)
 
     def _put(self, key: str, data: bytes | memoryview) -> None:
-        path = self._path(key)
-        folder = os.path.dirname(path)
-        for _ in range(5):  # a concurrent delete may prune the folder between mkdir and open
-            tmp = os.path.join(folder, f"{_TMP_PREFIX}{uuid.uuid4().hex}")
-            try:
-                # makedirs too: a concurrent delete may prune a parent while it descends
-                os.makedirs(folder, exist_ok=True)
-                with open(tmp, "wb") as f:
-                    f.write(data)
-            except FileNotFoundError:
-                continue
-            try:
-                os.replace(tmp, path)
-                return
-            except FileNotFoundError:
-                continue
-        raise OSError(f"could not write key {key!r} under {self.root}: its folder kept vanishing")
+        self._publish(key, data, os.replace)
 
     def _put_if_absent(self, key: str, data: bytes | memoryview) -> bool:
+        # os.link is atomic and, unlike rename, refuses an existing name.
+        return self._publish(key, data, os.link)
+
+    def _publish(self, key: str, data: bytes | memoryview, place) -> bool:
+        """Writes `data` to a temporary file, then `place`s it at the key's path (atomically).
+
+        Returns False if `place` found the key already there. A concurrent delete may prune the
+        key's folder (or a parent) at any moment, so both steps are retried a few times.
+        """
         path = self._path(key)
         folder = os.path.dirname(path)
-        for _ in range(5):  # as in _put: a concurrent delete may prune the folder
+        for _ in range(5):
             tmp = os.path.join(folder, f"{_TMP_PREFIX}{uuid.uuid4().hex}")
             try:
-                # makedirs too: a concurrent delete may prune a parent while it descends
                 os.makedirs(folder, exist_ok=True)
                 with open(tmp, "wb") as f:
                     f.write(data)
-            except FileNotFoundError:
-                continue
-            try:
-                os.link(tmp, path)  # atomic, and refuses an existing name (unlike rename)
+                place(tmp, path)
                 return True
             except FileExistsError:
                 return False
