@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import re
-import socket
 from pathlib import Path
 
 import boto3
@@ -24,24 +23,6 @@ ROLE = "arn:aws:iam::123456789012:role/jaxpipe-worker"
 IMAGE = "123456789012.dkr.ecr.us-east-1.amazonaws.com/jaxpipe:abc123"
 SIZES = (1024, 2048)
 DOCS = Path(__file__).resolve().parents[2] / "docs" / "aws.md"
-
-
-@pytest.fixture(scope="module")
-def s3_url():
-    from moto.server import ThreadedMotoServer
-
-    mp = pytest.MonkeyPatch()
-    mp.setenv("AWS_ACCESS_KEY_ID", "testing")
-    mp.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-    mp.setenv("AWS_DEFAULT_REGION", "us-east-1")
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    yield f"http://127.0.0.1:{port}"
-    server.stop()
-    mp.undo()
 
 
 def stubbed(service: str) -> tuple[object, Stubber]:

@@ -8,7 +8,6 @@ the cost guard are checked on the Lambda path.
 from __future__ import annotations
 
 import json
-import socket
 import threading
 import time
 import uuid
@@ -32,24 +31,10 @@ BUCKET = "jaxpipe-aws-tests"
 
 
 @pytest.fixture(scope="module")
-def s3(tmp_path_factory):
-    """A ThreadedMotoServer on a free port, with the bucket; yields its endpoint URL."""
-    from moto.server import ThreadedMotoServer
-
-    mp = pytest.MonkeyPatch()
-    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
-        mp.setenv(name, "testing")
-    mp.setenv("AWS_DEFAULT_REGION", "us-east-1")
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    url = f"http://127.0.0.1:{port}"
-    S3Store(BUCKET, url, create_bucket=True)
-    yield url
-    server.stop()
-    mp.undo()
+def s3(s3_url):
+    """The moto server's endpoint URL, with the bucket created."""
+    S3Store(BUCKET, s3_url, create_bucket=True)
+    return s3_url
 
 
 @pytest.fixture(scope="module")
