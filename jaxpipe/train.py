@@ -13,6 +13,7 @@ import dataclasses
 import hashlib
 import itertools
 import json
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -169,7 +170,7 @@ def train(options: TrainOptions, resume: str | None = None, show_progress: bool 
                        launcher=_launcher(spec, store, options))
     wall = time.time() - began
     if show_progress:
-        print(file=__import__("sys").stderr)
+        print(file=sys.stderr)
     summary = _summarize(prepared, progress, wall)
     _clean_up(store, spec)
     store.put(spec.keys.prefix + "results/summary.json", json.dumps(summary, indent=1).encode())
