@@ -23,6 +23,7 @@ from transports.collectives import (
     allreduce_requests,
     chunk_bounds,
     pipeline_depth,
+    pipeline_pieces,
 )
 from transports.faulty import FaultyStore
 from transports.file_store import FileStore
@@ -65,6 +66,7 @@ __all__ = [
     "decode",
     "encode",
     "pipeline_depth",
+    "pipeline_pieces",
     "store_from_spec",
     "store_to_spec",
 ]

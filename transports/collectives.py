@@ -38,6 +38,7 @@ Request counts per rank are in `allreduce_requests`; polls of keys that do not e
 from __future__ import annotations
 
 import concurrent.futures as cf
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -48,9 +49,11 @@ from transports import codec
 from transports.store import GetTimeout, ObjectStore, check_prefix
 
 __all__ = ["ALGORITHMS", "PeerTimeout", "allreduce_mean", "allreduce_requests", "chunk_bounds",
-           "pipeline_depth"]
+           "pipeline_depth", "pipeline_pieces"]
 
 ALGORITHMS = ("pipelined", "lambdaml")
+_MAX_GATHERS = 16  # concurrent GETs of reduced pieces per rank
+_MAX_PIECES = 4
 
 
 class PeerTimeout(TimeoutError):
@@ -82,18 +85,20 @@ def chunk_bounds(length: int, world: int) -> list[tuple[int, int]]:
     return [(starts[k], starts[k + 1]) for k in range(world)]
 
 
-def allreduce_requests(world: int, algorithm: str = "pipelined") -> dict[str, int]:
+def allreduce_requests(world: int, algorithm: str = "pipelined",
+                       pieces: int = 1) -> dict[str, int]:
     """Returns the requests one rank sends in one `allreduce_mean`, by kind.
 
-    With n = world > 1 (n = 1 sends nothing):
+    With n = world > 1 (n = 1 sends nothing) and p pieces per chunk ("pipelined" only; the
+    count `allreduce_mean` picks is `pipeline_pieces(chunk bytes, bandwidth, latency)`):
 
-    | kind    | pipelined                       | lambdaml                          |
-    |---------|---------------------------------|-----------------------------------|
-    | PUT     | n+1 (n-1 chunks, reduced, done) | n+1                               |
-    | GET     | 2(n-1)                          | 2(n-1)                            |
-    | HEAD    | 0                               | 0                                 |
-    | LIST    | 1 (the group, for cleanup)      | 1                                 |
-    | DELETE  | 1 (one batch of n-1 keys)       | n-1 (one per received chunk)      |
+    | kind    | pipelined                              | lambdaml                      |
+    |---------|----------------------------------------|-------------------------------|
+    | PUT     | p(n-1) + p + 1 (pieces, reduced, done) | n+1                           |
+    | GET     | 2p(n-1)                                | 2(n-1)                        |
+    | HEAD    | 0                                      | 0                             |
+    | LIST    | 1 (the group, for cleanup)             | 1                             |
+    | DELETE  | 1 (one batch of p(n-1) keys)           | n-1 (one per received chunk)  |
 
     plus "CLEANUP_DELETE": 1 more DELETE on each rank whose LIST finds all n markers (at least
     one rank per group, at most n), or finds strays of retried PUTs after the sweep. Misses
@@ -102,12 +107,16 @@ def allreduce_requests(world: int, algorithm: str = "pipelined") -> dict[str, in
     Example:
       >>> allreduce_requests(4)
       {'PUT': 5, 'GET': 6, 'HEAD': 0, 'LIST': 1, 'DELETE': 1, 'CLEANUP_DELETE': 1}
+      >>> allreduce_requests(4, pieces=2)["PUT"]
+      9
     """
     _check_algorithm(algorithm)
-    n = world
+    n, p = world, (pieces if algorithm == "pipelined" else 1)
+    if p < 1:
+        raise ValueError(f"pieces must be >= 1, got {pieces}")
     if n == 1:
         return {"PUT": 0, "GET": 0, "HEAD": 0, "LIST": 0, "DELETE": 0, "CLEANUP_DELETE": 0}
-    return {"PUT": n + 1, "GET": 2 * (n - 1), "HEAD": 0, "LIST": 1,
+    return {"PUT": p * n + 1, "GET": 2 * p * (n - 1), "HEAD": 0, "LIST": 1,
             "DELETE": 1 if algorithm == "pipelined" else n - 1, "CLEANUP_DELETE": 1}
 
 
@@ -125,20 +134,24 @@ class _Round:
     rank: int
     world: int
     flat: np.ndarray            # (N,) the local vector, flattened
-    bounds: list[tuple[int, int]]
+    bounds: list[list[tuple[int, int]]]  # [chunk k][piece p] -> (start, stop) in flat
     deadline: float             # time.monotonic() at which waiting ends
 
-    def scatter_key(self, owner: int, sender: int) -> str:
-        return f"{self.group}/scatter/{owner}/{sender}"
+    @property
+    def pieces(self) -> int:
+        return len(self.bounds[0])
 
-    def reduced_key(self, owner: int) -> str:
-        return f"{self.group}/reduced/{owner}"
+    def scatter_key(self, owner: int, piece: int, sender: int) -> str:
+        return f"{self.group}/scatter/{owner}/{piece}/{sender}"
+
+    def reduced_key(self, owner: int, piece: int) -> str:
+        return f"{self.group}/reduced/{owner}/{piece}"
 
     def done_key(self, rank: int) -> str:
         return f"{self.group}/done/{rank}"
 
-    def chunk(self, k: int) -> np.ndarray:
-        lo, hi = self.bounds[k]
+    def piece(self, k: int, p: int) -> np.ndarray:
+        lo, hi = self.bounds[k][p]
         return self.flat[lo:hi]
 
     def left(self) -> float:
@@ -159,8 +172,10 @@ class _Round:
 
 def allreduce_mean(store: ObjectStore, group: str, rank: int, world: int, vector: np.ndarray,
                    algorithm: str = "pipelined", timeout: float = 300.0, *,
-                   inflight: int | None = None, bandwidth_bps: float = 70e6,
-                   latency_s: float = 0.02) -> np.ndarray:
+                   inflight: int | None = None, pieces: int | None = None,
+                   bandwidth_bps: float = 70e6,
+                   latency_s: float = 0.02, out: np.ndarray | None = None,
+                   cleanup: cf.Executor | None = None) -> np.ndarray:
     """Returns the mean of `vector` over the `world` ranks of `group`, through `store`.
 
     Every rank calls it with the same group, world, vector shape and dtype; each gets the same,
@@ -176,8 +191,17 @@ def allreduce_mean(store: ObjectStore, group: str, rank: int, world: int, vector
       timeout: seconds this call may wait for peers in total.
       inflight: uploads in flight in "pipelined" (downloads: one more). None picks
         `pipeline_depth(chunk bytes, bandwidth_bps, latency_s)`.
+      pieces: pieces each chunk is cut into in "pipelined" (lambdaml: always 1), so owners
+        publish reduced pieces while later ones are still arriving. None picks
+        `pipeline_pieces(chunk bytes, bandwidth_bps, latency_s)`.
       bandwidth_bps, latency_s: the link the ranks are expected to have (bytes/s, seconds);
-        they only choose `inflight`, and default to AWS Lambda to S3.
+        they only choose `inflight` and `pieces`, and default to AWS Lambda to S3.
+      out: where to write the mean: a C-contiguous array of `vector`'s shape and dtype, which
+        may be `vector` itself (an in-place all-reduce, as MPI_IN_PLACE). None allocates one.
+        Writing into an existing buffer spares the page faults of a fresh W-byte array.
+      cleanup: an executor to run the key cleanup (one PUT, one LIST, maybe one DELETE) on,
+        off the critical path; the caller waits for it before its function ends (e.g. by
+        shutting the executor down). None cleans up before returning.
 
     Returns:
       np.ndarray: the element-wise mean, same shape and dtype as `vector` (accumulated in
@@ -198,40 +222,86 @@ def allreduce_mean(store: ObjectStore, group: str, rank: int, world: int, vector
     if vector.dtype.kind != "f" and vector.dtype.name not in ("bfloat16",) \
             and not vector.dtype.name.startswith("float8"):
         raise TypeError(f"allreduce_mean needs a floating-point vector, got {vector.dtype}")
+    result = _output(vector, out)
     if world == 1:
-        return vector.copy()
+        if result is not vector:
+            result[...] = vector
+        return result
     flat = np.ascontiguousarray(vector).reshape(-1)
-    rnd = _Round(store, group, rank, world, flat, chunk_bounds(flat.size, world),
-                 time.monotonic() + timeout)
+    chunk_bytes = flat.nbytes // world
+    if pieces is None:
+        pieces = pipeline_pieces(chunk_bytes, bandwidth_bps, latency_s)
+    if pieces < 1:
+        raise ValueError(f"pieces must be >= 1, got {pieces}")
+    if algorithm == "lambdaml":
+        pieces = 1
     if inflight is None:
-        inflight = pipeline_depth(flat.nbytes // world, bandwidth_bps, latency_s)
+        inflight = pipeline_depth(chunk_bytes // pieces, bandwidth_bps, latency_s)
+    rnd = _Round(store, group, rank, world, flat, _piece_bounds(flat.size, world, pieces),
+                 time.monotonic() + timeout)
     run = _pipelined if algorithm == "pipelined" else _lambdaml
-    out = run(rnd, max(1, inflight))
-    _cleanup(rnd)
-    return out.reshape(vector.shape)
+    run(rnd, max(1, inflight), result.reshape(-1))
+    if cleanup is None:
+        _cleanup(rnd)
+    else:
+        cleanup.submit(_cleanup, rnd)
+    return result
 
 
-def pipeline_depth(chunk_bytes: int, bandwidth_bps: float, latency_s: float) -> int:
-    """Returns how many uploads to keep in flight: 1 + floor(latency * bandwidth / chunk).
+def _output(vector: np.ndarray, out: np.ndarray | None) -> np.ndarray:
+    """Checks `out` (or allocates it): the array the mean is written into."""
+    if out is None:
+        return np.empty_like(vector, order="C")
+    if out.shape != vector.shape or out.dtype != vector.dtype or not out.flags.c_contiguous \
+            or not out.flags.writeable:
+        raise ValueError(f"allreduce_mean out= must be a writeable C-contiguous {vector.dtype} "
+                         f"array of shape {vector.shape}, got {out.dtype} {out.shape}")
+    return out
 
-    Concurrent transfers share a function's link, so k uploads in flight make the last k
-    chunks of a phase land together, k-1 chunk times late; one upload at a time leaves the link
-    idle for a round trip per chunk. The rule keeps one upload per chunk unless a chunk
-    transfers faster than a round trip, then enough to cover it (at most 8).
+
+def pipeline_depth(piece_bytes: int, bandwidth_bps: float, latency_s: float) -> int:
+    """Returns how many uploads to keep in flight: 1 + ceil(latency * bandwidth / piece), <= 8.
+
+    A request leaves its link idle for a round trip; enough other requests in flight to fill
+    that round trip keep the link busy. More would only make the pieces in flight share the
+    link and land together, later than the first of them could have.
 
     Example:
       >>> pipeline_depth(16_000_000, 70e6, 0.02), pipeline_depth(1_000_000, 70e6, 0.02)
-      (1, 2)
+      (2, 3)
     """
-    if chunk_bytes <= 0:
+    if piece_bytes <= 0:
         return 1
-    return int(min(8, 1 + latency_s * bandwidth_bps // chunk_bytes))
+    return int(min(8, 1 + math.ceil(latency_s * bandwidth_bps / piece_bytes)))
 
 
-def _accumulator(rnd: _Round) -> np.ndarray:
-    """Starts the owned chunk's sum from the rank's own slice (defect 1 of the reference code)."""
+def pipeline_pieces(chunk_bytes: int, bandwidth_bps: float, latency_s: float) -> int:
+    """Returns how many pieces to cut each chunk into: at least a round trip of bytes each, <= 4.
+
+    With whole chunks every downlink waits twice for a whole chunk: for the first one to be
+    uploaded, and for its own reduced chunk to be published (2W/B in all). With p pieces both
+    waits shrink p-fold, towards 2(n-1)W/(nB), for p times the requests. A piece smaller than
+    the bytes a link moves in one round trip would spend more time in latency than on the wire.
+
+    Example:
+      >>> pipeline_pieces(64_000_000, 70e6, 0.02), pipeline_pieces(2_000_000, 70e6, 0.02)
+      (4, 1)
+    """
+    if latency_s <= 0:
+        return _MAX_PIECES
+    return int(max(1, min(_MAX_PIECES, chunk_bytes // (bandwidth_bps * latency_s))))
+
+
+def _piece_bounds(length: int, world: int, pieces: int) -> list[list[tuple[int, int]]]:
+    """The (start, stop) of piece p of chunk k, as `chunk_bounds` cuts both levels."""
+    return [[(lo + a, lo + b) for a, b in chunk_bounds(hi - lo, pieces)]
+            for lo, hi in chunk_bounds(length, world)]
+
+
+def _accumulator(rnd: _Round, p: int) -> np.ndarray:
+    """Starts a piece's sum from the rank's own slice (defect 1 of the reference code)."""
     wide = np.float64 if rnd.flat.dtype == np.float64 else np.float32
-    return rnd.chunk(rnd.rank).astype(wide, copy=True)
+    return rnd.piece(rnd.rank, p).astype(wide, copy=True)
 
 
 def _publish_value(rnd: _Round, total: np.ndarray) -> np.ndarray:
@@ -239,60 +309,74 @@ def _publish_value(rnd: _Round, total: np.ndarray) -> np.ndarray:
     return total.astype(rnd.flat.dtype, copy=False)
 
 
-def _pipelined(rnd: _Round, inflight: int) -> np.ndarray:
-    i, n = rnd.rank, rnd.world
-    out = np.empty_like(rnd.flat)
+def _pipelined(rnd: _Round, inflight: int, out: np.ndarray) -> None:
+    i, n, pieces = rnd.rank, rnd.world, rnd.pieces
+    others = [(i + r) % n for r in range(1, n)]    # step order r = 1..n-1
+    senders = [(i - r) % n for r in range(1, n)]
     up = cf.ThreadPoolExecutor(inflight, thread_name_prefix=f"allreduce-up-{i}")
     down = cf.ThreadPoolExecutor(inflight + 1, thread_name_prefix=f"allreduce-down-{i}")
+    # C's downloads of a piece start together: they share the downlink anyway, and each
+    # waiting GET notices its piece a poll earlier than if it queued behind another download.
+    gather = cf.ThreadPoolExecutor(min(n - 1, _MAX_GATHERS),
+                                   thread_name_prefix=f"allreduce-gather-{i}")
+
+    def scatter_round(p: int) -> list[cf.Future]:
+        """A, round p: piece p of every other owner's chunk, in step order."""
+        return [up.submit(_bind(rnd.send, rnd.scatter_key(k, p, i), rnd.piece(k, p)))
+                for k in others]
+
     try:
-        # A: scatter on the upload pool, fetch-and-reduce on the download pool, both in step
-        # order r = 1..n-1.
-        sent = [up.submit(_bind(rnd.send, rnd.scatter_key((i + r) % n, i), rnd.chunk((i + r) % n)))
-                for r in range(1, n)]
-        peers = [(i - r) % n for r in range(1, n)]
-        arrivals = [down.submit(_bind(rnd.fetch, rnd.scatter_key(i, j), j, f"chunk {i}"))
-                    for j in peers]
-        total = _accumulator(rnd)
-        for got in arrivals:
-            total += got.result()
-        received = up.submit(_bind(rnd.store.delete_many, [rnd.scatter_key(i, j) for j in peers]))
-        # B: publish the owned chunk's mean; C: gather the others' meanwhile.
-        mine = _publish_value(rnd, total)
-        published = up.submit(_bind(rnd.send, rnd.reduced_key(i), mine))
-        gathers = {j: down.submit(_bind(rnd.fetch, rnd.reduced_key(j), j, f"reduced chunk {j}"))
-                   for j in ((i + r) % n for r in range(1, n))}
-        lo, hi = rnd.bounds[i]
-        out[lo:hi] = mine
-        for j, got in gathers.items():
-            lo, hi = rnd.bounds[j]
+        # The upload queue holds at most two rounds ahead of the reduction, so that B's
+        # publish of piece p goes out right after round p+1, not after every round.
+        sent = [fut for p in range(min(2, pieces)) for fut in scatter_round(p)]
+        arrivals = [[down.submit(_bind(rnd.fetch, rnd.scatter_key(i, p, j), j,
+                                       f"chunk {i} piece {p}")) for j in senders]
+                    for p in range(pieces)]
+        published, gathers = [], []
+        for p in range(pieces):
+            total = _accumulator(rnd, p)
+            for got in arrivals[p]:
+                total += got.result()
+            # B: publish the piece's mean; C: gather the other owners' piece p meanwhile.
+            mine = _publish_value(rnd, total)
+            published.append(up.submit(_bind(rnd.send, rnd.reduced_key(i, p), mine)))
+            if p + 2 < pieces:
+                sent += scatter_round(p + 2)
+            lo, hi = rnd.bounds[i][p]
+            out[lo:hi] = mine
+            gathers += [(j, p, gather.submit(_bind(rnd.fetch, rnd.reduced_key(j, p), j,
+                                                   f"reduced chunk {j} piece {p}")))
+                        for j in others]
+        # What A read is deleted in one batched request, off the critical path.
+        received = up.submit(_bind(rnd.store.delete_many, [
+            rnd.scatter_key(i, p, j) for p in range(pieces) for j in senders]))
+        for j, p, got in gathers:
+            lo, hi = rnd.bounds[j][p]
             out[lo:hi] = got.result()
-        for fut in (*sent, received, published):
+        for fut in (*sent, *published, received):
             fut.result()
     finally:
-        up.shutdown(wait=True, cancel_futures=True)
-        down.shutdown(wait=True, cancel_futures=True)
-    return out
+        for pool in (up, down, gather):
+            pool.shutdown(wait=True, cancel_futures=True)
 
 
-def _lambdaml(rnd: _Round, inflight: int) -> np.ndarray:
+def _lambdaml(rnd: _Round, inflight: int, out: np.ndarray) -> None:
     del inflight  # one request at a time, as LambdaML does
     i, n = rnd.rank, rnd.world
     others = [j for j in range(n) if j != i]
     for j in others:                         # 1. scatter, sequentially
-        rnd.send(rnd.scatter_key(j, i), rnd.chunk(j))
-    total = _accumulator(rnd)
+        rnd.send(rnd.scatter_key(j, 0, i), rnd.piece(j, 0))
+    total = _accumulator(rnd, 0)
     for j in others:                         # 2. fetch, reduce and delete each arrival
-        total += rnd.fetch(rnd.scatter_key(i, j), j, f"chunk {i}")
-        rnd.store.delete(rnd.scatter_key(i, j))
+        total += rnd.fetch(rnd.scatter_key(i, 0, j), j, f"chunk {i}")
+        rnd.store.delete(rnd.scatter_key(i, 0, j))
     mine = _publish_value(rnd, total)
-    rnd.send(rnd.reduced_key(i), mine)       # 3. publish
-    out = np.empty_like(rnd.flat)
-    lo, hi = rnd.bounds[i]
+    rnd.send(rnd.reduced_key(i, 0), mine)    # 3. publish
+    lo, hi = rnd.bounds[i][0]
     out[lo:hi] = mine
     for j in others:                         # 4. gather
-        lo, hi = rnd.bounds[j]
-        out[lo:hi] = rnd.fetch(rnd.reduced_key(j), j, f"reduced chunk {j}")
-    return out
+        lo, hi = rnd.bounds[j][0]
+        out[lo:hi] = rnd.fetch(rnd.reduced_key(j, 0), j, f"reduced chunk {j}")
 
 
 def _cleanup(rnd: _Round) -> None:
@@ -307,7 +391,7 @@ def _cleanup(rnd: _Round) -> None:
     rnd.store.put(rnd.done_key(rnd.rank), b"")
     keys = rnd.store.list(f"{rnd.group}/")
     done = sum(k.startswith(f"{rnd.group}/done/") for k in keys)
-    swept = rnd.reduced_key(rnd.rank) not in keys
+    swept = rnd.reduced_key(rnd.rank, 0) not in keys
     if keys and (done >= rnd.world or swept):
         rnd.store.delete_many(keys)
 

@@ -25,24 +25,28 @@ from transports import (
     allreduce_requests,
     chunk_bounds,
     decode,
+    pipeline_depth,
+    pipeline_pieces,
 )
 
 WORLDS = [1, 2, 3, 5, 8]
 
 
 def _run_ranks(stores: list[ObjectStore], group: str, vectors: list[np.ndarray],
-               algorithm: str = "pipelined", timeout: float = 30.0) -> list[np.ndarray]:
+               algorithm: str = "pipelined", timeout: float = 30.0,
+               **options: object) -> list[np.ndarray]:
     """Runs one all-reduce with rank k on a thread using stores[k]; returns every result."""
     world = len(vectors)
     with cf.ThreadPoolExecutor(world) as pool:
         futures = [pool.submit(allreduce_mean, stores[k], group, k, world, vectors[k],
-                               algorithm, timeout) for k in range(world)]
+                               algorithm, timeout, **options) for k in range(world)]
         return [f.result() for f in futures]
 
 
-def _check_counts(world: int, algorithm: str, per_rank: list[StoreStats]) -> None:
+def _check_counts(world: int, algorithm: str, per_rank: list[StoreStats],
+                  pieces: int = 1) -> None:
     """Measured requests equal the documented formula (cleanup: 0 or 1 DELETE, >= 1 in all)."""
-    want = allreduce_requests(world, algorithm)
+    want = allreduce_requests(world, algorithm, pieces)
     cleanups = 0
     for stats in per_rank:
         got = stats.by_kind()
@@ -80,6 +84,66 @@ def test_threads_get_numpy_mean_bit_identical_on_every_rank(world: int, algorith
             assert out.tobytes() == results[0].tobytes()
         assert shared.list("") == []
         _check_counts(world, algorithm, [s.stats for s in stores])
+
+
+@pytest.mark.parametrize("pieces", [2, 3])
+@pytest.mark.parametrize("world", [2, 3, 5])
+def test_pieces_give_the_same_mean_and_the_documented_requests(world: int, pieces: int) -> None:
+    rng = np.random.default_rng(10 * world + pieces)
+    # lengths with empty pieces, uneven pieces and uneven chunks
+    for length in [world * pieces - 1, int(rng.integers(100, 20_000))]:
+        shared = MemoryStore(poll=FAST_POLL)
+        stores = [shared.view() for _ in range(world)]
+        vectors = [rng.standard_normal(length).astype(np.float32) for _ in range(world)]
+        results = _run_ranks(stores, f"jobs/pc/it/{length}", vectors, pieces=pieces,
+                             inflight=2)
+        expected = np.mean(np.stack(vectors).astype(np.float64), axis=0)
+        for out in results:
+            np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-6)
+            assert out.tobytes() == results[0].tobytes()
+        assert shared.list("") == []
+        _check_counts(world, "pipelined", [s.stats for s in stores], pieces)
+
+
+def test_pieces_and_depth_follow_the_link() -> None:
+    # a piece carries at least one round trip of bytes (1.4 MB at 70 MB/s and 20 ms), at most 4
+    assert [pipeline_pieces(mb * 1_000_000, 70e6, 0.02) for mb in (1, 2, 3, 5, 64)] == \
+        [1, 1, 2, 3, 4]
+    assert pipeline_pieces(10, 70e6, 0.0) == 4
+    # enough requests in flight to cover a round trip
+    assert [pipeline_depth(mb * 1_000_000, 70e6, 0.02) for mb in (1, 2, 16)] == [3, 2, 2]
+
+
+@pytest.mark.parametrize("algorithm", ["pipelined", "lambdaml"])
+def test_in_place_result_and_cleanup_off_the_return_path(algorithm: str) -> None:
+    world, length = 3, 5003
+    rng = np.random.default_rng(3)
+    vectors = [rng.standard_normal(length).astype(np.float32) for _ in range(world)]
+    expected = np.mean(np.stack(vectors).astype(np.float64), axis=0)
+    shared = MemoryStore(poll=FAST_POLL)
+    buffers = [v.copy() for v in vectors]
+    sweepers = [cf.ThreadPoolExecutor(1) for _ in range(world)]
+    with cf.ThreadPoolExecutor(world) as pool:
+        futures = [pool.submit(allreduce_mean, shared.view(), "jobs/ip/it/0", k, world,
+                               buffers[k], algorithm, 30.0, out=buffers[k],
+                               cleanup=sweepers[k], pieces=2) for k in range(world)]
+        outs = [f.result() for f in futures]
+    for sweeper in sweepers:
+        sweeper.shutdown(wait=True)
+    for k in range(world):
+        assert outs[k] is buffers[k]  # written in place, into the input itself
+        np.testing.assert_allclose(buffers[k], expected, rtol=1e-5, atol=1e-6)
+    assert shared.list("") == []  # the cleanup ran on the executors
+
+
+def test_out_of_the_wrong_shape_is_rejected_before_any_request() -> None:
+    store = MemoryStore()
+    with pytest.raises(ValueError, match="out= must be"):
+        allreduce_mean(store, "jobs/x/it/0", 0, 2, np.ones(4, np.float32),
+                       out=np.ones(5, np.float32))
+    with pytest.raises(ValueError, match="pieces must be"):
+        allreduce_mean(store, "jobs/x/it/0", 0, 2, np.ones(4, np.float32), pieces=0)
+    assert store.stats.by_kind()["PUT"] == 0
 
 
 @pytest.mark.parametrize("world", WORLDS)
