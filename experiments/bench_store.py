@@ -1,14 +1,15 @@
 """Does S3Store cost anything over raw boto3, and how fast is the codec?
 
 1. S3Store.put/get against raw boto3 `put_object`/`get_object` (a default client) on the same
-   local S3 API server, for 1-64 MB objects: median seconds of `repeats` round trips, and the
+   local S3 API server, for 1-64 MB objects: median seconds of `repeats` round trips (the two
+   alternated, after a warm-up call each), and the
    ratio raw / S3Store (>= 0.9 is the target: the store adds at most ~10%). Servers: moto's
    standalone server in a subprocess, and s3rver when node_modules/.bin/s3rver exists.
 2. codec.encode and codec.decode (CRC-32 included) on one large float32 array and on a dict of
    100 arrays: GB/s, best of 5 (target >= 1 GB/s).
 
 Usage:
-    python experiments/bench_store.py           # 1, 4, 16, 64 MB, 5 repeats, 256 MB codec
+    python experiments/bench_store.py           # 1, 4, 16, 64 MB, 9 repeats, 256 MB codec
     python experiments/bench_store.py --quick   # 1, 4 MB, 2 repeats, 16 MB codec
 Writes experiments/results/bench_store[_quick].json and .png.
 """
@@ -98,13 +99,22 @@ def s3rver_server() -> Iterator[tuple[str, str]]:
         shutil.rmtree(data, ignore_errors=True)
 
 
-def _median_time(fn: Callable[[], object], repeats: int) -> float:
-    times = []
+def _seconds(fn: Callable[[], object]) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
+def _median_times(first: Callable[[], object], second: Callable[[], object],
+                  repeats: int) -> tuple[float, float]:
+    """Median seconds of each of two calls, alternated after one warm-up call each, so that a
+    server or machine slowing down for a while hits both sides alike."""
+    times: tuple[list[float], list[float]] = ([], [])
+    first(), second()
     for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+        times[0].append(_seconds(first))
+        times[1].append(_seconds(second))
+    return statistics.median(times[0]), statistics.median(times[1])
 
 
 def bench_server(name: str, endpoint: str, key: str, sizes: list[int], repeats: int) -> list:
@@ -117,12 +127,12 @@ def bench_server(name: str, endpoint: str, key: str, sizes: list[int], repeats: 
     for size in sizes:
         data = np.random.default_rng(size).bytes(size * MB)
         row = {"server": name, "size_mb": size}
-        row["raw_put_s"] = _median_time(
-            lambda d=data: raw.put_object(Bucket=BUCKET, Key="raw/obj", Body=d), repeats)
-        row["store_put_s"] = _median_time(lambda d=data: store.put("obj", d), repeats)
-        row["raw_get_s"] = _median_time(
-            lambda: raw.get_object(Bucket=BUCKET, Key="raw/obj")["Body"].read(), repeats)
-        row["store_get_s"] = _median_time(lambda: store.get("obj"), repeats)
+        row["raw_put_s"], row["store_put_s"] = _median_times(
+            lambda d=data: raw.put_object(Bucket=BUCKET, Key="raw/obj", Body=d),
+            lambda d=data: store.put("obj", d), repeats)
+        row["raw_get_s"], row["store_get_s"] = _median_times(
+            lambda: raw.get_object(Bucket=BUCKET, Key="raw/obj")["Body"].read(),
+            lambda: store.get("obj"), repeats)
         row["put_ratio"] = row["raw_put_s"] / row["store_put_s"]
         row["get_ratio"] = row["raw_get_s"] / row["store_get_s"]
         rows.append(row)
@@ -139,8 +149,8 @@ def bench_codec(size_mb: int) -> list[dict]:
     rows = []
     for name, value in (("one array", big), ("dict of 100", many)):
         data = codec.encode(value)
-        enc = min(_median_time(lambda v=value: codec.encode(v), 1) for _ in range(5))
-        dec = min(_median_time(lambda d=data: codec.decode(d), 1) for _ in range(5))
+        enc = min(_seconds(lambda v=value: codec.encode(v)) for _ in range(5))
+        dec = min(_seconds(lambda d=data: codec.decode(d)) for _ in range(5))
         nbytes = size_mb * MB
         rows.append({"case": name, "size_mb": size_mb, "encode_gb_s": nbytes / enc / 1e9,
                      "decode_gb_s": nbytes / dec / 1e9,
@@ -183,7 +193,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true")
     args = parser.parse_args()
     sizes = [1, 4] if args.quick else [1, 4, 16, 64]
-    repeats = 2 if args.quick else 5
+    repeats = 2 if args.quick else 9
     rows: list[dict] = []
     with moto_server() as (endpoint, key):
         rows += bench_server("moto", endpoint, key, sizes, repeats)
