@@ -32,7 +32,6 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from jaxpipe import checkpoint, optim
@@ -160,6 +159,7 @@ class Rank:
         bundle = store.get(self.keys.bundle, timeout=self.timeout)
         self.program = load_stages(bundle, only=[self.stage]).stages[self.stage]
         self.optimizer = optim.make(spec.optimizer, spec.learning_rate)
+        self.step = optim.make_step(self.optimizer)
         loaded = checkpoint.load(store, self.keys, event["start"], self.stage, self.optimizer,
                                  self.timeout)
         # Committed to the device from the start: jit specialises on commitment, and the
@@ -189,7 +189,7 @@ class Rank:
         sent: list[Future] = []
         saved: dict[int, Any] = {}
         losses: dict[int, float] = {}
-        grads = {p: jnp.zeros_like(self.params[p]) for p in spec.param_paths}
+        summed: list[Any] | None = None  # gradients summed over this rank's micro-batches
         params = [self.params[p] for p in spec.param_paths]
         for task in tasks:
             m = task.micro_batch
@@ -213,18 +213,18 @@ class Rank:
                     cts = received[(Kind.RECV_GRAD, m)].result(timeout=self.timeout)
                 with self._span("compute", f"BWD {m}"):
                     g, cts_in = self.program.backward(params, saved.pop(m), cts)
-                    for p, gi in zip(spec.param_paths, g):
-                        grads[p] = grads[p] + gi
+                    summed = list(g) if summed is None else optim.accumulate(summed, list(g))
                     jax.block_until_ready(cts_in)
                 if self.stage > 0:
                     key = self.keys.message(self.attempt, t, "grad", self.stage, m)
                     sent.append(self.up.submit(self._send, key, cts_in, f"SEND_GRAD {m}"))
             elif task.kind == Kind.SYNC:
                 with self._span("storage", "SYNC"):
-                    grads = self._sync(t, grads)
+                    synced = self._sync(t, dict(zip(spec.param_paths, summed, strict=True)))
+                    summed = [synced[p] for p in spec.param_paths]
             elif task.kind == Kind.UPDATE:
                 with self._span("compute", "UPDATE"):
-                    self._update(grads)
+                    self._update(dict(zip(spec.param_paths, summed, strict=True)))
         if self.last:
             key = self.keys.loss(t, self.rank)
             body = json.dumps({"micro_batches": sorted(losses),
@@ -270,9 +270,11 @@ class Rank:
         state_paths = list(self.program.spec.state_paths)
         parts = [np.ravel(grads[p]) for p in paths] + [np.ravel(self.state[p]) for p in state_paths]
         vector = np.concatenate(parts).astype(np.float32)
+        # In place, with the group's cleanup on the cleanup thread (close() waits for it).
         mean = allreduce_mean(self.store, self.keys.sync_group(self.attempt, t, self.stage),
                               self.replica, self.replicas, vector,
-                              algorithm=self.spec.allreduce, timeout=self.timeout)
+                              algorithm=self.spec.allreduce, timeout=self.timeout, out=vector,
+                              cleanup=self.cleaner)
         out, offset = {}, 0
         for p in paths + state_paths:
             ref = grads[p] if p in grads else self.state[p]
@@ -289,10 +291,7 @@ class Rank:
         return out
 
     def _update(self, grads: dict[str, Any]) -> None:
-        import optax
-
-        updates, self.opt_state = self.optimizer.update(grads, self.opt_state, self.params)
-        self.params = optax.apply_updates(self.params, updates)
+        self.params, self.opt_state = self.step(grads, self.opt_state, self.params)
         jax.block_until_ready(self.params)
 
     def _fault(self, t: int, m: int) -> None:
