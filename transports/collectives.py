@@ -2,18 +2,19 @@
 
 Notation, used throughout: n ranks (`world`), this rank i, peers j, step r = 1..n-1. The
 vector of N elements is cut into n chunks; chunk k starts at k*floor(N/n) + min(N mod n, k) and
-holds floor(N/n) + [k < N mod n] elements, and rank k owns (reduces) chunk k. Keys, all under
+holds floor(N/n) + [k < N mod n] elements, and rank k owns (reduces) chunk k. Each chunk is cut
+the same way into p pieces (`pipeline_pieces`; p = 1 is FuncPipe's algorithm). Keys, all under
 the caller's `group` prefix (unique per job, iteration and stage):
 
-    <group>/scatter/<k>/<j>   chunk k of rank j's vector, for owner k (read once, by k)
-    <group>/reduced/<k>       the mean of chunk k, published by its owner (read by all)
-    <group>/done/<j>          empty marker: rank j has read everything it needs
+    <group>/scatter/<k>/<q>/<j>   piece q of chunk k of rank j's vector, for owner k (read once)
+    <group>/reduced/<k>/<q>       the mean of piece q of chunk k, published by its owner
+    <group>/done/<j>              empty marker: rank j has read everything it needs
 
-"pipelined" (FuncPipe's bandwidth-optimal variant), as seen by rank i:
+"pipelined" (FuncPipe's bandwidth-optimal variant), as seen by rank i, p = 1:
 
     uplink   | A: scatter/(i+1)/i  scatter/(i+2)/i ... scatter/(i+n-1)/i | B: reduced/i | D
     downlink |   A: scatter/i/(i-1)  scatter/i/(i-2) ... scatter/i/(i-n+1) | C: reduced/* | D
-    (indices mod n)
+    (indices mod n, piece index left out)
 
   A. An upload pool sends chunk (i+r) mod n at step r while a download pool fetches, in step
      order, the chunk addressed to i by rank (i-r) mod n, which that rank sends at its own step
@@ -27,6 +28,11 @@ the caller's `group` prefix (unique per job, iteration and stage):
      all n markers knows every rank has read everything, and deletes every key it listed.
      Because each rank's PUT precedes its LIST, the last LIST sees all markers: at least one
      rank cleans up, and nobody waits for anybody (`_cleanup` also handles retried PUTs).
+
+With p > 1 pieces, A runs in rounds q = 0..p-1 (piece q of every chunk, in step order), and B
+and C run per piece: reduced piece q is published as soon as its n-1 arrivals are in, while
+the pieces of later rounds still arrive, so the gather overlaps the scatter (transports/README.md
+explains why this beats 2W/B).
 
 "lambdaml" (LambdaML's ScatterReduce, the baseline) does the same phases one request at a
 time: scatter all n-1 chunks, then fetch-reduce-delete each arrival, publish, gather, cleanup.
