@@ -26,19 +26,15 @@ the caller's `group` prefix (unique per job, iteration and stage):
      the same published chunks (its own included), so all ranks get bit-identical results.
   D. Cleanup without a barrier: rank i puts `done/i`, then LISTs `<group>/`. A rank that sees
      all n markers knows every rank has read everything, and deletes every key it listed.
-     Because each rank's PUT precedes its LIST, the last LIST sees all markers: at least one
-     rank cleans up, and nobody waits for anybody (`_cleanup` also handles retried PUTs).
+     The last LIST sees all markers (each rank's PUT precedes its LIST): at least one rank
+     cleans up, nobody waits for anybody (`_cleanup` also handles retried PUTs).
 
-With p > 1 pieces, A runs in rounds q = 0..p-1 (piece q of every chunk, in step order), and B
-and C run per piece: reduced piece q is published as soon as its n-1 arrivals are in, while
-the pieces of later rounds still arrive, so the gather overlaps the scatter (transports/README.md
-explains why this beats 2W/B).
+With p > 1, A runs in rounds q = 0..p-1 (piece q of every chunk), and B and C per piece, so the
+gather overlaps the scatter (transports/README.md: why this beats 2W/B).
 
 "lambdaml" (LambdaML's ScatterReduce, the baseline) does the same phases one request at a
 time: scatter all n-1 chunks, then fetch-reduce-delete each arrival, publish, gather, cleanup.
-
-Request counts per rank are in `allreduce_requests`; polls of keys that do not exist yet
-(`StoreStats.misses`) depend on timing and are not part of them.
+Request counts per rank: `allreduce_requests`.
 """
 
 from __future__ import annotations
@@ -203,8 +199,8 @@ def allreduce_mean(store: ObjectStore, group: str, rank: int, world: int, vector
       bandwidth_bps, latency_s: the link the ranks are expected to have (bytes/s, seconds);
         they only choose `inflight` and `pieces`, and default to AWS Lambda to S3.
       out: where to write the mean: a C-contiguous array of `vector`'s shape and dtype, which
-        may be `vector` itself (an in-place all-reduce, as MPI_IN_PLACE). None allocates one.
-        Writing into an existing buffer spares the page faults of a fresh W-byte array.
+        may be `vector` itself (in place, as MPI_IN_PLACE; spares a fresh W-byte array's page
+        faults). None allocates one.
       cleanup: an executor to run the key cleanup (one PUT, one LIST, maybe one DELETE) on,
         off the critical path; the caller waits for it before its function ends (e.g. by
         shutting the executor down). None cleans up before returning.
@@ -321,10 +317,9 @@ def _pipelined(rnd: _Round, inflight: int, out: np.ndarray) -> None:
     senders = [(i - r) % n for r in range(1, n)]
     up = cf.ThreadPoolExecutor(inflight, thread_name_prefix=f"allreduce-up-{i}")
     down = cf.ThreadPoolExecutor(inflight + 1, thread_name_prefix=f"allreduce-down-{i}")
-    # C's downloads of a piece start together: they share the downlink anyway, and each
-    # waiting GET notices its piece a poll earlier than if it queued behind another download.
-    gather = cf.ThreadPoolExecutor(min(n - 1, _MAX_GATHERS),
-                                   thread_name_prefix=f"allreduce-gather-{i}")
+    # C's GETs of a piece start together: they share the downlink anyway, and each notices its
+    # piece a poll earlier than if it queued behind another download.
+    gather = cf.ThreadPoolExecutor(min(n - 1, _MAX_GATHERS), f"allreduce-gather-{i}")
 
     def scatter_round(p: int) -> list[cf.Future]:
         """A, round p: piece p of every other owner's chunk, in step order."""
@@ -332,8 +327,7 @@ def _pipelined(rnd: _Round, inflight: int, out: np.ndarray) -> None:
                 for k in others]
 
     try:
-        # The upload queue holds at most two rounds ahead of the reduction, so that B's
-        # publish of piece p goes out right after round p+1, not after every round.
+        # uploads run <= 2 rounds ahead of the reduction: B's publish of piece p follows round p+1
         sent = [fut for p in range(min(2, pieces)) for fut in scatter_round(p)]
         arrivals = [[down.submit(_bind(rnd.fetch, rnd.scatter_key(i, p, j), j,
                                        f"chunk {i} piece {p}")) for j in senders]
@@ -353,7 +347,7 @@ def _pipelined(rnd: _Round, inflight: int, out: np.ndarray) -> None:
             gathers += [(j, p, gather.submit(_bind(rnd.fetch, rnd.reduced_key(j, p), j,
                                                    f"reduced chunk {j} piece {p}")))
                         for j in others]
-        # What A read is deleted in one batched request, off the critical path.
+        # what A read goes in one batched DELETE, off the critical path
         received = up.submit(_bind(rnd.store.delete_many, [
             rnd.scatter_key(i, p, j) for p in range(pieces) for j in senders]))
         for j, p, got in gathers:
