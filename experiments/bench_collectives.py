@@ -36,6 +36,7 @@ from transports import (
     ThrottledStore,
     allreduce_mean,
     allreduce_requests,
+    pipeline_pieces,
 )
 
 MB = 1_000_000
@@ -147,7 +148,8 @@ def main() -> None:
                 row[f"{algorithm}_cpu_s"] = got["cpu_s"]
                 row[f"{algorithm}_load_avg_1m"] = got["load_avg_1m"]
                 row[f"{algorithm}_requests_per_rank"] = got["requests_per_rank"]
-                row[f"{algorithm}_formula"] = allreduce_requests(world, algorithm)
+                row[f"{algorithm}_formula"] = allreduce_requests(
+                    world, algorithm, pipeline_pieces(size * MB // world, bw, lat))
                 row[f"{algorithm}_misses_per_rank"] = got["misses_per_rank"]
                 row[f"{algorithm}_leftover_keys"] = got["leftover_keys"]
             bound = row["bound_2W_over_B"]

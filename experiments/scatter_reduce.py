@@ -31,7 +31,7 @@ from experiments import runtime_common as rc
 from experiments.bench_collectives import MB, run_once
 from experiments.bench_collectives import model as digest_model
 from planners import cost, platforms
-from transports import allreduce_requests
+from transports import allreduce_requests, pipeline_pieces
 
 MEMORY_MB = 2048
 
@@ -75,7 +75,7 @@ def run(quick: bool = False, out: str | Path | None = None, sizes_mb: list[float
                 got = [run_once(W, n, algorithm, bw, lat, base) for _ in range(repeats)]
                 seconds = float(np.median([g["seconds"] for g in got]))
                 req = got[0]["requests_per_rank"]
-                formula = allreduce_requests(n, algorithm)
+                formula = allreduce_requests(n, algorithm, pipeline_pieces(W // n, bw, lat))
                 misses = float(np.mean([g["misses_per_rank"] for g in got]))
                 row[algorithm] = {
                     "seconds": seconds, "all_seconds": [g["seconds"] for g in got],

@@ -270,11 +270,13 @@ class Rank:
         state_paths = list(self.program.spec.state_paths)
         parts = [np.ravel(grads[p]) for p in paths] + [np.ravel(self.state[p]) for p in state_paths]
         vector = np.concatenate(parts).astype(np.float32)
-        # In place, with the group's cleanup on the cleanup thread (close() waits for it).
+        # In place, with the group's cleanup on the cleanup thread (close() waits for it). One
+        # piece per chunk, as planners.cost counts the requests: at Lambda prices a second piece
+        # pays for its n more PUTs only for chunks above ~25 MB x n / memory in GB.
         mean = allreduce_mean(self.store, self.keys.sync_group(self.attempt, t, self.stage),
                               self.replica, self.replicas, vector,
                               algorithm=self.spec.allreduce, timeout=self.timeout, out=vector,
-                              cleanup=self.cleaner)
+                              cleanup=self.cleaner, pieces=1)
         out, offset = {}, 0
         for p in paths + state_paths:
             ref = grads[p] if p in grads else self.state[p]
