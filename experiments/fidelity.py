@@ -94,7 +94,8 @@ def measure(cases: list[dict[str, Any]], out: Path, workdir: Path, tag: str,
               f"{row['closed_form_s']:.3f} s (x{row['measured_over_closed_form']:.2f})  simulated "
               f"{row['simulated_s']:.3f} s (x{row['measured_over_simulated']:.2f})  replay(measured)"
               f" {row['replay_with_measured_durations_s']:.3f} s  overhead "
-              f"{row['overhead_per_micro_batch_s'] * 1e3:.1f} ms/micro-batch  [{row['seconds']:.0f}"
+              f"{row['overhead_per_micro_batch_s'] * 1e3:.1f} ms/micro-batch (waiting for a core "
+              f"{row['cpu_wait_per_micro_batch_s'] * 1e3:.1f} ms)  [{row['seconds']:.0f}"
               f" s, load {row['load_avg_1m']:.1f}]", flush=True)
     return rows
 

@@ -260,6 +260,13 @@ def iteration_indices(metrics: list[dict[str, Any]]) -> range:
     return range(max(first_kept, WARM_UP), held)
 
 
+def _iteration_record(metrics: dict[str, Any], k: int) -> dict[str, Any]:
+    """A rank's `iterations` entry for timeline iteration k (the timeline may hold more
+    iterations than the list, from earlier invocations of the same rank)."""
+    held = sum(e["name"] == "UPDATE" for e in metrics["timeline"])
+    return metrics["iterations"][k - (held - len(metrics["iterations"]))]
+
+
 WARM_UP = 2
 """Iterations left out of every measurement: the first compiles each rank's programs, and in the
 second ranks still wait for peers that compiled late (before the worker committed its arrays to
@@ -436,10 +443,13 @@ def compare_run(run: Run, which: int = -1) -> dict[str, Any]:
     periods = iteration_periods(run.metrics)
     measured = float(np.median(periods)) if periods else s["measured_seconds_per_iteration"]
     overheads = []  # every held iteration after the first: window - replay(measured durations)
+    waits = []  # the same iterations: each rank's threads' run-queue wait, mean over ranks
     for k in iteration_indices(run.metrics):
         one = iteration_spans(run.metrics, k)
         replay_k = simulate.replay(schedule, measured_terms(one, plan, problem)).iteration_seconds
         overheads.append((one["end"] - one["start"] - replay_k) / plan.num_micro_batches)
+        waits.append(float(np.mean([_iteration_record(m, k).get("cpu_wait_s", 0.0)
+                                    for m in run.metrics])) / plan.num_micro_batches)
     return {
         "job": run.job, "model": s["model"], "functions": plan.num_functions,
         "stages": len(plan.stages), "micro_batches": M, "micro_batch": plan.micro_batch,
@@ -456,6 +466,7 @@ def compare_run(run: Run, which: int = -1) -> dict[str, Any]:
         "overhead_per_micro_batch_s": float(np.median(overheads)) if overheads
         else (window - replayed) / M,
         "overheads_per_micro_batch_s": overheads,
+        "cpu_wait_per_micro_batch_s": float(np.median(waits)) if waits else 0.0,
         "measured_dollars": s["measured_dollars_per_iteration"],
         "predicted_dollars": s.get("predicted_dollars_per_iteration"),
         "per_stage_durations": per_kind,

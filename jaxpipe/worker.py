@@ -179,7 +179,7 @@ class Rank:
     # -- one iteration -------------------------------------------------------------------------
 
     def iteration(self, t: int) -> None:
-        start = time.time()
+        start, waited = time.time(), _run_queue_wait_s()
         tasks = self.schedule.tasks[self.rank]
         spec = self.program.spec
         received: dict[tuple[str, int], Future] = {}
@@ -237,7 +237,8 @@ class Rank:
         if self.cleaning is not None:
             self.cleaning.result(timeout=self.timeout)
         self.cleaning = self.cleaner.submit(self.store.delete_many, consumed) if consumed else None
-        self.seconds.append({"iteration": t, "seconds": time.time() - start, "end": time.time()})
+        self.seconds.append({"iteration": t, "seconds": time.time() - start, "end": time.time(),
+                             "cpu_wait_s": max(0.0, _run_queue_wait_s() - waited)})
 
     def _receive(self, t: int, task: Any) -> list[Any]:
         with self._span("download", f"{task.kind} {task.micro_batch}"):
@@ -327,6 +328,19 @@ class Rank:
 
     def _span(self, lane: str, name: str) -> _Span:
         return _Span(self.timeline, lane, name)
+
+
+def _run_queue_wait_s() -> float:
+    """Seconds this process's live threads have spent runnable but waiting for a core (Linux
+    schedstat; 0 elsewhere): how much of a function's time an oversubscribed machine took."""
+    total = 0
+    try:
+        for tid in os.listdir("/proc/self/task"):
+            with open(f"/proc/self/task/{tid}/schedstat") as f:
+                total += int(f.read().split()[1])
+    except (OSError, IndexError, ValueError):  # not Linux, or a thread that just ended
+        return 0.0
+    return total / 1e9
 
 
 class _Span:
