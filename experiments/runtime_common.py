@@ -109,14 +109,14 @@ def _profile_main(model: str, batch: int, out: str, repeats: int, sizes: tuple[i
     from jaxpipe import models
     from jaxpipe.profile import profile
     from jaxpipe.trace import trace
-    from jaxpipe.train import TrainOptions, _slice, _training_data
+    from jaxpipe.train import TrainOptions, first_rows, training_data
 
     base, overrides = resolve(model)
     spec = models.get(base, **overrides)
     options = TrainOptions(model=base, model_overrides=overrides, batch=batch)
     variables = spec.init(jax.random.PRNGKey(options.seed))
-    data, _ = _training_data(spec, options)
-    traced = trace(spec.module, variables, tuple(_slice(p, batch) for p in data), spec.loss_fn,
+    data, _ = training_data(spec, options)
+    traced = trace(spec.module, variables, tuple(first_rows(p, batch) for p in data), spec.loss_fn,
                    rngs=spec.rngs(jax.random.PRNGKey(options.seed)))
     prof = profile(traced, sizes, repeats=repeats, name=spec.name)
     prof = dataclasses.replace(prof, reference_cpus=1.0)

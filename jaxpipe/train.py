@@ -41,7 +41,7 @@ from planners import (
 from planners import plan as make_plan
 from transports import FileStore, ObjectStore, S3Store, codec
 
-__all__ = ["TrainOptions", "prepare", "profile_cache_path", "train"]
+__all__ = ["TrainOptions", "first_rows", "prepare", "profile_cache_path", "train", "training_data"]
 
 OPTIMIZER_SLOTS = {"sgd": 0, "momentum": 1, "adam": 2, "adamw": 2}
 
@@ -109,8 +109,8 @@ def prepare(options: TrainOptions) -> Prepared:
     platform = platforms.get(options.platform, options.platform_file)
     spec = models.get(options.model, **options.model_overrides)
     variables = spec.init(jax.random.PRNGKey(options.seed))
-    data, test_set = _training_data(spec, options)
-    batch = tuple(_slice(part, options.batch) for part in data)
+    data, test_set = training_data(spec, options)
+    batch = tuple(first_rows(part, options.batch) for part in data)
     rngs = spec.rngs(jax.random.PRNGKey(options.seed))
     traced = trace(spec.module, variables, batch, spec.loss_fn, rngs=rngs)
 
@@ -187,7 +187,9 @@ def _launcher(spec: JobSpec, store: ObjectStore, options: TrainOptions) -> Any:
     return AwsLambdaPlatform(platform, store, function_prefix=options.function_prefix)
 
 
-def _training_data(spec: Any, options: TrainOptions) -> tuple[Any, Any]:
+def training_data(spec: Any, options: TrainOptions) -> tuple[Any, Any]:
+    """A job's training set (inputs, targets) and its test set, or None: scikit-learn's digits
+    for the mlp models, two global batches of the model's synthetic data otherwise."""
     if options.model.startswith("mlp"):
         x, y, x_test, y_test = models.digits()
         return (x, y), (x_test, y_test)
@@ -195,7 +197,8 @@ def _training_data(spec: Any, options: TrainOptions) -> tuple[Any, Any]:
     return (inputs, targets), None
 
 
-def _slice(tree: Any, n: int) -> Any:
+def first_rows(tree: Any, n: int) -> Any:
+    """The first n rows of every array in `tree`, as numpy arrays (e.g. the batch to trace)."""
     return jax.tree.map(lambda a: np.asarray(a)[:n], tree)
 
 
