@@ -123,15 +123,30 @@ def _profile_main(model: str, batch: int, out: str, repeats: int, sizes: tuple[i
     Path(out).write_text(json.dumps(prof.to_dict()))
 
 
-def local_platform(path: Path, functions: int, cores: int | None = None,
-                   **fields: Any) -> tuple[Path, float]:
-    """Writes a `local` platform file whose CPU share per function is min(1, cores/functions):
-    `functions` single-threaded processes share `cores` cores when all compute at once.
-    Returns the file and the share."""
-    cores = cores or len(os.sched_getaffinity(0))
-    share = min(1.0, cores / functions)
+def local_platform(path: Path, share: float, **fields: Any) -> Path:
+    """Writes a `local` platform file giving each function `share` of a core."""
     path.write_text(json.dumps({"max_cpus": share, **fields}))
-    return path, share
+    return path
+
+
+def cpu_share(plan: Any, problem: Any, cores: int | None = None) -> float:
+    """The CPU share each function of `plan` gets from `cores` cores (default: this machine's).
+
+    `problem` predicts with a full core per function. Its functions' summed compute per
+    iteration (forward and backward of every micro-batch, plus each replica's update) over the
+    predicted iteration time is the number of cores they keep busy on average: while that fits
+    in `cores`, a function computing finds a core (share 1); beyond, they get the part that
+    fits. (Ranks of a pipeline compute in turns: with N functions on fewer cores, assuming all
+    compute at once, i.e. cores / N, over-predicted compute 2-4x in bench_runtime.)
+    """
+    from planners import cost
+
+    cores = cores or len(os.sched_getaffinity(0))
+    terms = cost.plan_terms(plan, problem)
+    busy = sum(plan.num_micro_batches * (t.fwd + t.bwd) + st.replicas * t.update
+               for t, st in zip(terms, plan.stages, strict=True))
+    demand = busy / cost.iteration_time(plan, problem)
+    return min(1.0, cores / demand) if demand > 0 else 1.0
 
 
 # -- running a plan ----------------------------------------------------------------------------
@@ -157,7 +172,8 @@ def run_plan(workdir: str | Path, job: str, model: str, plan: Any, batch: int, i
     """Runs `plan` (a planners.Plan) for `model` on the local platform and returns the `Run`.
 
     The profile is taken as a function runs (`profile_like_a_function`); with
-    `functions_share`, the platform's CPU share is cores / functions (see `local_platform`).
+    `functions_share`, the platform's CPU share is what this machine's cores give the plan's
+    functions (see `cpu_share`).
     """
     from jaxpipe.driver import RunConfig
     from jaxpipe.train import TrainOptions, train
@@ -169,12 +185,13 @@ def run_plan(workdir: str | Path, job: str, model: str, plan: Any, batch: int, i
     profile_like_a_function(model, batch, cache, profile_repeats, sizes)
     plan_path = workdir / f"{job}-plan.json"
     plan_path.write_text(json.dumps(plan.to_dict()))
-    functions = sum(s.replicas for s in plan.stages)
     fields = dict(platform_fields or {})
+    plat_path = workdir / f"{job}-platform.json"
+    local_platform(plat_path, 1.0, **fields)
     if functions_share:
-        plat_path, _ = local_platform(workdir / f"{job}-platform.json", functions, **fields)
+        local_platform(plat_path, cpu_share(plan, _problem(workdir, job, model, plan, batch,
+                                                            optimizer)), **fields)
     else:
-        plat_path = workdir / f"{job}-platform.json"
         plat_path.write_text(json.dumps(fields))
     base, overrides = resolve(model)
     options = TrainOptions(
@@ -195,23 +212,31 @@ def load_run(workdir: str | Path, job: str, model: str, plan: Any, batch: int,
              optimizer: str = "momentum", seconds: float = 0.0) -> Run:
     """The `Run` of a finished job of `run_plan` in `workdir` (its summary and metrics stay in
     the store), so that its timelines can be analysed again without running it."""
-    from jaxpipe.train import OPTIMIZER_SLOTS, open_store
-    from planners import Platform, Problem, platforms
-    from planners.profile import ModelProfile
+    from jaxpipe.train import open_store
 
     workdir = Path(workdir)
     store = open_store(str(workdir / "store"))
     summary = json.loads(store.get(f"jobs/{job}/results/summary.json"))
     metrics = [json.loads(store.get(k)) for k in store.list(f"jobs/{job}/metrics/rank")]
     metrics.sort(key=lambda m: m["rank"])
+    problem = _problem(workdir, job, model, plan, batch, optimizer)
+    return Run(summary, metrics, problem, plan, store, job, seconds)
+
+
+def _problem(workdir: Path, job: str, model: str, plan: Any, batch: int,
+             optimizer: str) -> Any:
+    """The planning problem of a `run_plan` job: its cached profile on its platform file."""
+    from jaxpipe.train import OPTIMIZER_SLOTS
+    from planners import Platform, Problem, platforms
+    from planners.profile import ModelProfile
+
     prof = ModelProfile.from_dict(json.loads(profile_path(workdir / "profiles", model,
                                                           batch).read_text()))
     plat = platforms.get("local", str(workdir / f"{job}-platform.json"))
-    problem = Problem(profile=prof, platform=Platform.from_dict(plat.to_dict()),
-                      global_batch=batch, micro_batches=sizes_for(batch),
-                      replica_options=(1, 2, 4), max_functions=max(plan.num_functions, 4),
-                      optimizer_slots=OPTIMIZER_SLOTS[optimizer])
-    return Run(summary, metrics, problem, plan, store, job, seconds)
+    return Problem(profile=prof, platform=Platform.from_dict(plat.to_dict()),
+                   global_batch=batch, micro_batches=sizes_for(batch),
+                   replica_options=(1, 2, 4), max_functions=max(plan.num_functions, 4),
+                   optimizer_slots=OPTIMIZER_SLOTS[optimizer])
 
 
 # -- timelines ---------------------------------------------------------------------------------

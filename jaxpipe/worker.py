@@ -40,7 +40,7 @@ from jaxpipe.dataset import ShardReader, batch_indices, micro_batch_keys
 from jaxpipe.job import JobSpec, Keys
 from planners import Plan, Platform
 from planners.schedule import Kind, build
-from transports import ThrottledStore, allreduce_mean, codec, store_from_spec
+from transports import Backoff, ThrottledStore, allreduce_mean, codec, store_from_spec
 
 __all__ = ["handler"]
 
@@ -92,6 +92,10 @@ def _run(event: dict[str, Any], context: Any, base: Any, status_key: str,
     platform = Platform.from_dict(spec.platform)
     store = ThrottledStore(base, platform.uplink_bytes_per_s, platform.downlink_bytes_per_s,
                            platform.request_latency_s) if event.get("link", True) else base
+    # A message waited for is noticed at most a round trip plus one sleep late: sleeps capped
+    # at the request latency, not the default 0.1 s, which a long wait reaches and which then
+    # delayed every hand-off on the critical path (the extra GETs cost less than the seconds).
+    store.poll = Backoff(max_s=max(Backoff.initial_s, platform.request_latency_s))
     rank = Rank(spec, store, event)
     ready = time.time()
     refusal = _deadline_refusal(event, context, rank.plan)
