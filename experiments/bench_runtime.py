@@ -1,8 +1,8 @@
 """bench_runtime (issue 5): measured time per iteration of a small ResNet and a small BERT on 4
 and 8 local functions at 70 MB/s links, against the closed-form and simulated predictions for
 the same plan (target: within 15%), and the runtime's own overhead per micro-batch (target:
-under 5 ms). Same machinery as `experiments.fidelity` (profile as a function runs, CPU share =
-cores / functions, timeline replay); see `runtime_common.compare_run` for the definitions.
+under 5 ms). Same machinery as `experiments.fidelity` (profile as a function runs, CPU share
+from the plan's compute demand, timeline replay); see `timelines.compare_run` for the definitions.
 
 Usage:
     python -m experiments.bench_runtime            # 2 models x 4 and 8 functions: ~5 min

@@ -4,13 +4,14 @@ Plans of small models are run for real on the local platform (every rank a fresh
 its own emulated 70 MB/s, 20 ms link) and the measured time per iteration (median of the
 iterations after the first) is compared with the closed form (`planners.cost`) and the simulator
 (`planners.simulate`) for the same plan and a profile taken as a function runs (one XLA thread,
-`runtime_common.profile_like_a_function`). The local platform's CPU share per function is
-min(1, cores / functions): N single-threaded processes share this machine's cores.
+`runtime_common.profile_like_a_function`). The local platform's CPU share per function is what
+this machine's cores leave each function given the plan's predicted compute demand
+(`runtime_common.cpu_share`).
 
 The per-lane timeline of one iteration (compute, upload, download of every rank) is drawn next
 to the simulator's replay, and the schedule is replayed once more with the durations measured
 in that iteration: the gap between that replay and the measured iteration is the runtime's own
-overhead (`runtime_common.compare_run`).
+overhead (`timelines.compare_run`).
 
 Usage:
     python -m experiments.fidelity            # mlp, resnet18-tiny, bert-base-tiny: ~6 min
@@ -31,6 +32,7 @@ from typing import Any
 import numpy as np
 
 from experiments import runtime_common as rc
+from experiments import timelines
 
 MEMORY_MB = 2048
 
@@ -67,7 +69,7 @@ def load_profile(workdir: Path, model: str, batch: int, micro_batch: int) -> Any
 def measure(cases: list[dict[str, Any]], out: Path, workdir: Path, tag: str,
             reuse: bool = False) -> list[dict]:
     """Runs every case {model, batch, micro_batch, replicas (per stage), iterations} and returns
-    one `runtime_common.compare_run` row each; draws `<tag>-<name>.png` into `out`."""
+    one `timelines.compare_run` row each; draws `<tag>-<name>.png` into `out`."""
     from planners import simulate
 
     rows = []
@@ -79,13 +81,13 @@ def measure(cases: list[dict[str, Any]], out: Path, workdir: Path, tag: str,
                              case["micro_batch"], case["batch"])
         run = rc.run_plan(workdir, name, case["model"], plan, case["batch"], case["iterations"],
                           optimizer="momentum", learning_rate=0.01, reuse=reuse)
-        row = rc.compare_run(run)
+        row = timelines.compare_run(run)
         row.update(name=name, plan=plan.to_dict(),
                    seconds=run.seconds if reuse else time.time() - began,
                    load_avg_1m=rc.machine()["load_avg_1m"])
         sim = simulate.simulate(plan, run.problem)
-        it = rc.iteration_spans(run.metrics, rc.iteration_indices(run.metrics)[-1])
-        rc.draw_timeline(it, out / f"{tag}-{name}.png",
+        it = timelines.iteration_spans(run.metrics, timelines.iteration_indices(run.metrics)[-1])
+        timelines.draw_timeline(it, out / f"{tag}-{name}.png",
                          f"{name}: {plan.num_functions} functions, M={plan.num_micro_batches}",
                          simulated=sim)
         row["timeline_png"] = f"{tag}-{name}.png"
@@ -94,7 +96,8 @@ def measure(cases: list[dict[str, Any]], out: Path, workdir: Path, tag: str,
               f"{row['closed_form_s']:.3f} s (x{row['measured_over_closed_form']:.2f})  simulated "
               f"{row['simulated_s']:.3f} s (x{row['measured_over_simulated']:.2f})  replay(measured)"
               f" {row['replay_with_measured_durations_s']:.3f} s  overhead "
-              f"{row['overhead_per_micro_batch_s'] * 1e3:.1f} ms/micro-batch (waiting for a core "
+              f"{row['overhead_per_micro_batch_s'] * 1e3:.1f} ms/micro-batch (hand-off gaps "
+              f"{row['handoff_gap_per_micro_batch_s'] * 1e3:.1f} ms, waiting for a core "
               f"{row['cpu_wait_per_micro_batch_s'] * 1e3:.1f} ms)  [{row['seconds']:.0f}"
               f" s, load {row['load_avg_1m']:.1f}]", flush=True)
     return rows

@@ -1,0 +1,318 @@
+"""Reading what a local run recorded: every rank's timeline per iteration, the task durations
+measured in it, its replay by the simulator with those durations, the hand-off gaps between
+tasks, and a picture of the lanes.
+
+The overhead bench_runtime reports is defined here (`compare_run`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from experiments.runtime_common import Run
+
+
+def iteration_spans(metrics: list[dict[str, Any]], which: int = -1) -> dict[str, Any]:
+    """The spans of one iteration (`which`, counted as a Python index over the iterations
+    every rank's timeline still holds) of every rank, with the iteration window.
+
+    A rank's iteration ends with its UPDATE; its spans are those starting between the end of its
+    previous UPDATE and the end of this one (uploads may end a little later). The window is the
+    iteration's makespan as executed: from when stage 0 (which needs nothing from other ranks)
+    started it to when the last rank finished its UPDATE. Iterations overlap (stage 0 starts the
+    next one while later stages still sync), so the time per iteration (`iteration_periods`) is
+    shorter than this window.
+    """
+    per_rank, starts, ends = {}, [], []
+    for m in metrics:
+        spans = sorted(m["timeline"], key=lambda e: e["start"])
+        updates = [e for e in spans if e["name"] == "UPDATE"]
+        index = range(len(updates))[which]
+        this = updates[index]
+        prev_end = updates[index - 1]["end"] if index > 0 else spans[0]["start"]
+        per_rank[m["rank"]] = {
+            "stage": m["stage"], "replica": m["replica"],
+            "spans": [e for e in spans if prev_end <= e["start"] < this["end"]]}
+        if m["stage"] == 0:
+            starts.append(prev_end)
+        ends.append(this["end"])
+    return {"start": min(starts), "end": max(ends), "ranks": per_rank}
+
+
+def iteration_periods(metrics: list[dict[str, Any]]) -> list[float]:
+    """Time between the ends (last UPDATE of any rank) of successive iterations, for every
+    iteration the timelines hold but the job's first WARM_UP (compilation): the measured time
+    per iteration, from the workers' own clocks."""
+    indices = iteration_indices(metrics)
+    ends = [iteration_spans(metrics, k)["end"] for k in range(indices.start - 1, indices.stop)]
+    return [b - a for a, b in itertools.pairwise(ends)]
+
+
+def iteration_indices(metrics: list[dict[str, Any]]) -> range:
+    """Indices (for `iteration_spans`) of the iterations every timeline holds, without the
+    job's first WARM_UP iterations."""
+    held = min(sum(e["name"] == "UPDATE" for e in m["timeline"]) for m in metrics)
+    first_kept = held - min(len(m["iterations"]) for m in metrics)
+    return range(max(first_kept, WARM_UP), held)
+
+
+def _iteration_record(metrics: dict[str, Any], k: int) -> dict[str, Any]:
+    """A rank's `iterations` entry for timeline iteration k (the timeline may hold more
+    iterations than the list, from earlier invocations of the same rank)."""
+    held = sum(e["name"] == "UPDATE" for e in metrics["timeline"])
+    return metrics["iterations"][k - (held - len(metrics["iterations"]))]
+
+
+WARM_UP = 2
+"""Iterations left out of every measurement: the first compiles each rank's programs, and in the
+second ranks still wait for peers that compiled late (before the worker committed its arrays to
+the device, it also compiled every program again: 10-37 s against 0.6-0.8 s steady)."""
+
+
+def _micro_batch(name: str) -> int | None:
+    parts = name.split()
+    return int(parts[1]) if len(parts) > 1 else None
+
+
+def effective_downloads(it: dict[str, Any], schedule: Any) -> dict[tuple[int, str], float]:
+    """Duration of every download from when its object existed (the producer's upload ended)
+    to when it was decoded: the transfer, without the wait for the producer, keyed by
+    (rank, span name)."""
+    from planners.schedule import Kind
+
+    sends = {(r, e["name"]): e for r, info in it["ranks"].items() for e in info["spans"]
+             if e["name"].startswith("SEND_")}
+    out = {}
+    for r, info in it["ranks"].items():
+        tasks = {(str(t.kind), t.micro_batch): t for t in schedule.tasks[r]}
+        for e in info["spans"]:
+            if not e["name"].startswith("RECV_"):
+                continue
+            kind, m = e["name"].split()[0], _micro_batch(e["name"])
+            task = tasks[(kind, m)]
+            ready = e["start"]
+            if task.peer is not None:
+                send = "SEND_ACT" if kind == Kind.RECV_ACT else "SEND_GRAD"
+                producer = sends.get((task.peer, f"{send} {m}"))
+                if producer is not None:
+                    ready = max(ready, producer["end"])
+            out[(r, e["name"])] = max(e["end"] - ready, 0.0)
+    return out
+
+
+_KIND_FIELD = {"FWD": "fwd", "BWD": "bwd", "UPDATE": "update", "SYNC": "sync",
+               "SEND_ACT": "act_up", "SEND_GRAD": "grad_up", "RECV_ACT": "act_down",
+               "RECV_GRAD": "grad_down"}
+
+
+def measured_terms(it: dict[str, Any], plan: Any, problem: Any) -> list[Any]:
+    """The cost model's stage terms with every duration replaced by the mean measured one
+    (downloads: effective, see `effective_downloads`)."""
+    from planners import cost
+    from planners.schedule import build
+
+    schedule = build(plan)
+    downloads = effective_downloads(it, schedule)
+    terms = cost.plan_terms(plan, problem)
+    out = []
+    for s, t in enumerate(terms):
+        durations: dict[str, list[float]] = {}
+        # A replica's SYNC span includes waiting for its slowest peer to reach the SYNC; the
+        # replay starts the all-reduce when all are there, so time it from the last arrival.
+        sync_start = max((e["start"] for info in it["ranks"].values() if info["stage"] == s
+                          for e in info["spans"] if e["name"] == "SYNC"), default=0.0)
+        for r, info in it["ranks"].items():
+            if info["stage"] != s:
+                continue
+            for e in info["spans"]:
+                kind = e["name"].split()[0]
+                value = downloads.get((r, e["name"]), e["end"] - e["start"])
+                if kind == "SYNC":
+                    value = e["end"] - max(e["start"], sync_start)
+                durations.setdefault(_KIND_FIELD[kind], []).append(value)
+        out.append(dataclasses.replace(t, **{k: float(np.mean(v)) for k, v in durations.items()}))
+    return out
+
+
+def lane_totals(it: dict[str, Any], schedule: Any) -> dict[int, dict[str, float]]:
+    """Per rank: busy seconds of the compute lane, the upload lane, the effective downloads,
+    and the time in the window when none of them was busy ("idle")."""
+    downloads = effective_downloads(it, schedule)
+    out = {}
+    for r, info in it["ranks"].items():
+        intervals = {"compute": [], "upload": [], "download": []}
+        for e in info["spans"]:
+            lane = "upload" if e["lane"] == "storage" else e["lane"]
+            start = e["start"]
+            if lane == "download":
+                start = e["end"] - downloads.get((r, e["name"]), e["end"] - e["start"])
+            intervals[lane].append((start, e["end"]))
+            if e["lane"] == "storage":
+                intervals["download"].append((start, e["end"]))
+        row = {lane: _union(v) for lane, v in intervals.items()}
+        row["any"] = _union([iv for v in intervals.values() for iv in v])
+        out[r] = row
+    return out
+
+
+def _union(intervals: list[tuple[float, float]]) -> float:
+    total, end = 0.0, -np.inf
+    for a, b in sorted(intervals):
+        if b <= end:
+            continue
+        total += b - max(a, end)
+        end = b
+    return total
+
+
+def handoff_gaps(it: dict[str, Any]) -> dict[int, float]:
+    """Per rank, the seconds between each task's last input being ready and the task starting,
+    summed over the iteration: the runtime's own hand-off cost (a future resolving, a thread
+    waking, a dispatch), apart from how long the tasks themselves took.
+
+    A task's inputs: for a compute task, the previous compute task and the receive of its
+    micro-batch (for UPDATE, the SYNC); for a send, the compute task that produced it and the
+    previous send (one upload lane); for the SYNC, the rank's last BWD.
+    """
+    out = {}
+    for r, info in it["ranks"].items():
+        spans = sorted(info["spans"], key=lambda e: e["start"])
+        named = {e["name"]: e for e in spans}
+        last_compute = last_send = None
+        total = 0.0
+        for e in spans:
+            kind, _, m = e["name"].partition(" ")
+            if e["lane"] == "compute":
+                inputs = [last_compute, named.get(("RECV_ACT " if kind == "FWD" else
+                                                   "RECV_GRAD ") + m)]
+                if kind == "UPDATE":
+                    inputs.append(named.get("SYNC"))
+                last_compute = e
+            elif kind in ("SEND_ACT", "SEND_GRAD"):
+                inputs = [last_send, named.get(("FWD " if kind == "SEND_ACT" else "BWD ") + m)]
+                last_send = e
+            elif kind == "SYNC":
+                inputs = [x for x in spans if x["name"].startswith("BWD")]
+            else:
+                continue
+            ends = [x["end"] for x in inputs if x is not None]
+            if ends:
+                total += max(0.0, e["start"] - max(ends))
+        out[r] = total
+    return out
+
+
+def draw_timeline(it: dict[str, Any], path: Path, title: str, simulated: Any = None) -> None:
+    """One row per (rank, lane) for one measured iteration; optionally the simulator's replay
+    of the same plan below it, on the same time axis."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    colors = {"FWD": "tab:blue", "BWD": "tab:orange", "UPDATE": "tab:green",
+              "SYNC": "tab:purple", "SEND_ACT": "tab:cyan", "SEND_GRAD": "tab:olive",
+              "RECV_ACT": "tab:gray", "RECV_GRAD": "tab:brown"}
+    panels = [("measured", it)] + ([("simulated", simulated)] if simulated is not None else [])
+    ranks = sorted(it["ranks"])
+    fig, axes = plt.subplots(len(panels), 1, figsize=(12, 0.75 * 3 * len(ranks) * len(panels)
+                                                       + 1.2), squeeze=False, sharex=True)
+    lanes = ("compute", "upload", "download")
+    for ax, (label, data) in zip(axes[:, 0], panels):
+        rows = []
+        for r in ranks:
+            for lane in lanes:
+                rows.append((r, lane))
+        y = {key: len(rows) - 1 - i for i, key in enumerate(rows)}
+        if label == "measured":
+            t0 = data["start"]
+            events = [(r, e["lane"], e["name"], e["start"] - t0, e["end"] - t0)
+                      for r in ranks for e in data["ranks"][r]["spans"]]
+        else:
+            events = [(e.rank, e.lane, e.kind if e.micro_batch is None else
+                       f"{e.kind} {e.micro_batch}", e.start, e.end) for e in data.timeline]
+        for r, lane, name, a, b in events:
+            kind = name.split()[0]
+            for ln in (("upload", "download") if lane == "storage" else (lane,)):
+                ax.barh(y[(r, ln)], b - a, left=a, height=0.8, color=colors.get(kind, "k"),
+                        edgecolor="white", linewidth=0.3)
+        ax.set_yticks([y[k] for k in rows], [f"rank {r} {lane}" for r, lane in rows], fontsize=7)
+        end = data["end"] - data["start"] if label == "measured" else data.iteration_seconds
+        ax.axvline(end, color="red", lw=0.8, ls="--")
+        ax.set_title(f"{title}: {label} ({end:.3f} s)", fontsize=9)
+    axes[-1, 0].set_xlabel("seconds from the iteration start")
+    handles = [plt.Rectangle((0, 0), 1, 1, color=c) for c in colors.values()]
+    axes[0, 0].legend(handles, list(colors), fontsize=6, ncol=8, loc="upper right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def compare_run(run: Run, which: int = -1) -> dict[str, Any]:
+    """Measured time per iteration against the closed form and the simulator for the same
+    plan, and the runtime's own overhead (see `overhead` in the returned dict).
+
+    overhead_per_micro_batch_s = (the iteration's makespan as executed - replay of the schedule
+    with that iteration's measured task durations) / micro-batches, median over the iterations
+    after warm-up: the time the runtime adds beyond computing and moving the bytes in the plan's
+    order (dispatch, thread hand-offs, the loss upload, anything outside the timed spans).
+    """
+    from planners import cost, simulate
+    from planners.schedule import build
+
+    plan, problem, s = run.plan, run.problem, run.summary
+    it = iteration_spans(run.metrics, which)
+    schedule = build(plan)
+    window = it["end"] - it["start"]
+    terms = measured_terms(it, plan, problem)
+    replayed = simulate.replay(schedule, terms).iteration_seconds
+    predicted = cost.plan_terms(plan, problem)
+    totals = lane_totals(it, schedule)
+    M = plan.num_micro_batches
+    per_kind = {}
+    for st, (mt, pt) in enumerate(zip(terms, predicted)):
+        per_kind[st] = {k: {"measured_s": getattr(mt, k), "model_s": getattr(pt, k)}
+                        for k in ("fwd", "bwd", "act_up", "act_down", "grad_up", "grad_down",
+                                  "sync", "update")}
+    periods = iteration_periods(run.metrics)
+    measured = float(np.median(periods)) if periods else s["measured_seconds_per_iteration"]
+    overheads = []  # every held iteration after the first: window - replay(measured durations)
+    gaps = []  # the same iterations: hand-off gaps of all ranks (a micro-batch's whole trip)
+    waits = []  # the same iterations: each rank's threads' run-queue wait, mean over ranks
+    for k in iteration_indices(run.metrics):
+        one = iteration_spans(run.metrics, k)
+        replay_k = simulate.replay(schedule, measured_terms(one, plan, problem)).iteration_seconds
+        overheads.append((one["end"] - one["start"] - replay_k) / plan.num_micro_batches)
+        gaps.append(sum(handoff_gaps(one).values()) / plan.num_micro_batches)
+        waits.append(float(np.mean([_iteration_record(m, k).get("cpu_wait_s", 0.0)
+                                    for m in run.metrics])) / plan.num_micro_batches)
+    return {
+        "job": run.job, "model": s["model"], "functions": plan.num_functions,
+        "stages": len(plan.stages), "micro_batches": M, "micro_batch": plan.micro_batch,
+        "cpu_share": problem.platform.max_cpus,
+        "measured_s": measured, "timeline_window_s": window, "periods_s": periods,
+        "driver_measured_s": s["measured_seconds_per_iteration"],
+        "closed_form_s": s.get("predicted_seconds_per_iteration"),
+        "simulated_s": s.get("simulated_seconds_per_iteration"),
+        "measured_over_closed_form": measured / s["predicted_seconds_per_iteration"],
+        "driver_over_closed_form": s["measured_seconds_per_iteration"]
+        / s["predicted_seconds_per_iteration"],
+        "measured_over_simulated": measured / s["simulated_seconds_per_iteration"],
+        "replay_with_measured_durations_s": replayed,
+        "overhead_per_micro_batch_s": float(np.median(overheads)) if overheads
+        else (window - replayed) / M,
+        "overheads_per_micro_batch_s": overheads,
+        "handoff_gap_per_micro_batch_s": float(np.median(gaps)) if gaps else 0.0,
+        "cpu_wait_per_micro_batch_s": float(np.median(waits)) if waits else 0.0,
+        "measured_dollars": s["measured_dollars_per_iteration"],
+        "predicted_dollars": s.get("predicted_dollars_per_iteration"),
+        "per_stage_durations": per_kind,
+        "lane_busy_s": totals,
+        "idle_per_micro_batch_s": {r: (window - v["any"]) / M for r, v in totals.items()},
+        "iteration_times_s": [x["seconds"] for x in run.metrics[0]["iterations"]],
+        "job_wall_s": run.seconds, "cold_start_s": s["cold_start_seconds"],
+    }
