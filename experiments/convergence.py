@@ -91,7 +91,7 @@ def run(quick: bool = False, out: str | Path | None = None, iterations: int | No
             reached = next((t for t, a in sorted(acc.items()) if a >= TARGET), None)
             s = run_.summary
             per_it = s["measured_seconds_per_iteration"]
-            per_dollar = s["measured_dollars_per_iteration"]
+            per_dollar = s["measured_run_dollars_per_iteration"]  # start-up included
             row = {
                 "plan": name, "functions": plan.num_functions, "stages": len(plan.stages),
                 "losses": s["losses"], "test_accuracy": acc,

@@ -224,18 +224,24 @@ def load_run(workdir: str | Path, job: str, model: str, plan: Any, batch: int,
 
 def _problem(workdir: Path, job: str, model: str, plan: Any, batch: int,
              optimizer: str) -> Any:
-    """The planning problem of a `run_plan` job: its cached profile on its platform file."""
-    from jaxpipe.train import OPTIMIZER_SLOTS
+    """The planning problem of a `run_plan` job, as `jaxpipe.train` built it: its cached
+    profile, its platform file, and the training set stage 0 keeps in memory."""
+    from jaxpipe import models
+    from jaxpipe.train import OPTIMIZER_SLOTS, TrainOptions, dataset_bytes, training_data
     from planners import Platform, Problem, platforms
     from planners.profile import ModelProfile
 
+    base, overrides = resolve(model)
+    data, _ = training_data(models.get(base, **overrides),
+                            TrainOptions(model=base, model_overrides=overrides, batch=batch))
     prof = ModelProfile.from_dict(json.loads(profile_path(workdir / "profiles", model,
                                                           batch).read_text()))
     plat = platforms.get("local", str(workdir / f"{job}-platform.json"))
     return Problem(profile=prof, platform=Platform.from_dict(plat.to_dict()),
                    global_batch=batch, micro_batches=sizes_for(batch),
                    replica_options=(1, 2, 4), max_functions=max(plan.num_functions, 4),
-                   optimizer_slots=OPTIMIZER_SLOTS[optimizer])
+                   optimizer_slots=OPTIMIZER_SLOTS[optimizer],
+                   cached_input_bytes=dataset_bytes(data))
 
 
 def main() -> None:

@@ -118,7 +118,8 @@ def _train(args: argparse.Namespace) -> int:
     rows = [("seconds / iteration", "measured_seconds_per_iteration",
              "predicted_seconds_per_iteration", "simulated_seconds_per_iteration"),
             ("dollars / iteration", "measured_dollars_per_iteration",
-             "predicted_dollars_per_iteration", None)]
+             "predicted_dollars_per_iteration", None),
+            ("  with start-up", "measured_run_dollars_per_iteration", None, None)]
     print(f"{'':22s}{'measured':>12s}{'cost model':>12s}{'simulator':>12s}")
     for label, *names in rows:
         cells = [summary.get(n) if n else None for n in names]

@@ -265,6 +265,19 @@ def measured_dollars(platform: Platform, metrics: list[dict[str, Any]]) -> float
             + puts * platform.price_put + gets * platform.price_get)
 
 
+def steady_dollars(platform: Platform, plan: Plan, metrics: list[dict[str, Any]],
+                   seconds: float, iterations: int) -> float:
+    """Dollars of one steady-state iteration, comparable with the cost model's: every function's
+    GB-s for `seconds`, plus the run's requests per iteration (cold starts and compilation,
+    which `measured_dollars` bills, left out)."""
+    gb = sum(st.replicas * st.memory_mb / 1024 for st in plan.stages)
+    puts = sum(m["requests"]["puts"] + m["requests"]["lists"] for m in metrics)
+    gets = sum(m["requests"]["gets"] + m["requests"]["heads"] + m["requests"]["misses"]
+               for m in metrics)
+    return (seconds * gb * platform.price_gb_second
+            + (puts * platform.price_put + gets * platform.price_get) / iterations)
+
+
 def window_for(limit: float, per_iteration: float, startup: float) -> int:
     """Iterations that fit in one invocation of `limit` seconds, with a factor 2 of slack."""
     return max(1, math.floor((limit - startup) / (2.0 * per_iteration)))

@@ -23,7 +23,7 @@ import jax
 import numpy as np
 
 from jaxpipe import checkpoint, dataset, models, optim
-from jaxpipe.driver import RunConfig, job_id, measured_dollars, run_job
+from jaxpipe.driver import RunConfig, job_id, measured_dollars, run_job, steady_dollars
 from jaxpipe.errors import JaxPipeError
 from jaxpipe.job import JobSpec
 from jaxpipe.trace import trace
@@ -41,7 +41,8 @@ from planners import (
 from planners import plan as make_plan
 from transports import FileStore, ObjectStore, S3Store, codec
 
-__all__ = ["TrainOptions", "first_rows", "prepare", "profile_cache_path", "train", "training_data"]
+__all__ = ["TrainOptions", "dataset_bytes", "first_rows", "prepare", "profile_cache_path",
+           "train", "training_data"]
 
 OPTIMIZER_SLOTS = {"sgd": 0, "momentum": 1, "adam": 2, "adamw": 2}
 
@@ -118,13 +119,13 @@ def prepare(options: TrainOptions) -> Prepared:
     if options.plan_file:
         plan = Plan.from_dict(json.loads(Path(options.plan_file).read_text()))
     else:
-        problem = _problem(traced, spec.name, platform, options)
+        problem = _problem(traced, spec.name, platform, options, dataset_bytes(data))
         plan = make_plan(problem, options.method)
         if problem.profile.num_layers != len(traced.layers):
             plan = expand_plan(plan, problem.profile)
     _check_plan(plan, traced, platform, options)
     if problem is None:
-        problem = _problem(traced, spec.name, platform, options)
+        problem = _problem(traced, spec.name, platform, options, dataset_bytes(data))
 
     staged = traced.split(plan.cuts, [s.mode for s in plan.stages])
     stages = staged.stages(plan.micro_batch)
@@ -197,12 +198,19 @@ def training_data(spec: Any, options: TrainOptions) -> tuple[Any, Any]:
     return (inputs, targets), None
 
 
+def dataset_bytes(data: Any) -> float:
+    """Bytes of a training set as stage 0's workers hold it: they keep every shard they read
+    (jaxpipe.dataset.ShardReader), which the planner counts (`Problem.cached_input_bytes`)."""
+    return float(sum(np.asarray(a).nbytes for a in jax.tree.leaves(data)))
+
+
 def first_rows(tree: Any, n: int) -> Any:
     """The first n rows of every array in `tree`, as numpy arrays (e.g. the batch to trace)."""
     return jax.tree.map(lambda a: np.asarray(a)[:n], tree)
 
 
-def _problem(traced: Any, name: str, platform: Platform, options: TrainOptions) -> Problem:
+def _problem(traced: Any, name: str, platform: Platform, options: TrainOptions,
+             data_bytes: float) -> Problem:
     from jaxpipe.profile import profile
 
     sizes = tuple(b for b in (1, 2, 4, 8, 16) if options.batch % b == 0)
@@ -218,7 +226,8 @@ def _problem(traced: Any, name: str, platform: Platform, options: TrainOptions) 
     return Problem(profile=prof, platform=platform, global_batch=options.batch,
                    micro_batches=sizes, replica_options=(1, 2, 4),
                    max_functions=options.max_functions,
-                   optimizer_slots=OPTIMIZER_SLOTS[options.optimizer])
+                   optimizer_slots=OPTIMIZER_SLOTS[options.optimizer],
+                   cached_input_bytes=data_bytes)
 
 
 def profile_cache_path(folder: str | Path, name: str, overrides: dict[str, Any],
@@ -297,7 +306,9 @@ def _summarize(prepared: Prepared, progress: Any, wall: float) -> dict[str, Any]
         "job": spec.job_id, "model": spec.model, "plan": spec.plan,
         "losses": [progress.losses[t] for t in sorted(progress.losses)],
         "measured_seconds_per_iteration": seconds,
-        "measured_dollars_per_iteration": measured_dollars(platform, metrics) / iterations,
+        "measured_dollars_per_iteration": steady_dollars(platform, plan, metrics, seconds,
+                                                         iterations) if seconds else None,
+        "measured_run_dollars_per_iteration": measured_dollars(platform, metrics) / iterations,
         "wall_seconds": wall, "restarts": progress.restarts, "handovers": progress.handovers,
         "invocations": progress.invocations,
         "cold_start_seconds": [m["cold_start_s"] for m in metrics],

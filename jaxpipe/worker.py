@@ -28,6 +28,7 @@ import sys
 import time
 import traceback
 import uuid
+from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
@@ -173,10 +174,12 @@ class Rank:
         self.reader = ShardReader(store, self.keys, spec.shard_size, self.timeout)
         self.up = ThreadPoolExecutor(1, thread_name_prefix="upload")
         self.down = ThreadPoolExecutor(1, thread_name_prefix="download")
-        # Deleting consumed messages is one request round trip per iteration: off the lanes, so
-        # that the next iteration's receives and sends never wait for it.
-        self.cleaner = ThreadPoolExecutor(1, thread_name_prefix="cleanup")
-        self.cleaning: Future | None = None
+        # Requests nothing downstream waits for (deleting consumed messages, the loss record,
+        # an all-reduce's cleanup) run here, off the lanes and off the iterations' critical
+        # path. At most two iterations' worth stay outstanding (`pending`): an iteration waits
+        # for (and raises the errors of) those of the iteration two before it; close() for all.
+        self.cleaner = ThreadPoolExecutor(4, thread_name_prefix="cleanup")
+        self.pending: deque[list[Future]] = deque()
         self.timeline: list[dict[str, Any]] = []
         self.seconds: list[dict[str, float]] = []
 
@@ -229,18 +232,22 @@ class Rank:
             elif task.kind == Kind.UPDATE:
                 with self._span("compute", "UPDATE"):
                     self._update(dict(zip(spec.param_paths, summed, strict=True)))
+        for future in sent:
+            future.result(timeout=self.timeout)
+        while len(self.pending) >= 2:
+            for future in self.pending.popleft():
+                future.result(timeout=self.timeout)
+        background = []
         if self.last:
             key = self.keys.loss(t, self.rank)
             body = json.dumps({"micro_batches": sorted(losses),
                                "losses": [losses[m] for m in sorted(losses)]}).encode()
-            sent.append(self.up.submit(self.store.put, key, body))
-        for future in sent:
-            future.result(timeout=self.timeout)
+            background.append(self.cleaner.submit(self.store.put, key, body))
         consumed = [self._message_key(t, task) for task in tasks
                     if task.kind in (Kind.RECV_ACT, Kind.RECV_GRAD) and task.peer is not None]
-        if self.cleaning is not None:
-            self.cleaning.result(timeout=self.timeout)
-        self.cleaning = self.cleaner.submit(self.store.delete_many, consumed) if consumed else None
+        if consumed:
+            background.append(self.cleaner.submit(self.store.delete_many, consumed))
+        self.pending.append(background)
         self.seconds.append({"iteration": t, "seconds": time.time() - start, "end": time.time(),
                              "cpu_wait_s": max(0.0, _run_queue_wait_s() - waited)})
 
@@ -315,8 +322,8 @@ class Rank:
     def close(self) -> None:
         self.up.shutdown(wait=True)
         self.down.shutdown(wait=True)
-        if self.cleaning is not None:
-            self.cleaning.result(timeout=self.timeout)
+        for future in (f for background in self.pending for f in background):
+            future.result(timeout=self.timeout)
         self.cleaner.shutdown(wait=True)
 
     def metrics(self, cold_start: float, billed: float) -> dict[str, Any]:

@@ -4,7 +4,8 @@ Notation (per stage s, one micro-batch of b samples, at memory option m_s with C
   r       = reference_cpus / c                      compute slow-down vs the profile
   F_s     = r * sum_l fwd_l(b)                      forward compute, s
   G_s     = r * sum_l bwd_l(b) (+ F_s if recompute) backward compute, s
-  D^a_s   = lat + b*in_s/down                       download of the input (stage 0: the data)
+  D^a_s   = lat + b*in_s/down                       download of the input (stage 0: the data;
+                                                    0 when the problem caches the input)
   U^a_s   = lat + b*out_s/up                        upload of the output (0 on the last stage)
   D^g_s   = lat + b*out_s/down                      download of the output gradient (0 on last)
   U^g_s   = lat + b*in_s/up                         upload of the input gradient (0 on stage 0)
@@ -168,21 +169,25 @@ class StageModel:
         stash = b * (self._stash[last + 1] - self._stash[first])
         acts = held * stash if mode == "stash" else held * x_in + stash
         model = w * (2 + self.problem.optimizer_slots) + (2 * w if replicas > 1 else 0.0)
-        peak = (model + acts + 2 * (x_in + x_out)) / MIB + self._fixed_mb
+        cached = self.problem.cached_input_bytes if is_first else None
+        dataset = cached or 0.0
+        peak = (model + acts + dataset + 2 * (x_in + x_out)) / MIB + self._fixed_mb
         m_total = self.M
         # Per rank of an all-reduce: n+1 PUTs and one LIST, priced as a PUT (transports/README.md).
         sync_puts = replicas * (replicas + 2) if replicas > 1 else 0
         sync_gets = 2 * replicas * (replicas - 1)
         return StageTerms(
             fwd=fwd, bwd=bwd,
-            act_down=x_in / down + lat, act_up=0.0 if is_last else x_out / up + lat,
+            act_down=0.0 if cached is not None else x_in / down + lat,
+            act_up=0.0 if is_last else x_out / up + lat,
             grad_down=0.0 if is_last else x_out / down + lat,
             grad_up=0.0 if is_first else x_in / up + lat,
             sync=sync_seconds(w, replicas, up, down, lat),
             update=r * w * self.problem.update_seconds_per_byte,
             per_replica=n, replicas=replicas, memory_mb=memory_mb, peak_mb=peak,
-            puts=m_total * ((not is_last) + (not is_first)) + sync_puts,
-            gets=m_total * (1 + (not is_last)) + sync_gets,
+            # + one loss record per last-stage replica and iteration (the driver's progress)
+            puts=m_total * ((not is_last) + (not is_first)) + sync_puts + replicas * is_last,
+            gets=m_total * ((cached is None) + (not is_last)) + sync_gets,
         )
 
     def fit(self, first: int, last: int, memory_mb: int, replicas: int,
@@ -286,7 +291,8 @@ def iteration_cost(plan: Plan, problem: Problem) -> float:
 def peak_memory(plan: Plan, problem: Problem) -> tuple[float, ...]:
     """Predicted peak memory of one function of each stage, MB: weights, gradients, optimizer
     slots, sync buffers (2W when replicated), activations of the micro-batches in flight,
-    double-buffered boundary tensors, runtime base and safety margin."""
+    double-buffered boundary tensors, the cached training set (stage 0, if the problem caches
+    it), runtime base and safety margin."""
     return tuple(t.peak_mb for t in plan_terms(plan, problem))
 
 

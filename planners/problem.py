@@ -114,6 +114,10 @@ class Problem(JsonMixin):
       allow_recompute: whether a stage may keep only its inputs and recompute in backward.
       update_seconds_per_byte: optimizer update time per parameter byte at the reference CPU
         share, seconds/byte (1e-9: 1 GB/s); 0 makes updates free.
+      cached_input_bytes: None: stage 0 reads every micro-batch's input from storage (FuncPipe,
+        one GET per micro-batch). A number: stage 0 keeps the training set, this many bytes, in
+        memory once read (JaxPipe's workers do), so its input costs no request or latency per
+        micro-batch, and each of its replicas holds those bytes.
     """
 
     profile: ModelProfile
@@ -127,6 +131,7 @@ class Problem(JsonMixin):
     schedule: str = "funcpipe"
     allow_recompute: bool = True
     update_seconds_per_byte: float = 1e-9
+    cached_input_bytes: float | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "micro_batches", tuple(sorted(set(self.micro_batches))))
@@ -149,6 +154,9 @@ class Problem(JsonMixin):
             problems.append(f"schedule {self.schedule!r} unknown; choose one of {SCHEDULES}")
         if self.optimizer_slots < 0 or not self.update_seconds_per_byte >= 0:
             problems.append("optimizer_slots and update_seconds_per_byte must be >= 0")
+        if self.cached_input_bytes is not None and not self.cached_input_bytes >= 0:
+            problems.append(f"cached_input_bytes must be None or >= 0, got "
+                            f"{self.cached_input_bytes}")
         if problems:
             raise PlanError("invalid problem:\n" + "\n".join(f"  - {p}" for p in problems))
 
@@ -171,6 +179,7 @@ class Problem(JsonMixin):
             "objective": self.objective.to_dict(), "optimizer_slots": self.optimizer_slots,
             "schedule": self.schedule, "allow_recompute": self.allow_recompute,
             "update_seconds_per_byte": self.update_seconds_per_byte,
+            "cached_input_bytes": self.cached_input_bytes,
         }
 
     @classmethod

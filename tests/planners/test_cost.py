@@ -21,8 +21,21 @@ def test_two_stage_pipeline_time_by_hand(hand_problem) -> None:
     assert b.seconds == pytest.approx(14.0)
     assert b.fill_seconds == pytest.approx(11.0) and b.bottleneck_seconds == pytest.approx(3.0)
     assert b.dollars == pytest.approx(1e-5 * 14.0 * 2)  # 2 GB for 14 s
-    # stage 0: PUT act x2, GET input x2 + grad x2; stage 1: PUT grad x2, GET act x2
-    assert (b.puts, b.gets) == (4, 6)
+    # stage 0: PUT act x2, GET input x2 + grad x2; stage 1: PUT grad x2 + the loss record,
+    # GET act x2
+    assert (b.puts, b.gets) == (5, 6)
+
+
+def test_a_cached_training_set_costs_stage_0_memory_not_downloads(hand_problem) -> None:
+    import dataclasses
+    cached = dataclasses.replace(hand_problem, cached_input_bytes=8 * MIB)
+    b, c = cost.breakdown(two_stage_plan(), hand_problem), cost.breakdown(two_stage_plan(), cached)
+    # stage 0's input downloads (1 s each) leave the forward fill: 14 - 1 = 13 s, and its two
+    # input GETs the bill; stage 0 holds the 8 MiB set, stage 1 nothing more
+    assert c.seconds == pytest.approx(13.0) and c.gets == b.gets - 2 and c.puts == b.puts
+    assert c.stages[0].act_down == 0.0 and c.stages[1].act_down == b.stages[1].act_down
+    assert c.stages[0].peak_mb == pytest.approx(b.stages[0].peak_mb + 8)
+    assert c.stages[1].peak_mb == pytest.approx(b.stages[1].peak_mb)
 
 
 def test_peak_memory_counts_stash_of_every_micro_batch_in_flight(hand_problem) -> None:

@@ -45,9 +45,10 @@ OBJECTIVES = st.sampled_from(["weighted0", "weighted", "budget", "deadline", "ti
 @settings(max_examples=25, deadline=None, derandomize=True,
           suppress_health_check=list(HealthCheck))
 @given(seed=st.integers(0, 10_000), layers=st.integers(2, 4), kind=OBJECTIVES,
-       slack=st.floats(1.0, 1.6), functions=st.integers(2, 5))
-def test_miqp_equals_exhaustive(seed, layers, kind, slack, functions) -> None:
-    prob = small_problem(seed, layers, max_functions=functions)
+       slack=st.floats(1.0, 1.6), functions=st.integers(2, 5), cached=st.booleans())
+def test_miqp_equals_exhaustive(seed, layers, kind, slack, functions, cached) -> None:
+    prob = small_problem(seed, layers, max_functions=functions,
+                         cached_input_bytes=50e6 if cached else None)
     try:
         fastest = plan(dataclasses.replace(prob, objective=Objective.min_time()), "exhaustive")
         cheapest = plan(dataclasses.replace(prob, objective=Objective.weighted(0)), "exhaustive")

@@ -20,6 +20,7 @@ def test_sync_requests_match_the_transports_count(n) -> None:
                       replica_options=(n,), update_seconds_per_byte=0.0)
     plan = Plan((StagePlan(0, 0, 1024, n),), micro_batch=1, global_batch=n)
     b = cost.breakdown(plan, problem)
-    one_stage_puts, one_stage_gets = 0, n  # no messages; each micro-batch reads its data
+    # no messages, one loss record per replica; each micro-batch reads its data
+    one_stage_puts, one_stage_gets = n, n
     assert b.puts == one_stage_puts + n * (n + 1) + n
     assert b.gets == one_stage_gets + n * 2 * (n - 1)
