@@ -103,3 +103,34 @@ def test_fidelity_compares_measured_with_closed_form_and_simulator(fidelity_resu
     assert row["overhead_per_micro_batch_s"] < 0.05
     busy = row["lane_busy_s"]
     assert set(busy) == {"0", "1"} or set(busy) == {0, 1}
+
+
+def test_cpu_share_is_what_the_cores_leave_the_plans_compute_demand() -> None:
+    from experiments.runtime_common import cpu_share
+    from planners import Plan, Problem, StagePlan
+    from tests.planners.conftest import hand_platform, hand_profile
+
+    # free links: F = 1 s, G = 2 s per stage and micro-batch, M = 2, two stages:
+    # T = fill 1+1 + bottleneck 1 + fill 2+2 + bottleneck 2 = 9 s; busy 2 x 2 x 3 = 12 core-s
+    fast = hand_platform(uplink_bytes_per_s=1e15, downlink_bytes_per_s=1e15)
+    prob = Problem(hand_profile(), fast, global_batch=2, micro_batches=(1,), replica_options=(1,),
+                   update_seconds_per_byte=0.0)
+    plan = Plan((StagePlan(0, 0, 1024), StagePlan(1, 1, 1024)), micro_batch=1, global_batch=2)
+    assert cpu_share(plan, prob, cores=2) == 1.0  # 12/9 = 1.33 cores busy on average: fits
+    assert cpu_share(plan, prob, cores=1) == pytest.approx(9 / 12)
+
+
+def test_handoff_gaps_add_the_waits_between_ready_inputs_and_task_starts() -> None:
+    from experiments.timelines import handoff_gaps
+
+    def span(name, lane, start, end):
+        return {"name": name, "lane": lane, "start": start, "end": end}
+
+    spans = [span("RECV_ACT 0", "download", 0.0, 1.0),
+             span("FWD 0", "compute", 1.5, 2.0),         # 0.5 after its input arrived
+             span("SEND_ACT 0", "upload", 2.25, 3.0),    # 0.25 after FWD 0 ended
+             span("RECV_GRAD 0", "download", 1.0, 5.0),
+             span("BWD 0", "compute", 5.0, 6.0),         # no gap: its gradient came at 5.0
+             span("SYNC", "storage", 6.125, 7.0),        # 0.125 after the last BWD
+             span("UPDATE", "compute", 7.0, 7.5)]
+    assert handoff_gaps({"ranks": {0: {"stage": 0, "spans": spans}}}) == {0: 0.875}
