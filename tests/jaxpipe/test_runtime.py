@@ -83,8 +83,10 @@ def test_pipelined_training_equals_single_process_training(fault_free):
     assert summary["restarts"] == 0 and summary["handovers"] == 0
     for key in ("measured_seconds_per_iteration", "predicted_seconds_per_iteration",
                 "simulated_seconds_per_iteration", "measured_dollars_per_iteration",
-                "predicted_dollars_per_iteration"):
+                "predicted_dollars_per_iteration", "measured_run_dollars_per_iteration"):
         assert summary[key] > 0, key
+    # the run's bill also pays for cold starts and compilation, which a steady iteration does not
+    assert summary["measured_run_dollars_per_iteration"] > summary["measured_dollars_per_iteration"]
 
 
 def test_a_finished_job_keeps_only_results_and_checkpoints(fault_free):
