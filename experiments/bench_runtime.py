@@ -12,7 +12,6 @@ Writes experiments/results/bench_runtime/bench_runtime.json, bench_runtime.png a
 
 from __future__ import annotations
 
-import argparse
 import shutil
 import tempfile
 import time
@@ -58,11 +57,7 @@ def run(quick: bool = False, out: str | Path | None = None, cases: list[dict] | 
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--out", help="output folder (default experiments/results/bench_runtime)")
-    args = parser.parse_args()
-    run(args.quick, args.out)
+    rc.cli(run, __doc__, "bench_runtime")
 
 
 if __name__ == "__main__":

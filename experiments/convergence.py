@@ -15,7 +15,6 @@ Writes experiments/results/convergence/convergence.{json,png}.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import shutil
 import tempfile
@@ -161,11 +160,7 @@ def plot(rows: list[dict], path: Path) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--out", help="output folder (default experiments/results/convergence)")
-    args = parser.parse_args()
-    run(args.quick, args.out)
+    rc.cli(run, __doc__, "convergence")
 
 
 if __name__ == "__main__":

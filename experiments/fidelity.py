@@ -21,7 +21,6 @@ Writes experiments/results/fidelity/fidelity.json and one timeline PNG per case.
 
 from __future__ import annotations
 
-import argparse
 import json
 import shutil
 import tempfile
@@ -161,11 +160,7 @@ def plot_ratios(rows: list[dict], path: Path, title: str = "fidelity") -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--out", help="output folder (default experiments/results/fidelity)")
-    args = parser.parse_args()
-    run(args.quick, args.out)
+    rc.cli(run, __doc__, "fidelity")
 
 
 if __name__ == "__main__":

@@ -49,6 +49,17 @@ def write_json(path: Path, data: Any) -> None:
     path.write_text(json.dumps(data, indent=1, default=_json_default))
 
 
+def cli(run: Any, doc: str, name: str) -> None:
+    """The command line the runtime experiments share: `--quick` and `--out`, then `run`."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description=doc.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--out", help=f"output folder (default experiments/results/{name})")
+    args = parser.parse_args()
+    run(args.quick, args.out)
+
+
 def _json_default(value: Any) -> Any:
     if isinstance(value, np.generic):
         return value.item()

@@ -20,7 +20,6 @@ Writes experiments/results/scatter_reduce/scatter_reduce.{json,png}.
 
 from __future__ import annotations
 
-import argparse
 import time
 from pathlib import Path
 from typing import Any
@@ -155,11 +154,7 @@ def plot(rows: list[dict], path: Path) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--out", help="output folder (default experiments/results/scatter_reduce)")
-    args = parser.parse_args()
-    run(args.quick, args.out)
+    rc.cli(run, __doc__, "scatter_reduce")
 
 
 if __name__ == "__main__":
