@@ -161,6 +161,7 @@ class Rank:
         self.last = self.stage == len(self.plan.stages) - 1
         self.count = self.plan.num_micro_batches
         self.timeout = spec.wait_timeout_s
+        self.platform = Platform.from_dict(spec.platform)
         bundle = store.get(self.keys.bundle, timeout=self.timeout)
         self.program = load_stages(bundle, only=[self.stage]).stages[self.stage]
         self.optimizer = optim.make(spec.optimizer, spec.learning_rate)
@@ -284,11 +285,15 @@ class Rank:
         vector = np.concatenate(parts).astype(np.float32)
         # In place, with the group's cleanup on the cleanup thread (close() waits for it). One
         # piece per chunk, as planners.cost counts the requests: at Lambda prices a second piece
-        # pays for its n more PUTs only for chunks above ~25 MB x n / memory in GB.
+        # pays for its n more PUTs only for chunks above ~25 MB x n / memory in GB. The
+        # platform's link times the requests (transports.pacing).
         mean = allreduce_mean(self.store, self.keys.sync_group(self.attempt, t, self.stage),
                               self.replica, self.replicas, vector,
                               algorithm=self.spec.allreduce, timeout=self.timeout, out=vector,
-                              cleanup=self.cleaner, pieces=1)
+                              cleanup=self.cleaner, pieces=1,
+                              bandwidth_bps=min(self.platform.uplink_bytes_per_s,
+                                                self.platform.downlink_bytes_per_s),
+                              latency_s=self.platform.request_latency_s)
         out, offset = {}, 0
         for p in paths + state_paths:
             ref = grads[p] if p in grads else self.state[p]

@@ -22,12 +22,11 @@ from transports.collectives import (
     allreduce_mean,
     allreduce_requests,
     chunk_bounds,
-    pipeline_depth,
-    pipeline_pieces,
 )
 from transports.faulty import FaultyStore
 from transports.file_store import FileStore
 from transports.memory_store import MemoryStore
+from transports.pacing import pipeline_depth, pipeline_pieces
 from transports.retry import Backoff, RetryPolicy
 from transports.s3_store import S3Store
 from transports.spec import store_from_spec, store_to_spec

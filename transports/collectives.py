@@ -20,7 +20,9 @@ the caller's `group` prefix (unique per job, iteration and stage):
      order, the chunk addressed to i by rank (i-r) mod n, which that rank sends at its own step
      r. Both links of every rank are busy at once. The owner starts from its *own* slice (the
      reference code forgot it) and adds each arrival; the scatter keys it read are deleted in
-     one batched request, off the critical path.
+     one batched request, off the critical path. The first uploads start one piece-time apart
+     and each GET is sent when its piece should have landed (`transports.pacing`), so
+     transfers neither land together on a shared link nor poll a round trip too early.
   B. The owner divides by n (a mean, not a sum), casts back to the vector's dtype and publishes.
   C. Meanwhile it gathers the other owners' reduced chunks. Every rank assembles the result from
      the same published chunks (its own included), so all ranks get bit-identical results.
@@ -40,7 +42,6 @@ Request counts per rank: `allreduce_requests`.
 from __future__ import annotations
 
 import concurrent.futures as cf
-import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -48,14 +49,13 @@ from dataclasses import dataclass
 import numpy as np
 
 from transports import codec
+from transports.pacing import Schedule, not_before, pipeline_depth, pipeline_pieces
 from transports.store import GetTimeout, ObjectStore, check_prefix
 
-__all__ = ["ALGORITHMS", "PeerTimeout", "allreduce_mean", "allreduce_requests", "chunk_bounds",
-           "pipeline_depth", "pipeline_pieces"]
+__all__ = ["ALGORITHMS", "PeerTimeout", "allreduce_mean", "allreduce_requests", "chunk_bounds"]
 
 ALGORITHMS = ("pipelined", "lambdaml")
 _MAX_GATHERS = 16  # concurrent GETs of reduced pieces per rank
-_MAX_PIECES = 4
 
 
 class PeerTimeout(TimeoutError):
@@ -138,6 +138,7 @@ class _Round:
     flat: np.ndarray            # (N,) the local vector, flattened
     bounds: list[list[tuple[int, int]]]  # [chunk k][piece p] -> (start, stop) in flat
     deadline: float             # time.monotonic() at which waiting ends
+    schedule: Schedule          # earliest start of each scatter request ("pipelined")
 
     @property
     def pieces(self) -> int:
@@ -196,8 +197,11 @@ def allreduce_mean(store: ObjectStore, group: str, rank: int, world: int, vector
       pieces: pieces each chunk is cut into in "pipelined" (lambdaml: always 1), so owners
         publish reduced pieces while later ones are still arriving. None picks
         `pipeline_pieces(chunk bytes, bandwidth_bps, latency_s)`.
-      bandwidth_bps, latency_s: the link the ranks are expected to have (bytes/s, seconds);
-        they only choose `inflight` and `pieces`, and default to AWS Lambda to S3.
+      bandwidth_bps, latency_s: the link the ranks are expected to have (bytes/s, seconds),
+        by default AWS Lambda to S3. They choose `inflight` and `pieces`, and in "pipelined"
+        when each scatter request starts (transports/pacing.py): a GET of a peer's piece is
+        not sent before that piece could have been uploaded at `bandwidth_bps`, so a link
+        faster than that is used only as fast as that. `math.inf` sends every request at once.
       out: where to write the mean: a C-contiguous array of `vector`'s shape and dtype, which
         may be `vector` itself (in place, as MPI_IN_PLACE; spares a fresh W-byte array's page
         faults). None allocates one.
@@ -240,7 +244,7 @@ def allreduce_mean(store: ObjectStore, group: str, rank: int, world: int, vector
     if inflight is None:
         inflight = pipeline_depth(chunk_bytes // pieces, bandwidth_bps, latency_s)
     rnd = _Round(store, group, rank, world, flat, _piece_bounds(flat.size, world, pieces),
-                 time.monotonic() + timeout)
+                 time.monotonic() + timeout, Schedule.for_link(chunk_bytes // pieces, bandwidth_bps))
     run = _pipelined if algorithm == "pipelined" else _lambdaml
     run(rnd, max(1, inflight), result.reshape(-1))
     if cleanup is None:
@@ -259,39 +263,6 @@ def _output(vector: np.ndarray, out: np.ndarray | None) -> np.ndarray:
         raise ValueError(f"allreduce_mean out= must be a writeable C-contiguous {vector.dtype} "
                          f"array of shape {vector.shape}, got {out.dtype} {out.shape}")
     return out
-
-
-def pipeline_depth(piece_bytes: int, bandwidth_bps: float, latency_s: float) -> int:
-    """Returns how many uploads to keep in flight: 1 + ceil(latency * bandwidth / piece), <= 8.
-
-    A request leaves its link idle for a round trip; enough other requests in flight to fill
-    that round trip keep the link busy. More would only make the pieces in flight share the
-    link and land together, later than the first of them could have.
-
-    Example:
-      >>> pipeline_depth(16_000_000, 70e6, 0.02), pipeline_depth(1_000_000, 70e6, 0.02)
-      (2, 3)
-    """
-    if piece_bytes <= 0:
-        return 1
-    return int(min(8, 1 + math.ceil(latency_s * bandwidth_bps / piece_bytes)))
-
-
-def pipeline_pieces(chunk_bytes: int, bandwidth_bps: float, latency_s: float) -> int:
-    """Returns how many pieces to cut each chunk into: at least a round trip of bytes each, <= 4.
-
-    With whole chunks every downlink waits twice for a whole chunk: for the first one to be
-    uploaded, and for its own reduced chunk to be published (2W/B in all). With p pieces both
-    waits shrink p-fold, towards 2(n-1)W/(nB), for p times the requests. A piece smaller than
-    the bytes a link moves in one round trip would spend more time in latency than on the wire.
-
-    Example:
-      >>> pipeline_pieces(64_000_000, 70e6, 0.02), pipeline_pieces(2_000_000, 70e6, 0.02)
-      (4, 1)
-    """
-    if latency_s <= 0:
-        return _MAX_PIECES
-    return int(max(1, min(_MAX_PIECES, chunk_bytes // (bandwidth_bps * latency_s))))
 
 
 def _piece_bounds(length: int, world: int, pieces: int) -> list[list[tuple[int, int]]]:
@@ -321,16 +292,21 @@ def _pipelined(rnd: _Round, inflight: int, out: np.ndarray) -> None:
     # piece a poll earlier than if it queued behind another download.
     gather = cf.ThreadPoolExecutor(min(n - 1, _MAX_GATHERS), f"allreduce-gather-{i}")
 
+    when = rnd.schedule
+
     def scatter_round(p: int) -> list[cf.Future]:
         """A, round p: piece p of every other owner's chunk, in step order."""
-        return [up.submit(_bind(rnd.send, rnd.scatter_key(k, p, i), rnd.piece(k, p)))
-                for k in others]
+        return [up.submit(_bind(not_before, when.upload(p * (n - 1) + r, inflight), rnd.send,
+                                rnd.scatter_key(k, p, i), rnd.piece(k, p)))
+                for r, k in enumerate(others)]
 
+    finished = False
     try:
         # uploads run <= 2 rounds ahead of the reduction: B's publish of piece p follows round p+1
         sent = [fut for p in range(min(2, pieces)) for fut in scatter_round(p)]
-        arrivals = [[down.submit(_bind(rnd.fetch, rnd.scatter_key(i, p, j), j,
-                                       f"chunk {i} piece {p}")) for j in senders]
+        arrivals = [[down.submit(_bind(not_before, when.arrival(p * (n - 1) + r), rnd.fetch,
+                                       rnd.scatter_key(i, p, j), j, f"chunk {i} piece {p}"))
+                     for r, j in enumerate(senders)]
                     for p in range(pieces)]
         published, gathers = [], []
         for p in range(pieces):
@@ -355,9 +331,11 @@ def _pipelined(rnd: _Round, inflight: int, out: np.ndarray) -> None:
             out[lo:hi] = got.result()
         for fut in (*sent, *published, received):
             fut.result()
+        finished = True
     finally:
+        # after success the idle threads exit on their own; after a failure, wait for them
         for pool in (up, down, gather):
-            pool.shutdown(wait=True, cancel_futures=True)
+            pool.shutdown(wait=not finished, cancel_futures=True)
 
 
 def _lambdaml(rnd: _Round, inflight: int, out: np.ndarray) -> None:
