@@ -167,6 +167,7 @@ def plot(rows: list[dict], path: Path) -> None:
     for ax in axes:
         ax.set_xticks(sorted({r["world"] for r in rows}), [str(n) for n in
                                                            sorted({r["world"] for r in rows})])
+        ax.minorticks_off()
         ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
@@ -190,7 +191,7 @@ def main() -> None:
     rows = []
     for size in sizes:
         for world in worlds:
-            d = max(1.0, world / _cpus()) if args.dilation is None else args.dilation
+            d = auto_dilation(world) if args.dilation is None else args.dilation
             row = {"size_mb": size, "world": world, "dilation": d,
                    **model(size * MB, world, bw, lat)}
             row.update(measure(size * MB, world, bw, lat, base, d))
@@ -213,6 +214,11 @@ def main() -> None:
     (RESULTS / f"{name}.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
     plot(rows, RESULTS / f"{name}.png")
     print(f"wrote {RESULTS / name}.json and .png")
+
+
+def auto_dilation(world: int) -> float:
+    """Time dilation that gives each of `world` ranks one core's worth of CPU: max(1, n / cores)."""
+    return max(1.0, world / _cpus())
 
 
 def _cpus() -> int:

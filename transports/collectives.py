@@ -243,8 +243,9 @@ def allreduce_mean(store: ObjectStore, group: str, rank: int, world: int, vector
         pieces = 1
     if inflight is None:
         inflight = pipeline_depth(chunk_bytes // pieces, bandwidth_bps, latency_s)
+    deadline = time.monotonic() + timeout
     rnd = _Round(store, group, rank, world, flat, _piece_bounds(flat.size, world, pieces),
-                 time.monotonic() + timeout, Schedule.for_link(chunk_bytes // pieces, bandwidth_bps))
+                 deadline, Schedule.for_link(chunk_bytes // pieces, bandwidth_bps, deadline))
     run = _pipelined if algorithm == "pipelined" else _lambdaml
     run(rnd, max(1, inflight), result.reshape(-1))
     if cleanup is None:

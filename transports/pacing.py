@@ -73,19 +73,21 @@ class Schedule:
     Args:
       start: time.monotonic() at which the all-reduce began.
       piece_s: seconds one piece takes on the link at the expected bandwidth (0: no timing).
+      until: no request is held past this time (the all-reduce's deadline).
     """
 
     start: float
     piece_s: float
+    until: float = math.inf
 
     @staticmethod
-    def for_link(piece_bytes: int, bandwidth_bps: float) -> Schedule:
+    def for_link(piece_bytes: int, bandwidth_bps: float, until: float = math.inf) -> Schedule:
         """Times pieces of `piece_bytes` on a link of `bandwidth_bps` (inf: send at once)."""
-        return Schedule(time.monotonic(), piece_bytes / bandwidth_bps)
+        return Schedule(time.monotonic(), piece_bytes / bandwidth_bps, until)
 
     def upload(self, step: int, depth: int) -> float:
         """Upload number `step` (0-based): the first `depth` go one piece-time apart."""
-        return self.start + step * self.piece_s if step < depth else 0.0
+        return min(self.until, self.start + step * self.piece_s) if step < depth else 0.0
 
     def arrival(self, k: int) -> float:
         """GET of the k-th piece (0-based) to arrive: sent when that piece should have landed.
@@ -93,7 +95,7 @@ class Schedule:
         A peer's k-th upload starts after k piece-times; its bytes take one more, and the GET
         reaches the store half a round trip after it is sent, as the upload's first byte did.
         """
-        return self.start + (k + 1) * self.piece_s
+        return min(self.until, self.start + (k + 1) * self.piece_s)
 
 
 def not_before(when: float, fn: Callable[..., T], *args: object) -> T:

@@ -31,6 +31,7 @@ def test_schedule_spaces_the_first_uploads_and_times_each_get_by_its_arrival() -
     assert [when.upload(step, depth=3) for step in range(5)] == [100.0, 100.5, 101.0, 0.0, 0.0]
     assert [when.arrival(k) for k in range(3)] == [100.5, 101.0, 101.5]
     assert Schedule.for_link(1000, float("inf")).piece_s == 0.0
+    assert Schedule(start=0.0, piece_s=10.0, until=15.0).arrival(5) == 15.0  # never past it
 
 
 class _Clocked(MemoryStore):
