@@ -4,7 +4,9 @@ counts and their dollar cost.
 
 The measurement is `experiments.bench_collectives.run_once` (every rank a thread behind its own
 `ThrottledStore`, 70 MB/s each way and 20 ms per request, over one shared `MemoryStore`; one
-all-reduce from a common start to the last rank's return). Predictions: the pipelined algorithm
+all-reduce from a common start to the last rank's return), with time dilated by
+max(1, n / cores) so that each emulated function has a core's worth of CPU (bench_collectives
+explains why). Predictions: the pipelined algorithm
 by `planners.cost.sync_seconds` (the term the planners use for a replicated stage), LambdaML's
 sequential scatter-reduce by the digest's (3n-2)(W/(nB) + lat) (bench_collectives.model).
 Request counts are read from every run's `StoreStats` and checked against
@@ -13,7 +15,7 @@ Request counts are read from every run's `StoreStats` and checked against
 aws-lambda prices: the requests, plus n functions of 2048 MB for the measured seconds.
 
 Usage:
-    python -m experiments.scatter_reduce           # 4/16/64 MB x n = 2, 4, 8, 16, 3 repeats: ~2.5 min
+    python -m experiments.scatter_reduce           # 4/16/64 MB x n = 2, 4, 8, 16, 3 repeats: ~7 min
     python -m experiments.scatter_reduce --quick   # 1/4 MB x n = 2, 4, 8: ~10 s
 Writes experiments/results/scatter_reduce/scatter_reduce.{json,png}.
 """
@@ -27,7 +29,7 @@ from typing import Any
 import numpy as np
 
 from experiments import runtime_common as rc
-from experiments.bench_collectives import MB, run_once
+from experiments.bench_collectives import MB, auto_dilation, run_once
 from experiments.bench_collectives import model as digest_model
 from planners import cost, platforms
 from transports import allreduce_requests, pipeline_pieces
@@ -66,12 +68,13 @@ def run(quick: bool = False, out: str | Path | None = None, sizes_mb: list[float
         W = int(size * MB)
         for n in worlds:
             pred = predict(W, n, bw, lat)
-            row: dict[str, Any] = {"size_mb": size, "world": n, **{
+            row: dict[str, Any] = {"size_mb": size, "world": n, "dilation": auto_dilation(n), **{
                 f"{k}_predicted_s": v for k, v in pred.items()}}
             model_terms = cost_model_requests(n)
             row["cost_model_requests_all_ranks"] = model_terms
             for algorithm in ("pipelined", "lambdaml"):
-                got = [run_once(W, n, algorithm, bw, lat, base) for _ in range(repeats)]
+                got = [run_once(W, n, algorithm, bw, lat, base, auto_dilation(n))
+                       for _ in range(repeats)]
                 seconds = float(np.median([g["seconds"] for g in got]))
                 req = got[0]["requests_per_rank"]
                 formula = allreduce_requests(n, algorithm, pipeline_pieces(W // n, bw, lat))
