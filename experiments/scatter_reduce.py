@@ -16,7 +16,7 @@ aws-lambda prices: the requests, plus n functions of 2048 MB for the measured se
 
 Usage:
     python -m experiments.scatter_reduce           # 4/16/64 MB x n = 2, 4, 8, 16, 3 repeats: ~7 min
-    python -m experiments.scatter_reduce --quick   # 1/4 MB x n = 2, 4, 8: ~10 s
+    python -m experiments.scatter_reduce --quick   # 1/4 MB x n = 2, 4, 8: ~15 s
 Writes experiments/results/scatter_reduce/scatter_reduce.{json,png}.
 """
 
