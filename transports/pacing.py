@@ -24,7 +24,7 @@ __all__ = ["Schedule", "not_before", "pipeline_depth", "pipeline_pieces"]
 
 _MAX_PIECES = 4
 _MAX_DEPTH = 8
-T = TypeVar("T")
+_T = TypeVar("_T")
 
 
 def pipeline_depth(piece_bytes: int, bandwidth_bps: float, latency_s: float) -> int:
@@ -38,8 +38,10 @@ def pipeline_depth(piece_bytes: int, bandwidth_bps: float, latency_s: float) -> 
       >>> pipeline_depth(16_000_000, 70e6, 0.02), pipeline_depth(1_000_000, 70e6, 0.02)
       (2, 3)
     """
-    if piece_bytes <= 0 or math.isinf(bandwidth_bps):
-        return 1 if piece_bytes <= 0 else _MAX_DEPTH
+    if piece_bytes <= 0:
+        return 1
+    if math.isinf(bandwidth_bps):
+        return _MAX_DEPTH
     return int(min(_MAX_DEPTH, 1 + math.ceil(latency_s * bandwidth_bps / piece_bytes)))
 
 
@@ -98,7 +100,7 @@ class Schedule:
         return min(self.until, self.start + (k + 1) * self.piece_s)
 
 
-def not_before(when: float, fn: Callable[..., T], *args: object) -> T:
+def not_before(when: float, fn: Callable[..., _T], *args: object) -> _T:
     """Calls `fn(*args)` no earlier than `when` (a time.monotonic() value)."""
     wait = when - time.monotonic()
     if wait > 0:
