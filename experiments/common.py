@@ -77,7 +77,7 @@ def load_profile(model: str, cpu_scale: float = CPU_SCALE) -> ModelProfile:
 def weight_for(platform: Any) -> float:
     """Objective weight per second: one second is worth 60 GB-s of functions (1e-3 $/s on AWS,
     the planners' default), so both platforms trade time for money alike."""
-    return 60.0 * platform.price_gb_second
+    return platform.compute_dollars(60.0, 1.0)
 
 
 def make_problem(model: str, platform: str = "aws-lambda", batch: int = 64, groups: int = 20,

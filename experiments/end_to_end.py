@@ -19,11 +19,11 @@ worker runs.
 
 Hybrid parameter server (modelled here; planners has no such method): d workers each hold the
 whole model on the largest memory, accumulating as dp-accumulate, and compute B/d samples in
-micro-batches of b; then every worker PUTs its gradient (W/up + lat), ONE aggregator function GETs all d
-gradients through its single link (d W/down + lat), sums and updates (update_seconds_per_byte
-x W at its CPU share), PUTs the new weights (W/up + lat) and every worker GETs them
-(W/down + lat). The aggregator is the smallest memory option holding weights, gradient sum and
-optimizer slots, and is billed for the whole iteration (it is a long-running server function,
+micro-batches of b; then every worker PUTs its gradient (W/up + lat), ONE aggregator function
+GETs all d gradients through its single link (d W/down + lat), sums and updates
+(update_seconds_per_byte x W at its CPU share), PUTs the new weights (W/up + lat) and every
+worker GETs them (W/down + lat). The aggregator is the smallest memory option holding weights,
+gradient sum and optimizer slots, and is billed for the whole iteration (it is a long-running server function,
 as the reference code's 8 GB "Hybrid" function). Requests: d+1 PUTs, 2d GETs per iteration
 for the exchange, the data GETs as data-parallel. (d, b) are chosen for the same objective.
 """
@@ -43,7 +43,8 @@ from experiments import common
 from planners import Objective, Plan, Problem, StagePlan, cost
 
 METHODS = ("miqp", "data-parallel", "dp-accumulate", "hybrid-ps", "gpipe-largest", "maxload")
-BASELINES = ("data-parallel", "dp-accumulate", "hybrid-ps")  # the paper's "serverless training frameworks"
+# the paper's "serverless training frameworks"
+BASELINES = ("data-parallel", "dp-accumulate", "hybrid-ps")
 FULL = {"models": common.MODELS, "batches": (64, 128, 256),
         "platforms": ("aws-lambda", "alibaba-fc"), "groups": 12, "time_limit": 3.0,
         "matched_batches": (64,)}
@@ -109,9 +110,9 @@ def hybrid_ps(problem: Problem) -> dict[str, Any] | None:
             seconds = compute + exchange
             sync_puts = d * d + (d - 1) if d > 1 else 0
             puts, gets = t.puts - sync_puts + d + 1, t.gets - 2 * d * (d - 1) + 2 * d
-            dollars = (plat.price_gb_second * seconds * (d * m + agg_mem) / 1024
-                       + plat.price_invocation * (d + 1) * seconds / plat.timeout_s
-                       + plat.price_put * puts + plat.price_get * gets)
+            dollars = (plat.compute_dollars((d * m + agg_mem) / 1024, seconds)
+                       + plat.handover_invocation_dollars(d + 1, seconds)
+                       + plat.request_dollars(puts, gets))
             value = problem.objective.value(seconds, dollars)
             if best is None or value < best["objective"]:
                 best = {"method": "hybrid-ps", "seconds": seconds, "dollars": dollars,

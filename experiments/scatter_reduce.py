@@ -47,8 +47,8 @@ def dollars(requests: dict[str, int], world: int, seconds: float, plat: Any) -> 
     """Dollars of one all-reduce: requests of all ranks plus n functions' GB-s."""
     puts = (requests["PUT"] + requests["LIST"]) * world
     gets = (requests["GET"] + requests.get("misses", 0)) * world
-    request = puts * plat.price_put + gets * plat.price_get
-    compute = world * MEMORY_MB / 1024 * seconds * plat.price_gb_second
+    request = plat.request_dollars(puts, gets)
+    compute = plat.compute_dollars(world * MEMORY_MB / 1024, seconds)
     return {"request_dollars": request, "compute_dollars": compute, "dollars": request + compute}
 
 

@@ -33,9 +33,9 @@ def _data(problem: Problem, cands: list[Candidate]) -> dict[str, np.ndarray]:
         "aB": np.array([(x.per_replica - 1) * x.period_bwd for x in t]),
         "tail": np.array([x.sync + x.update for x in t]),
         "gb": np.array([x.gigabytes for x in t]), "d": np.array([x.replicas for x in t]),
-        "rate": np.array([plat.price_gb_second * x.gigabytes
-                          + plat.price_invocation * x.replicas / plat.timeout_s for x in t]),
-        "req": np.array([plat.price_put * x.puts + plat.price_get * x.gets for x in t]),
+        "rate": np.array([plat.compute_dollars(x.gigabytes, 1.0)  # currency per second
+                          + plat.handover_invocation_dollars(x.replicas, 1.0) for x in t]),
+        "req": np.array([plat.request_dollars(x.puts, x.gets) for x in t]),
     }
 
 

@@ -20,7 +20,9 @@ With every d_s = 1 this is the exact makespan of the 3S-lane flow shop the simul
 For 1F1B one lane serves both phases: period_s = max(F+G, U^a+U^g, D^a+D^g).
 
 Dollars per iteration = price_gb_s * T * sum_s d_s m_s / 1024 + price_inv * N * T / timeout
-                        + price_put * PUTs + price_get * GETs   (N = sum_s d_s functions).
+                        + price_put * PUTs + price_get * GETs   (N = sum_s d_s functions),
+the three terms priced by ``Platform.compute_dollars``, ``Platform.handover_invocation_dollars``
+and ``Platform.request_dollars``.
 """
 
 from __future__ import annotations
@@ -222,10 +224,9 @@ def dollars(terms: Sequence[StageTerms], problem: Problem, seconds: float) -> fl
     plat = problem.platform
     gb = sum(t.gigabytes for t in terms)
     functions = sum(t.replicas for t in terms)
-    return (plat.price_gb_second * seconds * gb
-            + plat.price_invocation * functions * seconds / plat.timeout_s
-            + plat.price_put * sum(t.puts for t in terms)
-            + plat.price_get * sum(t.gets for t in terms))
+    return (plat.compute_dollars(gb, seconds)
+            + plat.handover_invocation_dollars(functions, seconds)
+            + plat.request_dollars(sum(t.puts for t in terms), sum(t.gets for t in terms)))
 
 
 def plan_terms(plan: Plan, problem: Problem) -> list[StageTerms]:
@@ -271,9 +272,9 @@ def breakdown(plan: Plan, problem: Problem) -> Breakdown:
     return Breakdown(
         seconds=seconds, fill_seconds=fill, bottleneck_seconds=seconds - fill - tail,
         sync_update_seconds=tail, dollars=total,
-        compute_dollars=plat.price_gb_second * seconds * sum(t.gigabytes for t in terms),
-        request_dollars=plat.price_put * puts + plat.price_get * gets,
-        invocation_dollars=plat.price_invocation * functions * seconds / plat.timeout_s,
+        compute_dollars=plat.compute_dollars(sum(t.gigabytes for t in terms), seconds),
+        request_dollars=plat.request_dollars(puts, gets),
+        invocation_dollars=plat.handover_invocation_dollars(functions, seconds),
         puts=puts, gets=gets, stages=tuple(terms),
     )
 

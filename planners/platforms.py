@@ -37,9 +37,12 @@ class Platform(JsonMixin):
       cpu_table: explicit CPU share per memory option (overrides the proportional rule).
       uplink_bytes_per_s, downlink_bytes_per_s: function <-> storage bandwidth, bytes/s.
       request_latency_s: fixed latency of one storage request, seconds.
-      price_gb_second: price of one GB-second of function time (memory in GiB = MB / 1024).
-      price_invocation: price of one function invocation.
-      price_put, price_get: price of one storage PUT (or LIST) and one GET request.
+      price_gb_second: price of one GB-second of function time (memory in GiB = MB / 1024);
+        ``compute_dollars`` and ``function_dollars`` apply it.
+      price_invocation: price of one function invocation (``invocation_dollars``,
+        ``handover_invocation_dollars``).
+      price_put, price_get: price of one storage PUT (or LIST) and one GET request
+        (``request_dollars``).
       currency: unit of every price.
       timeout_s: longest run of one invocation, seconds; a worker hands over before it.
       max_concurrency: most functions that may run at once.
@@ -88,6 +91,69 @@ class Platform(JsonMixin):
     def max_memory_mb(self) -> int:
         """Largest memory option, MB."""
         return self.memory_options_mb[-1]
+
+    def compute_dollars(self, gigabytes: float, seconds: float) -> float:
+        """Price of ``gigabytes`` GB of functions running for ``seconds``: the GB-second bill.
+
+        Platforms bill memory times duration: ``price_gb_second * seconds * gigabytes``, where a
+        function of m MB counts m / 1024 GB (``gigabytes`` may sum several functions).
+
+        Args:
+          gigabytes: memory of the running functions, in GB (MB / 1024); >= 0.
+          seconds: how long they run, in seconds; >= 0.
+
+        Returns:
+          float: the compute price, in the platform's currency.
+
+        Example:
+          >>> round(get("aws-lambda").compute_dollars(2.0, 10.0), 9)
+          0.000333334
+        """
+        return self.price_gb_second * seconds * gigabytes
+
+    def function_dollars(self, memory_mb: float, seconds: float) -> float:
+        """Compute price of one function of ``memory_mb`` MB billed for ``seconds``.
+
+        The same GB-second rule as ``compute_dollars`` with gigabytes = memory_mb / 1024; add
+        ``invocation_dollars`` for the invocation itself.
+
+        Example:
+          >>> get("aws-lambda").function_dollars(1024, 1.0) == get("aws-lambda").price_gb_second
+          True
+        """
+        return self.compute_dollars(memory_mb / 1024, seconds)
+
+    def invocation_dollars(self, invocations: float) -> float:
+        """Price of ``invocations`` function invocations: ``price_invocation * invocations``.
+
+        Example:
+          >>> get("aws-lambda").invocation_dollars(1_000_000)
+          0.2
+        """
+        return self.price_invocation * invocations
+
+    def handover_invocation_dollars(self, functions: float, seconds: float) -> float:
+        """Invocation price of ``functions`` functions kept running for ``seconds``.
+
+        A worker hands over to a fresh invocation before ``timeout_s``, so each function is
+        invoked seconds / timeout_s times over that span: the bill is
+        ``price_invocation * functions * seconds / timeout_s`` (the cost model's rule).
+
+        Example:
+          >>> aws = get("aws-lambda")
+          >>> aws.handover_invocation_dollars(4, aws.timeout_s) == aws.invocation_dollars(4)
+          True
+        """
+        return self.price_invocation * functions * seconds / self.timeout_s
+
+    def request_dollars(self, puts: float, gets: float) -> float:
+        """Price of ``puts`` PUT (or LIST) and ``gets`` GET storage requests.
+
+        Example:
+          >>> round(get("aws-lambda").request_dollars(puts=1000, gets=1000), 6)
+          0.0054
+        """
+        return self.price_put * puts + self.price_get * gets
 
     def to_dict(self) -> dict[str, Any]:
         """Return a JSON-ready dict."""
