@@ -100,7 +100,8 @@ def run_once(size_bytes: int, world: int, algorithm: str, bw: float, latency: fl
     seconds = (max(ends) - t0) / d
     stats = [s.stats for s in stores]
     total = sum(stats, StoreStats())
-    return {"seconds": seconds, "swept_s": swept / d, "cpu_s": cpu, "load_avg_1m": os.getloadavg()[0],
+    return {"seconds": seconds, "swept_s": swept / d, "cpu_s": cpu,
+            "load_avg_1m": os.getloadavg()[0],
             "requests_per_rank": stats[0].by_kind(),
             "misses_per_rank": total.misses / world, "leftover_keys": len(shared.list(""))}
 
@@ -153,8 +154,10 @@ def plot(rows: list[dict], path: Path) -> None:
     for size in sizes:
         sub = [r for r in rows if r["size_mb"] == size]
         ns = [r["world"] for r in sub]
-        axes[0].plot(ns, [r["pipelined_over_bound"] for r in sub], "o-", label=f"pipelined {size} MB")
-        axes[0].plot(ns, [r["lambdaml_over_bound"] for r in sub], "x--", label=f"lambdaml {size} MB")
+        axes[0].plot(ns, [r["pipelined_over_bound"] for r in sub], "o-",
+                     label=f"pipelined {size} MB")
+        axes[0].plot(ns, [r["lambdaml_over_bound"] for r in sub], "x--",
+                     label=f"lambdaml {size} MB")
         axes[0].plot(ns, [r["realtime_pipelined_over_bound"] for r in sub], ".:", color="grey",
                      label="pipelined, real time" if size == sizes[0] else None)
         axes[1].plot(ns, [r["speedup"] for r in sub], "o-", label=f"{size} MB")

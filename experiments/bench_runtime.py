@@ -48,8 +48,8 @@ def run(quick: bool = False, out: str | Path | None = None, cases: list[dict] | 
         if own:
             shutil.rmtree(work, ignore_errors=True)
     data = {"experiment": "bench_runtime", "quick": quick, "machine": rc.machine(),
-            "seconds": sum(r["seconds"] for r in rows) if reuse else time.time() - began, "targets": {"ratio_within": 0.15,
-                                                        "overhead_per_micro_batch_s": 0.005},
+            "seconds": sum(r["seconds"] for r in rows) if reuse else time.time() - began,
+            "targets": {"ratio_within": 0.15, "overhead_per_micro_batch_s": 0.005},
             "rows": rows}
     rc.write_json(out / "bench_runtime.json", data)
     fidelity.plot_ratios(rows, out / "bench_runtime.png", "bench_runtime")

@@ -44,7 +44,7 @@ import numpy as np
 
 import jaxpipe
 from jaxpipe import models
-from jaxpipe.profile import profile
+from jaxpipe.staging.profiling import profile
 
 RESULTS = Path(__file__).parent / "results"
 MICRO_BATCH = 4

@@ -17,15 +17,15 @@ recompute); ``dp-accumulate`` (modelled here) is the same with gradient accumula
 micro-batch's activations in memory (``StageModel.terms(..., in_flight=1)``), as a LambdaML
 worker runs.
 
-Hybrid parameter server (modelled here; planners has no such method): d workers each hold the
-whole model on the largest memory, accumulating as dp-accumulate, and compute B/d samples in
-micro-batches of b; then every worker PUTs its gradient (W/up + lat), ONE aggregator function
-GETs all d gradients through its single link (d W/down + lat), sums and updates
-(update_seconds_per_byte x W at its CPU share), PUTs the new weights (W/up + lat) and every
-worker GETs them (W/down + lat). The aggregator is the smallest memory option holding weights,
-gradient sum and optimizer slots, and is billed for the whole iteration (it is a long-running server function,
-as the reference code's 8 GB "Hybrid" function). Requests: d+1 PUTs, 2d GETs per iteration
-for the exchange, the data GETs as data-parallel. (d, b) are chosen for the same objective.
+Hybrid parameter server (modelled here; planners has no such method): d workers each hold the whole
+model on the largest memory, accumulating as dp-accumulate, and compute B/d samples in
+micro-batches of b; then every worker PUTs its gradient (W/up + lat), ONE aggregator function GETs
+all d gradients through its single link (d W/down + lat), sums and updates (update_seconds_per_byte
+x W at its CPU share), PUTs the new weights (W/up + lat) and every worker GETs them (W/down + lat).
+The aggregator is the smallest memory option holding weights, gradient sum and optimizer slots, and
+is billed for the whole iteration (it is a long-running server function, as the reference code's 8
+GB "Hybrid" function). Requests: d+1 PUTs, 2d GETs per iteration for the exchange, the data GETs as
+data-parallel. (d, b) are chosen for the same objective.
 """
 
 from __future__ import annotations

@@ -93,8 +93,8 @@ def measure(cases: list[dict[str, Any]], out: Path, workdir: Path, tag: str,
         rows.append(row)
         print(f"{name:22s} measured {row['measured_s']:.3f} s  closed form "
               f"{row['closed_form_s']:.3f} s (x{row['measured_over_closed_form']:.2f})  simulated "
-              f"{row['simulated_s']:.3f} s (x{row['measured_over_simulated']:.2f})  replay(measured)"
-              f" {row['replay_with_measured_durations_s']:.3f} s  overhead "
+              f"{row['simulated_s']:.3f} s (x{row['measured_over_simulated']:.2f})  "
+              f"replay(measured) {row['replay_with_measured_durations_s']:.3f} s  overhead "
               f"{row['overhead_per_micro_batch_s'] * 1e3:.1f} ms/micro-batch (hand-off gaps "
               f"{row['handoff_gap_per_micro_batch_s'] * 1e3:.1f} ms, waiting for a core "
               f"{row['cpu_wait_per_micro_batch_s'] * 1e3:.1f} ms)  [{row['seconds']:.0f}"
@@ -130,7 +130,8 @@ def run(quick: bool = False, out: str | Path | None = None, cases: list[dict] | 
         if own:
             shutil.rmtree(work, ignore_errors=True)
     data = {"experiment": "fidelity", "quick": quick, "machine": rc.machine(),
-            "seconds": sum(r["seconds"] for r in rows) if reuse else time.time() - began, "rows": rows}
+            "seconds": sum(r["seconds"] for r in rows) if reuse else time.time() - began,
+            "rows": rows}
     rc.write_json(out / "fidelity.json", data)
     plot_ratios(rows, out / "fidelity.png")
     return data

@@ -50,7 +50,7 @@ def _trace(name: str, batch: int) -> Any:
 
 def signature(traced: Any, index: int, b: int) -> str:
     """Layer kind + parameter, input and output shapes of layer ``index`` as a one-layer stage."""
-    from jaxpipe.stage import build_stage
+    from jaxpipe.staging.stage import build_stage
 
     stage = build_stage(traced.program(b), traced.params.paths, traced.state.paths, 0, index,
                         index + 1, "stash")
@@ -68,7 +68,7 @@ def profile_model(name: str, sizes: tuple[int, ...], repeats: int, cache: dict[s
     import jax
     import numpy as np
 
-    from jaxpipe.profile import _fit, _measure
+    from jaxpipe.staging.profiling import _fit, _measure
 
     t0 = time.time()
     traced = _trace(name, max(sizes))
@@ -78,7 +78,8 @@ def profile_model(name: str, sizes: tuple[int, ...], repeats: int, cache: dict[s
         key = signature(traced, i, min(sizes)) + json.dumps(sizes) if reuse else f"{name}/{i}"
         if key not in cache:
             t1 = time.time()
-            cache[key] = (f"{name}/{layer.name}", {b: _measure(traced, i, b, repeats) for b in sizes})
+            per_b = {b: _measure(traced, i, b, repeats) for b in sizes}
+            cache[key] = (f"{name}/{layer.name}", per_b)
             print(f"[{name}] {layer.name}: measured in {time.time() - t1:.0f} s", flush=True)
         source, per_b = cache[key]
         measured_as[layer.name] = source

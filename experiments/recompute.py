@@ -11,8 +11,8 @@ For each model and platform at batch 64 and 256: the MIQP plan with recompute al
 (same cost model, same objective), and data-parallel likewise; for every stage the planner
 recomputes, its peak memory in recompute mode against the stash mode of the same stage and
 configuration. Full: 4 models x {aws-lambda, alibaba-fc} x batch {64, 256}, 12 groups, HiGHS
-limit 3 s (about 4 min on 2 shared cores). Quick: BERT-Large and ResNet-101 on alibaba-fc (3 GB functions, where
-memory binds), 8 groups (about 40 s).
+limit 3 s (about 4 min on 2 shared cores). Quick: BERT-Large and ResNet-101 on alibaba-fc (3 GB
+functions, where memory binds), 8 groups (about 40 s).
 """
 
 from __future__ import annotations

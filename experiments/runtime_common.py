@@ -1,8 +1,9 @@
 """Helpers shared by the experiments: small model configs, profiling as a local function does,
 and running a plan on the local platform (`experiments.timelines` reads what the run recorded).
 
-Runtime experiments (fidelity, bench_runtime, convergence) run real jobs with `jaxpipe.train`;
-every function is a fresh process that imports JAX, so a job costs ~5-10 s of start-up on 2 cores.
+Runtime experiments (fidelity, bench_runtime, convergence) run real jobs with
+`jaxpipe.runtime.train`; every function is a fresh process that imports JAX, so a job costs
+~5-10 s of start-up on 2 cores.
 """
 
 from __future__ import annotations
@@ -76,15 +77,15 @@ def resolve(model: str) -> tuple[str, dict[str, Any]]:
 
 
 def profile_path(cache_dir: str | Path, model: str, batch: int) -> Path:
-    """Where `jaxpipe.train` looks for the profile of `model` at global batch `batch`."""
-    from jaxpipe.train import profile_cache_path
+    """Where `jaxpipe.runtime.train` looks for the profile of `model` at global batch `batch`."""
+    from jaxpipe.runtime.train import profile_cache_path
 
     base, overrides = resolve(model)
     return profile_cache_path(cache_dir, base, overrides, sizes_for(batch))
 
 
 def sizes_for(batch: int) -> tuple[int, ...]:
-    """The micro-batch sizes `jaxpipe.train` profiles for a global batch."""
+    """The micro-batch sizes `jaxpipe.runtime.train` profiles for a global batch."""
     return tuple(b for b in (1, 2, 4, 8, 16) if batch % b == 0)
 
 
@@ -93,7 +94,7 @@ def sizes_for(batch: int) -> tuple[int, ...]:
 def profile_like_a_function(model: str, batch: int, cache_dir: str | Path,
                             repeats: int = 5, sizes: tuple[int, ...] = (2, 4)) -> Path:
     """Profiles `model` in a fresh process with one XLA thread, as a local function runs, and
-    stores it where `jaxpipe.train` looks for its profile cache (reference_cpus = 1).
+    stores it where `jaxpipe.runtime.train` looks for its profile cache (reference_cpus = 1).
 
     The driver's own profile would be taken with every core of this machine; the workers run
     single-threaded, so a profile with `reference_cpus` = cores would assume a 2x slow-down
@@ -106,9 +107,9 @@ def profile_like_a_function(model: str, batch: int, cache_dir: str | Path,
         return path
     path.parent.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ, XLA_FLAGS=SINGLE_THREAD_XLA, JAX_PLATFORMS="cpu", OMP_NUM_THREADS="1")
-    subprocess.run([sys.executable, "-m", "experiments.runtime_common", "profile", model, str(batch),
-                    str(path), str(repeats), ",".join(map(str, sizes))], check=True, env=env,
-                   cwd=Path(__file__).resolve().parents[1])
+    subprocess.run([sys.executable, "-m", "experiments.runtime_common", "profile", model,
+                    str(batch), str(path), str(repeats), ",".join(map(str, sizes))],
+                   check=True, env=env, cwd=Path(__file__).resolve().parents[1])
     return path
 
 
@@ -117,9 +118,9 @@ def _profile_main(model: str, batch: int, out: str, repeats: int, sizes: tuple[i
     import jax
 
     from jaxpipe import models
-    from jaxpipe.profile import profile
-    from jaxpipe.trace import trace
-    from jaxpipe.train import TrainOptions, first_rows, training_data
+    from jaxpipe.runtime.train import TrainOptions, first_rows, training_data
+    from jaxpipe.staging.profiling import profile
+    from jaxpipe.staging.tracing import trace
 
     base, overrides = resolve(model)
     spec = models.get(base, **overrides)
@@ -185,8 +186,8 @@ def run_plan(workdir: str | Path, job: str, model: str, plan: Any, batch: int, i
     `functions_share`, the platform's CPU share is what this machine's cores give the plan's
     functions (see `cpu_share`).
     """
-    from jaxpipe.driver import RunConfig
-    from jaxpipe.train import TrainOptions, train
+    from jaxpipe.runtime.driver import RunConfig
+    from jaxpipe.runtime.train import TrainOptions, train
 
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
@@ -205,7 +206,8 @@ def run_plan(workdir: str | Path, job: str, model: str, plan: Any, batch: int, i
         plat_path.write_text(json.dumps(fields))
     base, overrides = resolve(model)
     options = TrainOptions(
-        model=base, model_overrides=overrides, platform="local", platform_file=str(plat_path), plan_file=str(plan_path),
+        model=base, model_overrides=overrides, platform="local", platform_file=str(plat_path),
+        plan_file=str(plan_path),
         batch=batch, iterations=iterations, optimizer=optimizer, learning_rate=learning_rate,
         store=str(workdir / "store"), job_id=job, checkpoint_every=checkpoint_every,
         profile_cache=str(cache), wait_timeout_s=wait_timeout_s,
@@ -222,7 +224,7 @@ def load_run(workdir: str | Path, job: str, model: str, plan: Any, batch: int,
              optimizer: str = "momentum", seconds: float = 0.0) -> Run:
     """The `Run` of a finished job of `run_plan` in `workdir` (its summary and metrics stay in
     the store), so that its timelines can be analysed again without running it."""
-    from jaxpipe.train import open_store
+    from jaxpipe.runtime.train import open_store
 
     workdir = Path(workdir)
     store = open_store(str(workdir / "store"))
@@ -235,10 +237,10 @@ def load_run(workdir: str | Path, job: str, model: str, plan: Any, batch: int,
 
 def _problem(workdir: Path, job: str, model: str, plan: Any, batch: int,
              optimizer: str) -> Any:
-    """The planning problem of a `run_plan` job, as `jaxpipe.train` built it: its cached
+    """The planning problem of a `run_plan` job, as `jaxpipe.runtime.train` built it: its cached
     profile, its platform file, and the training set stage 0 keeps in memory."""
     from jaxpipe import models
-    from jaxpipe.train import OPTIMIZER_SLOTS, TrainOptions, dataset_bytes, training_data
+    from jaxpipe.runtime.train import OPTIMIZER_SLOTS, TrainOptions, dataset_bytes, training_data
     from planners import Platform, Problem, platforms
     from planners.profile import ModelProfile
 
@@ -260,7 +262,8 @@ def main() -> None:
         _profile_main(sys.argv[2], int(sys.argv[3]), sys.argv[4], int(sys.argv[5]),
                       tuple(int(b) for b in sys.argv[6].split(",")))
     else:
-        raise SystemExit("usage: python -m experiments.runtime_common profile MODEL BATCH OUT REPEATS SIZES")
+        raise SystemExit("usage: python -m experiments.runtime_common profile MODEL BATCH OUT "
+                         "REPEATS SIZES")
 
 
 if __name__ == "__main__":

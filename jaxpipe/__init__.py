@@ -1,22 +1,34 @@
 """JaxPipe: pipelined, cost-aware training of Flax models on serverless functions.
 
 The public surface: `trace` a model into layers, `split` it into stage programs, `export` them
-and `load_stages` in a fresh process, `profile` them for the planners.
+and `load_stages` in a fresh process, `profile` them for the planners, and `train` a job on
+functions. The compile side lives in `jaxpipe.staging`, the runtime in `jaxpipe.runtime`
+(`docs/design.md` draws the house); every error is in `jaxpipe.errors`.
 """
 
-from jaxpipe.bundle import BundleError, StageRunner, load_stages
-from jaxpipe.errors import BatchError, CutError, JaxPipeError, TraceError
-from jaxpipe.profile import profile
-from jaxpipe.split import Staged
-from jaxpipe.stage import StageProgram, StageSpec, TensorSpec
-from jaxpipe.trace import Layer, Traced, trace
+from jaxpipe.errors import (
+    BatchError,
+    BundleError,
+    CutError,
+    InputError,
+    JaxPipeError,
+    JobFailed,
+    TraceError,
+)
+from jaxpipe.staging.bundle import StageRunner, load_stages
+from jaxpipe.staging.profiling import profile
+from jaxpipe.staging.split import Staged
+from jaxpipe.staging.stage import StageProgram, StageSpec, TensorSpec
+from jaxpipe.staging.tracing import Layer, Traced, trace
 from planners import coarsen  # merges adjacent layers of a profile; the planners own it
 
 __all__ = [
     "BatchError",
     "BundleError",
     "CutError",
+    "InputError",
     "JaxPipeError",
+    "JobFailed",
     "Layer",
     "StageProgram",
     "StageRunner",
@@ -24,9 +36,21 @@ __all__ = [
     "Staged",
     "TensorSpec",
     "TraceError",
+    "TrainOptions",
     "Traced",
     "coarsen",
     "load_stages",
     "profile",
     "trace",
+    "train",
 ]
+
+
+def __getattr__(name: str) -> object:
+    """`jaxpipe.train` and `jaxpipe.TrainOptions`, imported on first use: the runtime brings
+    the model zoo (flax), which a function that only runs a stage bundle must not need."""
+    if name in ("train", "TrainOptions"):
+        from jaxpipe.runtime import train as training
+
+        return getattr(training, name)
+    raise AttributeError(f"module 'jaxpipe' has no attribute {name!r}")

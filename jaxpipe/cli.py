@@ -46,7 +46,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     cal.add_argument("--store", help="local platform: a directory or s3://bucket to measure")
     cal.set_defaults(run=_calibrate)
 
-    deploy = commands.add_parser("deploy", help="set up a cloud platform (image, functions, bucket)")
+    deploy = commands.add_parser("deploy",
+                                 help="set up a cloud platform (image, functions, bucket)")
     clouds = deploy.add_subparsers(dest="cloud", required=True)
     aws = clouds.add_parser("aws", help="AWS Lambda + S3 (see docs/aws.md)")
     from jaxpipe.deploy.cli import add_aws_arguments, run_aws
@@ -65,7 +66,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _add_train_arguments(parser: argparse.ArgumentParser) -> None:
-    from jaxpipe.train import TrainOptions
+    from jaxpipe.runtime.train import TrainOptions
 
     d = TrainOptions()
     parser.add_argument("--model", default=d.model, help=f"zoo model (default: {d.model})")
@@ -102,8 +103,8 @@ def _add_train_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from jaxpipe.driver import RunConfig
-    from jaxpipe.train import TrainOptions, train
+    from jaxpipe.runtime.driver import RunConfig
+    from jaxpipe.runtime.train import TrainOptions, train
 
     fields = {k: v for k, v in vars(args).items() if k in TrainOptions.__dataclass_fields__
               and k != "run"
@@ -207,7 +208,7 @@ def _profile(args: argparse.Namespace) -> int:
 
     import jaxpipe
     from jaxpipe import models
-    from jaxpipe.profile import profile
+    from jaxpipe.staging.profiling import profile
 
     sizes = [int(s) for s in str(args.micro_batches).split(",") if s]
     spec = models.get(args.model)

@@ -1,26 +1,257 @@
-"""JaxPipe's errors: each says what is wrong, with the values seen, and what to do about it."""
+"""JaxPipe's errors: one class per mistake, each docstring says how to fix it.
+
+Two families, told apart by their base:
+
+- `InputError` (also a `ValueError`): the input is wrong, and it is refused before any work
+  starts, so nothing is written and nothing is lost. The message names the values seen; the
+  class docstring says what to do.
+- `JobFailed` (also a `RuntimeError`): a job that started could not finish. Its checkpoints stay
+  in the store, so it can be resumed.
+
+Both derive from `JaxPipeError`, so `except JaxPipeError` catches everything JaxPipe raises on
+purpose. The planners and transports libraries keep errors of their own (`planners.PlanError`,
+`transports.StoreError`), since they import nothing of JaxPipe's.
+"""
 
 from __future__ import annotations
 
-__all__ = ["BatchError", "CutError", "JaxPipeError", "TraceError"]
+__all__ = [
+    "BatchError",
+    "BudgetExceeded",
+    "BundleError",
+    "CutError",
+    "DatasetError",
+    "EventTooLargeError",
+    "InputError",
+    "JaxPipeError",
+    "JobExistsError",
+    "JobFailed",
+    "LaunchError",
+    "ModelConfigError",
+    "NoLayersError",
+    "OptimizerStateError",
+    "PartialBundleError",
+    "PlanMismatchError",
+    "PlatformError",
+    "ProfileError",
+    "RngError",
+    "StructureError",
+    "TiedParameterError",
+    "TraceError",
+    "UnknownModelError",
+    "UnknownOptimizerError",
+    "UnknownPlatformError",
+    "UnknownTaskError",
+    "VariablesError",
+]
 
 
 class JaxPipeError(Exception):
-    """Base class of every error JaxPipe raises on bad input."""
+    """Base class of every error JaxPipe raises on purpose."""
 
 
-class TraceError(JaxPipeError, ValueError):
-    """The model cannot be cut into layers.
+class InputError(JaxPipeError, ValueError):
+    """Base class of the errors for bad input, raised before any work starts."""
 
-    A layer is the run of equations under one top-level submodule of the Flax model. Put each
-    block of the network in a named submodule (`self.block0 = Block()` in `setup`, or
-    `Block(name="block0")` in a compact `__call__`).
+
+# -- the model, its variables and its batch ------------------------------------------------------
+
+
+class TraceError(InputError):
+    """The model cannot be traced the way JaxPipe needs.
+
+    Fix: the message names the cause. The loss must depend on the model's parameters,
+    `variables` must be the dict `model.init` returns (with a `params` collection), and the
+    model must keep the same layers at every micro-batch size (no Python branch on the batch
+    size).
     """
 
 
-class CutError(JaxPipeError, ValueError):
-    """The cut points do not describe a split of the model's layers into non-empty stages."""
+class NoLayersError(TraceError):
+    """The traced loss has no equation under a submodule, so there is nothing to cut at.
+
+    Fix: put each block of the network in a named submodule (`self.block0 = Block()` in `setup`,
+    or `Block(name="block0")` in a compact `__call__`).
+    """
 
 
-class BatchError(JaxPipeError, ValueError):
-    """The batch cannot be divided as asked (leaves of different sizes, or sizes that do not divide)."""
+class VariablesError(InputError):
+    """The variables passed do not match the ones the model was traced or exported with.
+
+    Fix: pass variables of the same structure as those given to `jaxpipe.trace` (the paths
+    missing and unexpected are in the message).
+    """
+
+
+class BatchError(InputError):
+    """The batch cannot be used or divided as asked.
+
+    Fix: pass `(inputs, targets)` whose leaves all share one leading batch size, and a number of
+    micro-batches that divides it.
+    """
+
+
+class RngError(InputError):
+    """PRNG keys the model needs (e.g. for dropout) were not passed.
+
+    Fix: pass them by collection name, `rngs={"dropout": key}`.
+    """
+
+
+class StructureError(InputError):
+    """A pytree does not have the structure it was flattened with.
+
+    Fix: pass a tree of the same structure (same keys, same nesting) as the one JaxPipe saw.
+    """
+
+
+class ModelConfigError(InputError):
+    """A zoo model's configuration is invalid (unknown field, or values that do not fit).
+
+    Fix: the message names the field and the constraint; see `jaxpipe.models` for each model's
+    fields.
+    """
+
+
+class UnknownModelError(InputError):
+    """No zoo model has this name.
+
+    Fix: choose one of `jaxpipe.models.names()`.
+    """
+
+
+class DatasetError(InputError):
+    """The dataset cannot be made as asked.
+
+    Fix: the message names the argument and its valid range.
+    """
+
+
+# -- cutting and the stage bundle ----------------------------------------------------------------
+
+
+class CutError(InputError):
+    """The cut points or modes do not describe a split of the model's layers into stages.
+
+    Fix: pass sorted layer indices in `1 .. len(traced.layers) - 1` (where stages 1.. start), and
+    modes `"stash"` or `"recompute"`, one for all stages or one per stage.
+    """
+
+
+class BundleError(InputError):
+    """The bytes are not a stage bundle this version of JaxPipe can read.
+
+    Fix: make the bundle with `Staged.export()` of this JaxPipe version.
+    """
+
+
+class PartialBundleError(InputError):
+    """A whole-model call was made on a bundle loaded with only some of its stages.
+
+    Fix: load the bundle without `only=` to run every stage in one process.
+    """
+
+
+class ProfileError(InputError):
+    """The profiling options are invalid.
+
+    Fix: pass micro-batch sizes as positive integers.
+    """
+
+
+# -- a training job's options ------------------------------------------------------------------
+
+
+class UnknownOptimizerError(InputError):
+    """No optimizer has this name.
+
+    Fix: choose one of the names the message lists.
+    """
+
+
+class OptimizerStateError(InputError):
+    """A checkpoint's optimizer state does not fit the job's optimizer.
+
+    Fix: resume the job with the optimizer it was started with.
+    """
+
+
+class UnknownPlatformError(InputError):
+    """No platform has this name.
+
+    Fix: choose one of `planners.platforms.names()`, or pass a platform file.
+    """
+
+
+class PlatformError(InputError):
+    """The platform cannot run this job as configured.
+
+    Fix: the message says what the platform needs: `--platform local` or `aws-lambda` for
+    training, and an `s3://` store for `aws-lambda` (its functions cannot see this machine's
+    disk).
+    """
+
+
+class JobExistsError(InputError):
+    """A job with this id already exists in the store.
+
+    Fix: resume it with `--resume <job-id>` (`jaxpipe.train(..., resume=...)`) or choose another
+    job id.
+    """
+
+
+class PlanMismatchError(InputError):
+    """The plan does not fit the model, the batch or the platform.
+
+    Fix: every reason is listed; make the plan for this model (`jaxpipe plan`), or change the
+    batch or memory sizes it names.
+    """
+
+
+class TiedParameterError(InputError):
+    """A parameter is read by two stages (tied weights), which the distributed runtime cannot
+    update consistently.
+
+    Fix: cut elsewhere, so that every stage reading the parameter is one stage.
+    """
+
+
+class EventTooLargeError(InputError):
+    """A rank's event is larger than the platform's asynchronous payload limit.
+
+    Fix: the event should only point into the store; keep large values out of it.
+    """
+
+
+class UnknownTaskError(InputError):
+    """A function was asked to run a task it does not know.
+
+    Fix: send one of the tasks the message lists.
+    """
+
+
+# -- a job that started ---------------------------------------------------------------------------
+
+
+class JobFailed(JaxPipeError, RuntimeError):
+    """A job could not finish: ranks kept dying, or a rank stayed silent past the timeout.
+
+    Fix: the message shows the failing rank's output. Its checkpoints stay in the store: after
+    fixing the cause, resume with `jaxpipe train --resume <job-id>`.
+    """
+
+
+class BudgetExceeded(JobFailed):
+    """The next iteration would take the job past `--max-cost`; it stopped at a checkpoint.
+
+    Fix: resume the job (`jaxpipe train --resume <job-id>`) with a larger `--max-cost`, or plan
+    a cheaper configuration.
+    """
+
+
+class LaunchError(JaxPipeError, RuntimeError):
+    """The platform did not start a function, or a function it started reported an error.
+
+    Fix: the message quotes the platform's answer (on AWS: check that `jaxpipe deploy aws` ran
+    in this region and account).
+    """

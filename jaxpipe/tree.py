@@ -12,6 +12,8 @@ from typing import Any
 
 import jax
 
+from jaxpipe.errors import StructureError
+
 __all__ = ["Flat", "flatten_paths", "nest"]
 
 
@@ -30,12 +32,13 @@ class Flat:
         """The leaves of `tree`, which must have this structure; `what` names it in the error."""
         leaves, treedef = jax.tree.flatten(tree)
         if treedef != self.treedef:
-            raise ValueError(f"{what} has structure {treedef}, expected {self.treedef}")
+            raise StructureError(f"{what} has structure {treedef}, expected {self.treedef}")
         return leaves
 
 
 def flatten_paths(tree: Any, prefix: str = "") -> Flat:
-    """Flattens `tree`, naming each leaf by its path (dict keys, sequence indices) under `prefix`."""
+    """Flattens `tree`, naming each leaf by its path (dict keys, sequence indices) under
+    `prefix`."""
     with_paths, treedef = jax.tree_util.tree_flatten_with_path(tree)
     paths = tuple("/".join([prefix, *(_key(k) for k in path)]).strip("/")
                   for path, _ in with_paths)

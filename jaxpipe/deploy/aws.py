@@ -23,7 +23,7 @@ from typing import Any
 
 import botocore.exceptions
 
-from jaxpipe.platforms.aws import FUNCTION_PREFIX, function_name
+from jaxpipe.runtime.platforms.aws import FUNCTION_PREFIX, function_name
 from planners import Platform
 
 __all__ = ["Change", "FunctionConfig", "deploy_bucket", "deploy_functions", "ensure_role",
@@ -174,7 +174,8 @@ def ensure_role(iam: Any, role: str, bucket: str, create: bool = False,
             raise
         current = None
     if current != wanted:
-        iam.put_role_policy(RoleName=name, PolicyName=policy_name, PolicyDocument=json.dumps(wanted))
+        iam.put_role_policy(RoleName=name, PolicyName=policy_name,
+                            PolicyDocument=json.dumps(wanted))
         changes.append(Change(f"role policy {name}/{policy_name}",
                               "created" if current is None else "updated"))
     return arn, changes

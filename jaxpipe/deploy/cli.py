@@ -120,11 +120,11 @@ def _cloud_setup(args: argparse.Namespace) -> tuple[Any, Any, list[int]]:
 
 def calibrate_platform(args: argparse.Namespace, client: Any = None) -> int:
     """`jaxpipe calibrate`: link measurements -> the `platform` table of a platform file."""
-    from jaxpipe.platforms import aws_tasks
+    from jaxpipe.runtime.platforms import aws_tasks
 
     size = int(args.size_mb * 1e6)
     if args.platform == "local":
-        from jaxpipe.train import open_store
+        from jaxpipe.runtime.train import open_store
 
         store = open_store(args.store or ".jaxpipe/store", args.endpoint_url)
         results = {0: aws_tasks.measure_link(store, "jobs/calibration-local/", size,
@@ -150,7 +150,7 @@ def calibrate_platform(args: argparse.Namespace, client: Any = None) -> int:
 
 def profile_on_platform(args: argparse.Namespace, client: Any = None) -> int:
     """`jaxpipe profile --platform aws-lambda`: the profile, plus the measured `cpu_table`."""
-    from jaxpipe.platforms import aws_tasks
+    from jaxpipe.runtime.platforms import aws_tasks
 
     platform, store, sizes = _cloud_setup(args)
     micro = [int(b) for b in str(args.micro_batches).split(",") if b]

@@ -32,6 +32,7 @@ import dataclasses
 from collections.abc import Callable
 from typing import Any
 
+from jaxpipe.errors import ModelConfigError, UnknownModelError
 from jaxpipe.models import amoebanet, bert, mlp, resnet
 from jaxpipe.models._spec import ModelSpec, cross_entropy_loss
 from jaxpipe.models.amoebanet import AmoebaNetConfig, AmoebaNetD
@@ -113,11 +114,11 @@ def get(name: str, **overrides: Any) -> ModelSpec:
       (2, (8,), True)
     """
     if name not in _REGISTRY:
-        raise KeyError(f"no model named {name!r}; registered: {', '.join(_REGISTRY)}.")
+        raise UnknownModelError(f"no model named {name!r}; registered: {', '.join(_REGISTRY)}.")
     make_spec, config = _REGISTRY[name]
     fields = [f.name for f in dataclasses.fields(config)]
     unknown = sorted(set(overrides) - set(fields))
     if unknown:
-        raise TypeError(f"{name}: unknown config field(s) {', '.join(unknown)}; "
+        raise ModelConfigError(f"{name}: unknown config field(s) {', '.join(unknown)}; "
                         f"{type(config).__name__} has {', '.join(fields)}.")
     return make_spec(name, dataclasses.replace(config, **overrides))

@@ -50,6 +50,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from jaxpipe.errors import ModelConfigError
 from jaxpipe.models._spec import ModelSpec, image_sampler
 
 __all__ = ["AmoebaNetConfig", "AmoebaNetD", "make_spec"]
@@ -138,7 +139,7 @@ class CellOp(nn.Module):
             x = _ReluConvBN(c // 4, (1, 7), (1, s), train=train)(x)
             x = _ReluConvBN(c // 4, (7, 1), (s, 1), train=train)(x)
             return _ReluConvBN(c, train=train)(x)
-        raise ValueError(f"unknown AmoebaNet operation {self.op!r}")
+        raise ModelConfigError(f"unknown AmoebaNet operation {self.op!r}")
 
 
 class Cell(nn.Module):
@@ -219,7 +220,7 @@ class AmoebaNetD(nn.Module):
 
     def setup(self) -> None:
         if self.num_layers % 3 or self.num_layers <= 0:
-            raise ValueError(f"AmoebaNet-D needs num_layers a positive multiple of 3; "
+            raise ModelConfigError(f"AmoebaNet-D needs num_layers a positive multiple of 3; "
                              f"got {self.num_layers}.")
         c = self.filters // 4
         self.stem1 = Stem(c, train=self.train, name="stem1")
@@ -258,8 +259,8 @@ class AmoebaNetConfig:
 def make_spec(name: str, config: AmoebaNetConfig) -> ModelSpec:
     """Builds the `ModelSpec` of an AmoebaNet-D with `config`."""
     if config.image_size % 32:
-        raise ValueError(f"AmoebaNet-D halves the image 5 times: image_size must be a multiple "
-                         f"of 32; got {config.image_size}.")
+        raise ModelConfigError(f"AmoebaNet-D halves the image 5 times: image_size must be a "
+                               f"multiple of 32; got {config.image_size}.")
     input_spec, sampler = image_sampler(config.image_size)
     module = AmoebaNetD(num_layers=config.num_layers, filters=config.filters,
                         num_classes=config.num_classes)

@@ -31,6 +31,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from jaxpipe.errors import ModelConfigError
 from jaxpipe.models._spec import ModelSpec, token_sampler
 
 __all__ = ["Bert", "BertConfig", "make_spec"]
@@ -158,8 +159,8 @@ class Bert(nn.Module):
 
     def setup(self) -> None:
         if self.hidden % self.heads:
-            raise ValueError(f"BERT needs hidden divisible by heads; got hidden={self.hidden}, "
-                             f"heads={self.heads}.")
+            raise ModelConfigError(f"BERT needs hidden divisible by heads; got "
+                                   f"hidden={self.hidden}, heads={self.heads}.")
         self.embeddings = Embeddings(self.vocab_size, self.hidden, self.max_positions,
                                      self.type_vocab_size, self.dropout, self.train,
                                      name="embeddings")
@@ -192,7 +193,7 @@ class BertConfig:
 def make_spec(name: str, config: BertConfig) -> ModelSpec:
     """Builds the `ModelSpec` of a BERT with `config`."""
     if config.seq_len > config.max_positions:
-        raise ValueError(f"BERT seq_len={config.seq_len} exceeds max_positions="
+        raise ModelConfigError(f"BERT seq_len={config.seq_len} exceeds max_positions="
                          f"{config.max_positions}; raise max_positions or shorten seq_len.")
     input_spec, sampler = token_sampler(config.seq_len, config.vocab_size)
     module = Bert(num_layers=config.num_layers, hidden=config.hidden, heads=config.heads,

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from jaxpipe.errors import DatasetError
+
 __all__ = ["digits"]
 
 
@@ -34,7 +36,7 @@ def digits(
       ((1438, 64), (359, 64), 'int32')
     """
     if not 0.0 < test_fraction < 1.0:
-        raise ValueError(f"digits() needs 0 < test_fraction < 1; got {test_fraction}.")
+        raise DatasetError(f"digits() needs 0 < test_fraction < 1; got {test_fraction}.")
     from sklearn.datasets import load_digits  # imported lazily: only the default job needs it
 
     x, y = load_digits(return_X_y=True)

@@ -13,9 +13,10 @@ import boto3
 import pytest
 from botocore.stub import ANY, Stubber
 
-from jaxpipe import worker
 from jaxpipe.deploy import aws
-from jaxpipe.platforms import aws_tasks
+from jaxpipe.errors import LaunchError
+from jaxpipe.runtime import worker
+from jaxpipe.runtime.platforms import aws_tasks
 from planners import platforms
 from transports import S3Store
 
@@ -161,7 +162,7 @@ def test_the_image_commands_build_for_lambda_and_the_dockerfile_runs_the_worker(
     assert commands[-1] == "docker push 123456789012.dkr.ecr.eu-west-1.amazonaws.com/jaxpipe:t1"
     dockerfile = (aws.REPO / aws.DOCKERFILE).read_text()
     assert "FROM public.ecr.aws/lambda/python:" in dockerfile
-    assert 'CMD ["jaxpipe.worker.handler"]' in dockerfile
+    assert 'CMD ["jaxpipe.runtime.worker.handler"]' in dockerfile
     assert re.fullmatch(r"[0-9a-f]{12}", aws.source_tag())
 
 
@@ -234,6 +235,6 @@ def test_a_failing_task_is_reported_with_its_error(s3_url):
 
     stub.add_response("invoke", {"StatusCode": 202})
     lam.meta.events.register("before-parameter-build.lambda.Invoke", deliver)
-    with stub, pytest.raises(Exception, match="1024 MB function failed"):
+    with stub, pytest.raises(LaunchError, match="1024 MB function failed"):
         aws_tasks.profile_on_functions("mlp", store, [1024], (1,), 1, lam, timeout_s=10)
     assert run_in_process_failing

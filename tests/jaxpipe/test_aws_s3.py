@@ -1,6 +1,6 @@
 """The whole S3 path against a real S3 API server (moto's, on 127.0.0.1), and the Lambda path
 driven in-process: the same job trains to the same losses on a directory, on S3 with local
-processes, and on S3 with Lambda-shaped asynchronous invocations of `jaxpipe.worker.handler`
+processes, and on S3 with Lambda-shaped asynchronous invocations of `jaxpipe.runtime.worker.handler`
 (boto3's Invoke checked by botocore's Stubber). Duplicate deliveries, deadlines, failures and
 the cost guard are checked on the Lambda path.
 """
@@ -17,10 +17,10 @@ import numpy as np
 import pytest
 from botocore.stub import ANY, Stubber
 
-from jaxpipe import worker
-from jaxpipe.driver import BudgetExceeded, CostGuard, RunConfig, run_job
-from jaxpipe.platforms.aws import ASYNC_PAYLOAD_LIMIT, FAILED, REFUSED, AwsLambdaPlatform
-from jaxpipe.train import TrainOptions, open_store, prepare, train
+from jaxpipe.runtime import worker
+from jaxpipe.runtime.driver import BudgetExceeded, CostGuard, RunConfig, run_job
+from jaxpipe.runtime.platforms.aws import ASYNC_PAYLOAD_LIMIT, FAILED, REFUSED, AwsLambdaPlatform
+from jaxpipe.runtime.train import TrainOptions, open_store, prepare, train
 from planners import Plan, Platform, StagePlan, platforms
 from transports import S3Store
 

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 import jaxpipe
+from jaxpipe.errors import RngError
 from jaxpipe.tree import flatten_paths
 from tests.jaxpipe.helpers import cross_entropy, max_relative_error, skipnet_case
 
@@ -101,7 +102,7 @@ def test_keys_in_bundle_are_required(tmp_path):
     model, variables, batch, rngs = skipnet_case(dropout=0.5)
     staged = jaxpipe.trace(model, variables, batch, cross_entropy, rngs=rngs).split((2,))
     runner = jaxpipe.load_stages(staged.export(micro_batch=4))
-    with pytest.raises(jaxpipe.BundleError, match="dropout"):
+    with pytest.raises(RngError, match="dropout"):
         runner.value_and_grad(variables, batch)
     loss, grads, _ = runner.value_and_grad(variables, batch, rngs=rngs)
     ref_loss, ref_grads, _ = staged.value_and_grad(variables, batch, micro_batches=2)

@@ -8,6 +8,7 @@ import jax.numpy as jnp
 import pytest
 
 import jaxpipe
+from jaxpipe.errors import NoLayersError, VariablesError
 from tests.jaxpipe.helpers import cross_entropy, skipnet_case
 
 
@@ -24,7 +25,7 @@ def test_a_model_without_submodules_is_refused():
     model = Flat()
     x, y = jnp.ones((4, 5)), jnp.zeros((4,), jnp.int32)
     variables = model.init(jax.random.PRNGKey(0), x)
-    with pytest.raises(jaxpipe.TraceError, match="named submodule"):
+    with pytest.raises(NoLayersError, match="named submodule"):
         jaxpipe.trace(model, variables, (x, y), cross_entropy)
 
 
@@ -78,5 +79,5 @@ def test_micro_batches_must_divide_the_batch(traced):
 def test_variables_of_another_model_are_refused(traced):
     _, _, batch, _ = skipnet_case()
     other = {"params": {"dense": {"kernel": jnp.ones((6, 4))}}}
-    with pytest.raises(jaxpipe.TraceError, match="does not match the traced model"):
+    with pytest.raises(VariablesError, match="does not match the traced model"):
         traced.split((1,)).value_and_grad(other, batch)

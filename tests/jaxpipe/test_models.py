@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from jaxpipe import models
+from jaxpipe.errors import ModelConfigError, UnknownModelError
 from jaxpipe.models.data import digits
 
 # XLA's backend optimisations dominate compile time for these small programs and buy nothing.
@@ -85,9 +86,9 @@ def test_names_are_every_family_in_full_and_tiny_config() -> None:
 
 
 def test_unknown_name_and_unknown_override_are_refused_with_the_valid_choices() -> None:
-    with pytest.raises(KeyError, match="registered: mlp, mlp-tiny"):
+    with pytest.raises(UnknownModelError, match="registered: mlp, mlp-tiny"):
         models.get("resnet152")
-    with pytest.raises(TypeError, match="AmoebaNetConfig has num_layers, filters"):
+    with pytest.raises(ModelConfigError, match="AmoebaNetConfig has num_layers, filters"):
         models.get("amoebanet18", filter=64)
 
 

@@ -12,7 +12,8 @@ import pytest
 
 import jaxpipe
 from jaxpipe.cli import main as cli_main
-from jaxpipe.profile import profile
+from jaxpipe.errors import ProfileError
+from jaxpipe.staging.profiling import profile
 from planners.profile import ModelProfile
 from tests.jaxpipe.helpers import Block, cross_entropy
 
@@ -94,7 +95,7 @@ def test_profile_round_trips_through_json(chain):
 @pytest.mark.parametrize("sizes", [(), (0,), (-1, 2), (2, 0), (1.5,), ("2",), 4])
 def test_bad_micro_batch_sizes_raise_value_error(chain, sizes):
     traced, _ = chain
-    with pytest.raises(ValueError, match="micro_batch_sizes"):
+    with pytest.raises(ProfileError, match="micro_batch_sizes"):
         profile(traced, micro_batch_sizes=sizes)
 
 

@@ -16,10 +16,15 @@ import optax
 import pytest
 
 from jaxpipe import models
-from jaxpipe.dataset import batch_indices
-from jaxpipe.driver import RunConfig
-from jaxpipe.errors import JaxPipeError
-from jaxpipe.train import TrainOptions, open_store, train
+from jaxpipe.errors import (
+    PlanMismatchError,
+    UnknownModelError,
+    UnknownOptimizerError,
+    UnknownPlatformError,
+)
+from jaxpipe.runtime.dataset import batch_indices
+from jaxpipe.runtime.driver import RunConfig
+from jaxpipe.runtime.train import TrainOptions, open_store, train
 from jaxpipe.tree import nest
 from planners import Plan, StagePlan
 from tests.jaxpipe.helpers import max_relative_error, reference
@@ -112,17 +117,17 @@ def test_a_rank_killed_mid_iteration_is_recovered_from_the_last_checkpoint(workd
     assert not store.list("jobs/killed/run/")
 
 
-@pytest.mark.parametrize("change, message", [
-    ({"model": "gpt5"}, "unknown model"),
-    ({"optimizer": "lion9"}, "unknown optimizer"),
-    ({"platform": "azure"}, "unknown platform"),
-    ({"batch": 12}, "the plan is for batch 16"),
+@pytest.mark.parametrize("change, error, message", [
+    ({"model": "gpt5"}, UnknownModelError, "unknown model"),
+    ({"optimizer": "lion9"}, UnknownOptimizerError, "unknown optimizer"),
+    ({"platform": "azure"}, UnknownPlatformError, "unknown platform"),
+    ({"batch": 12}, PlanMismatchError, "the plan is for batch 16"),
 ])
-def test_bad_input_is_refused_before_any_function_starts(workdir, change, message):
+def test_bad_input_is_refused_before_any_function_starts(workdir, change, error, message):
     options = TrainOptions(**{"model": "mlp", "plan_file": str(workdir / "plan.json"),
                                      "batch": BATCH, "store": str(workdir / "refused"),
                                      "profile_cache": str(workdir / "profiles"), **change})
-    with pytest.raises(JaxPipeError, match=message):
+    with pytest.raises(error, match=message):
         train(options, show_progress=False)
     assert not (workdir / "refused").exists() or not open_store(
         str(workdir / "refused")).list("jobs/")
@@ -141,5 +146,5 @@ def test_plans_that_cannot_run_are_refused(workdir, plan, message, tmp_path):
     options = TrainOptions(model="mlp", plan_file=str(tmp_path / "plan.json"), batch=BATCH,
                            store=str(tmp_path / "store"),
                            profile_cache=str(workdir / "profiles"))
-    with pytest.raises(JaxPipeError, match=message):
+    with pytest.raises(PlanMismatchError, match=message):
         train(options, show_progress=False)

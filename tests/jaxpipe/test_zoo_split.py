@@ -56,7 +56,8 @@ def test_every_single_cut_in_both_modes_matches_the_unsplit_model(name):
 
 
 @pytest.mark.parametrize("mode", ["stash", "recompute"])
-@pytest.mark.parametrize("name", ["mlp-tiny", "resnet50-tiny", "amoebanet18-tiny", "bert-base-tiny"])
+@pytest.mark.parametrize(
+    "name", ["mlp-tiny", "resnet50-tiny", "amoebanet18-tiny", "bert-base-tiny"])
 def test_jitted_stages_one_per_layer_with_micro_batches(name, mode):
     spec, variables, batch, rngs, traced = case(name)
     cuts = list(range(1, len(traced.layers)))

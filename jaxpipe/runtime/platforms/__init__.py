@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any, Protocol
 
-from jaxpipe.platforms.local import LocalInvocation, LocalPlatform
+from jaxpipe.runtime.platforms.local import LocalInvocation, LocalPlatform
 
 __all__ = ["Invocation", "Launcher", "LocalInvocation", "LocalPlatform"]
 

@@ -25,29 +25,17 @@ from typing import Any
 
 import numpy as np
 
-from jaxpipe import checkpoint
-from jaxpipe.errors import JaxPipeError
-from jaxpipe.job import JobSpec, Keys
-from jaxpipe.platforms import Launcher
-from jaxpipe.platforms.aws import REFUSED
-from jaxpipe.platforms.local import LocalPlatform
+from jaxpipe.errors import BudgetExceeded, JobFailed
+from jaxpipe.runtime import checkpoint
+from jaxpipe.runtime.job import JobSpec, Keys
+from jaxpipe.runtime.platforms import Launcher
+from jaxpipe.runtime.platforms.aws import REFUSED
+from jaxpipe.runtime.platforms.local import LocalPlatform
 from planners import Plan, Platform
 from planners.schedule import build
 from transports import ObjectStore, store_to_spec
 
 __all__ = ["BudgetExceeded", "CostGuard", "JobFailed", "RunConfig", "run_job"]
-
-
-class JobFailed(JaxPipeError, RuntimeError):
-    """A job could not finish: ranks kept dying, or a rank stayed silent past the timeout."""
-
-
-class BudgetExceeded(JobFailed):
-    """The next iteration would take the job past `--max-cost`; it stopped at a checkpoint.
-
-    Fix: resume the job (`jaxpipe train --resume <job>`) with a larger `--max-cost`, or plan a
-    cheaper configuration.
-    """
 
 
 @dataclass(frozen=True)

@@ -13,8 +13,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from jaxpipe import optim
-from jaxpipe.job import Keys
+from jaxpipe.runtime import optim
+from jaxpipe.runtime.job import Keys
 from transports import ObjectStore, codec
 
 __all__ = ["latest_complete", "load", "save", "save_initial"]

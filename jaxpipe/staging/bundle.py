@@ -22,19 +22,21 @@ from typing import Any
 import jax
 from jax import export as jax_export
 
-from jaxpipe.errors import JaxPipeError
-from jaxpipe.pipeline import micro_batches, run_pipeline
-from jaxpipe.stage import StageProgram, StageSpec
-from jaxpipe.trace import batch_size_of, raw_key
+from jaxpipe.errors import (
+    BatchError,
+    BundleError,
+    PartialBundleError,
+    RngError,
+    VariablesError,
+)
+from jaxpipe.staging.batch import batch_size_of, raw_key
+from jaxpipe.staging.reference import micro_batches, run_pipeline
+from jaxpipe.staging.stage import StageProgram, StageSpec
 from jaxpipe.tree import flatten_paths, nest
 
-__all__ = ["BundleError", "StageRunner", "export_bundle", "load_stages"]
+__all__ = ["StageRunner", "export_bundle", "load_stages"]
 
 FORMAT = "jaxpipe-stages/1"
-
-
-class BundleError(JaxPipeError, ValueError):
-    """The bytes are not a stage bundle this version of JaxPipe can read."""
 
 
 def export_bundle(staged: Any, micro_batch: int) -> bytes:
@@ -101,27 +103,28 @@ class StageRunner:
         PRNG keys the traced model took (derived per micro-batch as in `Staged.value_and_grad`).
         """
         if any(s is None for s in self.stages):
-            raise BundleError("value_and_grad needs every stage; load the bundle without `only`")
+            raise PartialBundleError(
+                "value_and_grad needs every stage; load the bundle without `only`")
         size = batch_size_of(batch)
         if size % self.micro_batch:
-            raise BundleError(
+            raise BatchError(
                 f"the bundle runs micro-batches of {self.micro_batch} samples; a batch of "
                 f"{size} does not divide into them"
             )
         params = flatten_paths(variables["params"], "params")
         state = flatten_paths({k: v for k, v in variables.items() if k != "params"})
         if list(params.paths) != self.manifest["param_paths"]:
-            raise BundleError("variables['params'] does not match the bundle's parameter paths")
+            raise VariablesError("variables['params'] does not match the bundle's parameter paths")
         leaves = [*jax.tree.leaves(batch[0]), *jax.tree.leaves(batch[1])]
         info = self.manifest["data"]
         if len(leaves) != info["inputs"] + info["targets"]:
-            raise BundleError(
+            raise BatchError(
                 f"the batch has {len(leaves)} leaves; the bundle expects "
                 f"{info['inputs']} input and {info['targets']} target leaves"
             )
         missing = sorted(set(info["rngs"]) - set(rngs or {}))
         if missing:
-            raise BundleError(f"this bundle needs PRNG keys for {missing}; pass them as rngs")
+            raise RngError(f"this bundle needs PRNG keys for {missing}; pass them as rngs")
         keys = [raw_key(rngs[name]) for name in info["rngs"]]
         data = micro_batches(leaves, keys, size // self.micro_batch)
         loss, grads, new_state = run_pipeline(
@@ -137,7 +140,8 @@ def load_stages(blob: bytes, only: Sequence[int] | None = None) -> StageRunner:
         archive = zipfile.ZipFile(io.BytesIO(blob))
         manifest = json.loads(archive.read("manifest.json"))
     except (zipfile.BadZipFile, KeyError, ValueError) as exc:
-        raise BundleError(f"not a JaxPipe stage bundle ({exc}); make one with Staged.export()")
+        raise BundleError(f"not a JaxPipe stage bundle ({exc}); make one with Staged.export()"
+                          ) from exc
     if manifest.get("format") != FORMAT:
         raise BundleError(f"bundle format {manifest.get('format')!r}; this JaxPipe reads {FORMAT}")
     stages = []

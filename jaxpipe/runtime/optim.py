@@ -12,7 +12,7 @@ from typing import Any
 import jax
 import optax
 
-from jaxpipe.errors import JaxPipeError
+from jaxpipe.errors import OptimizerStateError, UnknownOptimizerError
 from jaxpipe.tree import flatten_paths
 
 __all__ = ["OPTIMIZERS", "accumulate", "make", "make_step", "state_from_leaves",
@@ -29,7 +29,8 @@ OPTIMIZERS = {
 def make(name: str, learning_rate: float) -> optax.GradientTransformation:
     """The optax optimizer `name` at `learning_rate`."""
     if name not in OPTIMIZERS:
-        raise JaxPipeError(f"unknown optimizer {name!r}; choose one of {sorted(OPTIMIZERS)}")
+        raise UnknownOptimizerError(
+            f"unknown optimizer {name!r}; choose one of {sorted(OPTIMIZERS)}")
     return OPTIMIZERS[name](learning_rate)
 
 
@@ -64,5 +65,6 @@ def state_from_leaves(optimizer: optax.GradientTransformation, params: Mapping[s
     template = flatten_paths(optimizer.init(dict(params)))
     missing = [p for p in template.paths if p not in leaves]
     if missing:
-        raise JaxPipeError(f"optimizer state lacks {missing[:3]}; checkpoint from another optimizer?")
+        raise OptimizerStateError(f"optimizer state lacks {missing[:3]}; was the checkpoint "
+                                  "written by another optimizer?")
     return template.rebuild([leaves[p] for p in template.paths])

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 import jax
 import numpy as np
 
-from jaxpipe.job import Keys
+from jaxpipe.runtime.job import Keys
 from transports import ObjectStore, codec
 
 __all__ = ["ShardReader", "batch_indices", "micro_batch_keys", "write_shards"]

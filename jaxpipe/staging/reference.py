@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxpipe.errors import BatchError
-from jaxpipe.stage import StageProgram
+from jaxpipe.staging.stage import StageProgram
 
 __all__ = ["micro_batches", "run_pipeline"]
 

@@ -60,7 +60,7 @@ class LocalPlatform:
         self.log_dir.mkdir(parents=True, exist_ok=True)
 
     def launch(self, event: dict[str, Any], memory_mb: int) -> LocalInvocation:
-        """Starts `python -m jaxpipe.worker` for one rank with its caps; returns at once."""
+        """Starts `python -m jaxpipe.runtime.worker` for one rank with its caps; returns at once."""
         cap = max(int(memory_mb), MIN_MEMORY_MB) * 2**20
         env = dict(os.environ)
         cpus = self.platform.cpus(memory_mb)
@@ -74,7 +74,7 @@ class LocalPlatform:
         log = self.log_dir / f"rank{event['rank']}-{event['attempt']}-{event['invocation']}.log"
         out = open(log, "w")  # noqa: SIM115 - the child owns it until it exits
         process = subprocess.Popen(
-            [sys.executable, "-m", "jaxpipe.worker"], stdin=subprocess.PIPE, stdout=out,
+            [sys.executable, "-m", "jaxpipe.runtime.worker"], stdin=subprocess.PIPE, stdout=out,
             stderr=subprocess.STDOUT, env=env)
         # The cap applies from here on; the child is still starting Python, far below it.
         resource.prlimit(process.pid, resource.RLIMIT_DATA, (cap, cap))

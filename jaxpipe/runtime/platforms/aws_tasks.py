@@ -27,8 +27,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from jaxpipe.errors import JaxPipeError
-from jaxpipe.platforms.aws import FUNCTION_PREFIX, function_name, lambda_client
+from jaxpipe.errors import LaunchError, UnknownTaskError
+from jaxpipe.runtime.platforms.aws import FUNCTION_PREFIX, function_name, lambda_client
 from planners import ModelProfile, Platform
 from transports import ObjectStore, store_from_spec, store_to_spec
 
@@ -39,7 +39,7 @@ __all__ = ["calibrate", "calibration_fields", "measure_link", "merge_platform_fi
 # -- inside the function -----------------------------------------------------------------------
 
 def run_task(event: dict[str, Any], context: Any = None) -> dict[str, Any]:
-    """The handler of a `task` event (`jaxpipe.worker.handler` forwards it here).
+    """The handler of a `task` event (`jaxpipe.runtime.worker.handler` forwards it here).
 
     Event fields: `task` ("calibrate" or "profile"), `store` (a store spec), `key` (where the
     result goes), `memory_mb`; for "calibrate" `size_bytes` and `repeats`; for "profile"
@@ -53,7 +53,7 @@ def run_task(event: dict[str, Any], context: Any = None) -> dict[str, Any]:
         elif event["task"] == "profile":
             result = _profile_here(event["model"], event["micro_batches"], int(event["repeats"]))
         else:
-            raise ValueError(f"unknown task {event['task']!r}; known: 'calibrate', 'profile'")
+            raise UnknownTaskError(f"unknown task {event['task']!r}; known: 'calibrate', 'profile'")
     except Exception:
         store.put(event["key"], json.dumps({"error": traceback.format_exc()[-4000:]}).encode())
         raise
@@ -106,7 +106,7 @@ def _profile_here(model: str, micro_batches: Sequence[int], repeats: int) -> dic
 
     import jaxpipe
     from jaxpipe import models
-    from jaxpipe.profile import profile
+    from jaxpipe.staging.profiling import profile
 
     spec = models.get(model)
     variables = spec.init(jax.random.PRNGKey(0))
@@ -126,7 +126,7 @@ def run_on_functions(store: ObjectStore, events: dict[int, dict[str, Any]], clie
     """Invokes one task per memory size asynchronously and waits for every result.
 
     Raises:
-      JaxPipeError: a function reported an error, or no result came within `timeout_s`.
+      LaunchError: a function reported an error, or no result came within `timeout_s`.
     """
     client = client if client is not None else lambda_client()
     run = f"jobs/calibration-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}/"
@@ -139,19 +139,19 @@ def run_on_functions(store: ObjectStore, events: dict[int, dict[str, Any]], clie
                                InvocationType="Event",
                                Payload=json.dumps(payload, separators=(",", ":")).encode())
         if answer.get("StatusCode") != 202:
-            raise JaxPipeError(f"Lambda did not queue the {event['task']} task on "
+            raise LaunchError(f"Lambda did not queue the {event['task']} task on "
                                f"{function_name(memory_mb, function_prefix)}: {answer}")
     results = {}
     for memory_mb, key in keys.items():
         try:
             results[memory_mb] = json.loads(store.get(key, timeout=timeout_s))
         except TimeoutError:
-            raise JaxPipeError(
+            raise LaunchError(
                 f"no result from {function_name(memory_mb, function_prefix)} after {timeout_s} "
                 f"s; see `aws logs tail /aws/lambda/{function_name(memory_mb, function_prefix)}`"
             ) from None
         if "error" in results[memory_mb]:
-            raise JaxPipeError(f"the {memory_mb} MB function failed:\n"
+            raise LaunchError(f"the {memory_mb} MB function failed:\n"
                                f"{results[memory_mb]['error']}")
     return results
 

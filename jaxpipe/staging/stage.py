@@ -31,7 +31,8 @@ MODES = ("stash", "recompute")
 
 @dataclass(frozen=True)
 class TensorSpec:
-    """Shape and dtype of one array crossing a stage border; `differentiable` if it has a cotangent."""
+    """Shape and dtype of one array crossing a stage border; `differentiable` if it has a
+    cotangent."""
 
     shape: tuple[int, ...]
     dtype: str

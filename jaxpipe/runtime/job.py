@@ -37,7 +37,7 @@ class JobSpec:
       plan: `planners.Plan.to_dict()`.
       platform: `planners.Platform.to_dict()`: bandwidth, latency, prices.
       iterations: total iterations of the job.
-      optimizer: optax optimizer name (`jaxpipe.optim.OPTIMIZERS`), with `learning_rate`.
+      optimizer: optax optimizer name (`jaxpipe.runtime.optim.OPTIMIZERS`), with `learning_rate`.
       seed: seeds the data order and the dropout keys.
       num_samples, shard_size: the training set in the store.
       rng_names: PRNG collections the model takes (e.g. ["dropout"]).

@@ -21,8 +21,9 @@ from typing import Any
 import jax
 import numpy as np
 
-from jaxpipe.stage import StageSpec, build_stage
-from jaxpipe.trace import Traced
+from jaxpipe.errors import ProfileError
+from jaxpipe.staging.stage import StageSpec, build_stage
+from jaxpipe.staging.tracing import Traced
 from planners.profile import LayerProfile, ModelProfile
 
 __all__ = ["profile"]
@@ -54,7 +55,7 @@ def profile(
     except TypeError:
         sizes = []
     if not sizes or sizes[0] < 1:
-        raise ValueError(f"micro_batch_sizes must be positive integers; got {micro_batch_sizes}")
+        raise ProfileError(f"micro_batch_sizes must be positive integers; got {micro_batch_sizes}")
     per_layer: list[dict[str, Any]] = [
         {"fwd": {}, "bwd": {}, "saved": {}, "flops": {}} for _ in traced.layers]
     for i, layer in enumerate(traced.layers):

@@ -3,8 +3,8 @@
 `prepare` checks every input before any function starts (unknown names, a plan that does not
 fit the model, memory caps below the plan's own prediction, batches that do not divide), then
 traces, profiles (cached), plans, splits, exports and uploads the job. `train` runs it with
-`jaxpipe.driver.run_job` and writes the summary: losses, time and dollars per iteration measured
-against the cost model's and the simulator's predictions.
+`jaxpipe.runtime.driver.run_job` and writes the summary: losses, time and dollars per iteration
+measured against the cost model's and the simulator's predictions.
 """
 
 from __future__ import annotations
@@ -22,11 +22,19 @@ from typing import Any
 import jax
 import numpy as np
 
-from jaxpipe import checkpoint, dataset, models, optim
-from jaxpipe.driver import RunConfig, job_id, measured_dollars, run_job, steady_dollars
-from jaxpipe.errors import JaxPipeError
-from jaxpipe.job import JobSpec
-from jaxpipe.trace import trace
+from jaxpipe import models
+from jaxpipe.errors import (
+    JobExistsError,
+    PlanMismatchError,
+    PlatformError,
+    TiedParameterError,
+    UnknownModelError,
+    UnknownPlatformError,
+)
+from jaxpipe.runtime import checkpoint, dataset, optim
+from jaxpipe.runtime.driver import RunConfig, job_id, measured_dollars, run_job, steady_dollars
+from jaxpipe.runtime.job import JobSpec
+from jaxpipe.staging.tracing import trace
 from planners import (
     ModelProfile,
     Plan,
@@ -94,19 +102,19 @@ def open_store(location: str, endpoint_url: str | None = None) -> ObjectStore:
 def prepare(options: TrainOptions) -> Prepared:
     """Checks, traces, plans, splits and uploads a job; see the module docstring."""
     if options.model not in models.names():
-        raise JaxPipeError(f"unknown model {options.model!r}; choose one of {models.names()}")
+        raise UnknownModelError(f"unknown model {options.model!r}; choose one of {models.names()}")
     optimizer = optim.make(options.optimizer, options.learning_rate)
     if options.platform not in platforms.names():
-        raise JaxPipeError(
+        raise UnknownPlatformError(
             f"unknown platform {options.platform!r}; choose one of {platforms.names()}")
-    # aws-lambda runs ranks as Lambda invocations (jaxpipe.platforms.aws); they can only
+    # aws-lambda runs ranks as Lambda invocations (jaxpipe.runtime.platforms.aws); they can only
     # share an S3 bucket, never a directory of this machine.
     if options.platform not in ("local", "aws-lambda"):
-        raise JaxPipeError(f"running on {options.platform!r} is not available yet; use "
-                           "--platform local or aws-lambda (other platforms: `jaxpipe plan`)")
+        raise PlatformError(f"running on {options.platform!r} is not available yet; use "
+                            "--platform local or aws-lambda (other platforms: `jaxpipe plan`)")
     if options.platform == "aws-lambda" and not options.store.startswith("s3://"):
-        raise JaxPipeError(f"--platform aws-lambda needs --store s3://<bucket> (the bucket "
-                           f"`jaxpipe deploy aws` set up), not {options.store!r}")
+        raise PlatformError(f"--platform aws-lambda needs --store s3://<bucket> (the bucket "
+                            f"`jaxpipe deploy aws` set up), not {options.store!r}")
     platform = platforms.get(options.platform, options.platform_file)
     spec = models.get(options.model, **options.model_overrides)
     variables = spec.init(jax.random.PRNGKey(options.seed))
@@ -140,8 +148,8 @@ def prepare(options: TrainOptions) -> Prepared:
         allreduce=options.allreduce, meta={"model_overrides": dict(options.model_overrides)})
     keys = job.keys
     if store.exists(keys.spec):
-        raise JaxPipeError(f"job {job.job_id} already exists in the store; resume it with "
-                           f"--resume {job.job_id} or choose another --job-id")
+        raise JobExistsError(f"job {job.job_id} already exists in the store; resume it with "
+                             f"--resume {job.job_id} or choose another --job-id")
     store.put(keys.bundle, staged.export(plan.micro_batch))
     dataset.write_shards(store, keys, [np.asarray(x) for x in jax.tree.leaves(data)],
                          job.shard_size)
@@ -183,7 +191,7 @@ def _launcher(spec: JobSpec, store: ObjectStore, options: TrainOptions) -> Any:
     platform = Platform.from_dict(spec.platform)
     if platform.name != "aws-lambda":
         return None
-    from jaxpipe.platforms.aws import AwsLambdaPlatform
+    from jaxpipe.runtime.platforms.aws import AwsLambdaPlatform
 
     return AwsLambdaPlatform(platform, store, function_prefix=options.function_prefix)
 
@@ -200,7 +208,8 @@ def training_data(spec: Any, options: TrainOptions) -> tuple[Any, Any]:
 
 def dataset_bytes(data: Any) -> float:
     """Bytes of a training set as stage 0's workers hold it: they keep every shard they read
-    (jaxpipe.dataset.ShardReader), which the planner counts (`Problem.cached_input_bytes`)."""
+    (`jaxpipe.runtime.dataset.ShardReader`), which the planner counts
+    (`Problem.cached_input_bytes`)."""
     return float(sum(np.asarray(a).nbytes for a in jax.tree.leaves(data)))
 
 
@@ -211,7 +220,7 @@ def first_rows(tree: Any, n: int) -> Any:
 
 def _problem(traced: Any, name: str, platform: Platform, options: TrainOptions,
              data_bytes: float) -> Problem:
-    from jaxpipe.profile import profile
+    from jaxpipe.staging.profiling import profile
 
     sizes = tuple(b for b in (1, 2, 4, 8, 16) if options.batch % b == 0)
     cache = profile_cache_path(options.profile_cache, name, options.model_overrides, sizes)
@@ -242,8 +251,9 @@ def _check_plan(plan: Plan, traced: Any, platform: Platform, options: TrainOptio
     """Every reason the plan cannot run, listed at once, before any function starts."""
     problems = []
     if plan.num_layers != len(traced.layers):
+        names = ", ".join(layer.name for layer in traced.layers)
         problems.append(f"the plan covers {plan.num_layers} layers; model {options.model} has "
-                        f"{len(traced.layers)} ({', '.join(layer.name for layer in traced.layers)})")
+                        f"{len(traced.layers)} ({names})")
     if plan.global_batch != options.batch:
         problems.append(f"the plan is for batch {plan.global_batch}, not --batch {options.batch}")
     for s, stage in enumerate(plan.stages):
@@ -257,7 +267,7 @@ def _check_plan(plan: Plan, traced: Any, platform: Platform, options: TrainOptio
             problems.append(f"stage {s}: the plan itself predicts {plan.peak_memory_mb[s]:.0f} MB "
                             f"peak, above its {stage.memory_mb} MB cap; choose more memory")
     if problems:
-        raise JaxPipeError("the plan cannot run:\n- " + "\n- ".join(problems))
+        raise PlanMismatchError("the plan cannot run:\n- " + "\n- ".join(problems))
 
 
 def _refuse_shared_parameters(stages: Any) -> None:
@@ -265,7 +275,7 @@ def _refuse_shared_parameters(stages: Any) -> None:
     for stage in stages:
         for path in stage.spec.param_paths:
             if path in owners:
-                raise JaxPipeError(
+                raise TiedParameterError(
                     f"parameter {path} is used by stages {owners[path]} and {stage.spec.index} "
                     "(tied weights); the distributed runtime needs each parameter in one stage: "
                     "cut elsewhere")

@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from jaxpipe.errors import CutError, TraceError
-from jaxpipe.pipeline import micro_batches, run_pipeline
-from jaxpipe.stage import MODES, StageProgram, build_stage
-from jaxpipe.trace import Traced, batch_size_of
+from jaxpipe.errors import CutError, VariablesError
+from jaxpipe.staging.batch import batch_size_of
+from jaxpipe.staging.bundle import export_bundle
+from jaxpipe.staging.reference import micro_batches, run_pipeline
+from jaxpipe.staging.stage import MODES, StageProgram, build_stage
 from jaxpipe.tree import flatten_paths
+
+if TYPE_CHECKING:  # tracing imports this module to split; at run time split needs no tracing
+    from jaxpipe.staging.tracing import Traced
 
 __all__ = ["Staged", "check_cuts"]
 
@@ -104,8 +108,6 @@ class Staged:
         `micro_batch` defaults to the batch size the model was traced with; a loaded bundle runs
         batches of any multiple of it.
         """
-        from jaxpipe.bundle import export_bundle
-
         return export_bundle(self, micro_batch or self.traced.batch_size)
 
 
@@ -121,7 +123,7 @@ def _by_path(tree: Any, prefix: str, paths: tuple[str, ...], what: str) -> dict[
     if flat.paths != paths:
         missing = sorted(set(paths) - set(flat.paths))
         extra = sorted(set(flat.paths) - set(paths))
-        raise TraceError(
+        raise VariablesError(
             f"{what} does not match the traced model: missing {missing[:5]}, unexpected "
             f"{extra[:5]}; pass variables shaped like the ones given to jaxpipe.trace"
         )

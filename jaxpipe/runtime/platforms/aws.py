@@ -26,8 +26,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from jaxpipe.errors import JaxPipeError
-from jaxpipe.job import Keys
+from jaxpipe.errors import EventTooLargeError, LaunchError
+from jaxpipe.runtime.job import Keys
 from planners import Platform
 from transports import KeyNotFound, ObjectStore
 
@@ -163,20 +163,20 @@ class AwsLambdaPlatform:
         """Invokes the rank's function asynchronously; returns once Lambda queued the event.
 
         Raises:
-          JaxPipeError: the event is too large for an asynchronous invocation, or Lambda did
-            not accept it (the message names the function and the answer).
+          EventTooLargeError: the event is too large for an asynchronous invocation.
+          LaunchError: Lambda did not accept it (the message names the function and the answer).
         """
         # The function's own link is real: never emulate bandwidth on top of it.
         event = {**event, "link": False, "launched_at": time.time()}
         payload = json.dumps(event, separators=(",", ":")).encode()
         if len(payload) > ASYNC_PAYLOAD_LIMIT:
-            raise JaxPipeError(f"the event of rank {event['rank']} is {len(payload)} bytes, "
+            raise EventTooLargeError(f"the event of rank {event['rank']} is {len(payload)} bytes, "
                                f"above the {ASYNC_PAYLOAD_LIMIT}-byte asynchronous limit; an "
                                "event must point into the store, not carry data")
         name = function_name(memory_mb, self.function_prefix)
         answer = self.client.invoke(FunctionName=name, InvocationType="Event", Payload=payload)
         if answer.get("StatusCode") != 202 or answer.get("FunctionError"):
-            raise JaxPipeError(f"Lambda did not queue rank {event['rank']} on {name}: "
+            raise LaunchError(f"Lambda did not queue rank {event['rank']} on {name}: "
                                f"{answer.get('StatusCode')} {answer.get('FunctionError', '')}; "
                                "check that `jaxpipe deploy aws` created this memory size")
         request_id = answer.get("ResponseMetadata", {}).get("RequestId", "?")

@@ -22,7 +22,7 @@ connections, masks, targets and keys that later layers read.
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,7 +30,9 @@ import jax
 import numpy as np
 
 from jaxpipe import _jax_compat as jc
-from jaxpipe.errors import BatchError, TraceError
+from jaxpipe.errors import BatchError, NoLayersError, TraceError, VariablesError
+from jaxpipe.staging.batch import batch_size_of, raw_key
+from jaxpipe.staging.split import Staged
 from jaxpipe.tree import Flat, flatten_paths
 
 __all__ = ["Layer", "Traced", "trace"]
@@ -111,7 +113,7 @@ class Traced:
         if not isinstance(batch, tuple | list) or len(batch) != 2:
             raise BatchError("batch must be a pair (inputs, targets); got " + type(batch).__name__)
         if "params" not in variables:
-            raise TraceError(
+            raise VariablesError(
                 f"variables has no 'params' collection (it has {sorted(variables)}); pass the "
                 "dict returned by model.init"
             )
@@ -169,14 +171,12 @@ class Traced:
 
     # -- splitting -----------------------------------------------------------------------------
 
-    def split(self, cuts: Any, modes: str | Any = "stash") -> Any:
+    def split(self, cuts: Sequence[int], modes: str | Sequence[str] = "stash") -> Staged:
         """Cuts the model into stages; `cuts` are the sorted layer indices where stages start.
 
         `modes` is `"stash"` (forward keeps residuals for backward) or `"recompute"` (forward
         keeps only its inputs; backward re-runs it), for all stages or one per stage.
         """
-        from jaxpipe.split import Staged
-
         return Staged(self, cuts, modes)
 
 
@@ -205,29 +205,6 @@ def trace(
       BatchError: the batch's leaves disagree on the batch size.
     """
     return Traced(model, variables, batch, loss_fn, rngs)
-
-
-def batch_size_of(batch: Any) -> int:
-    """The common leading size of every leaf of `batch`; a clear error if they disagree."""
-    sizes = {}
-    for path, leaf in jax.tree_util.tree_flatten_with_path(batch)[0]:
-        shape = np.shape(leaf)
-        sizes[jax.tree_util.keystr(path)] = shape[0] if shape else None
-    if not sizes:
-        raise BatchError("the batch has no arrays")
-    if len(set(sizes.values())) != 1 or None in sizes.values():
-        listing = ", ".join(f"{k or 'leaf'}: {v}" for k, v in sizes.items())
-        raise BatchError(
-            f"every leaf of the batch needs the same leading batch size; got {listing}"
-        )
-    return next(iter(sizes.values()))
-
-
-def raw_key(key: Any) -> jax.Array:
-    """A PRNG key as raw uint32 data (typed keys are unwrapped), the form stages pass around."""
-    if jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key):
-        return jax.random.key_data(key)
-    return jax.numpy.asarray(key)
 
 
 def _specs(leaves: tuple[Any, ...]) -> list[jax.ShapeDtypeStruct]:
@@ -299,9 +276,9 @@ def _layer_runs(jaxpr) -> tuple[list[tuple[int, int]], list[str]]:
     paths = [jc.scope_path(e) for e in eqns]
     roots = [p[0] for p in paths if len(p) >= 2]
     if not roots:
-        raise TraceError(
+        raise NoLayersError(
             "no equation of the traced loss lies under a submodule of the model, so there is "
-            "nothing to cut at. " + (TraceError.__doc__ or "").split("\n\n")[1].strip()
+            "nothing to cut at; put each block of the network in a named submodule"
         )
     root = max(set(roots), key=roots.count)
     keys = [p[1] if len(p) >= 2 and p[0] == root else None for p in paths]
