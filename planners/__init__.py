@@ -8,9 +8,9 @@ every plan is scored by one cost model (``planners.cost``) and can be replayed b
 
 from planners import cost, platforms, schedule, simulate, synthetic
 from planners.api import METHODS, pareto, plan
-from planners.coarsen import coarsen, expand_plan, groups_of
+from planners.coarsening import coarsen, expand_plan, groups_of
 from planners.errors import InfeasibleError, PlanError
-from planners.plan import Plan, StagePlan
+from planners.plans import Plan, StagePlan
 from planners.platforms import Platform
 from planners.problem import Objective, Problem
 from planners.profile import LayerProfile, ModelProfile

@@ -14,7 +14,7 @@ from planners.maxload import plan_maxload
 from planners.miqp import plan_miqp
 from planners.partition import plan_balanced, plan_uniform
 from planners.pipedream import plan_pipedream
-from planners.plan import Plan
+from planners.plans import Plan
 from planners.problem import Objective, Problem
 
 __all__ = ["METHODS", "pareto", "plan"]

@@ -29,7 +29,7 @@ from planners.bounds import (
 )
 from planners.candidates import Candidate, candidates
 from planners.cost import score
-from planners.plan import Plan, StagePlan
+from planners.plans import Plan, StagePlan
 from planners.problem import Problem
 
 __all__: list[str] = []  # internal to planners.miqp

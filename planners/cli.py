@@ -9,9 +9,9 @@ from pathlib import Path
 
 from planners import platforms
 from planners.api import METHODS, plan
-from planners.coarsen import coarsen, expand_plan
+from planners.coarsening import coarsen, expand_plan
 from planners.errors import PlanError
-from planners.plan import Plan
+from planners.plans import Plan
 from planners.problem import Objective, Problem
 from planners.profile import ModelProfile
 from planners.report import compare_table, plan_table

@@ -32,7 +32,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
 from planners.errors import PlanError
-from planners.plan import Plan
+from planners.plans import Plan
 from planners.problem import Problem
 
 __all__ = [

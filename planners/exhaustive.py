@@ -12,7 +12,7 @@ import time
 
 from planners.cost import StageModel, StageTerms, aggregate, score
 from planners.errors import InfeasibleError, PlanError
-from planners.plan import Plan, StagePlan
+from planners.plans import Plan, StagePlan
 from planners.problem import MODES, Problem
 
 __all__ = ["LIMIT", "plan_exhaustive"]

@@ -19,7 +19,7 @@ import time
 
 from planners.cost import StageModel, score
 from planners.errors import InfeasibleError
-from planners.plan import Plan, StagePlan
+from planners.plans import Plan, StagePlan
 from planners.problem import Problem
 
 __all__ = ["plan_maxload"]

@@ -43,7 +43,7 @@ from planners.bounds import _data, _time_caps
 from planners.candidates import Candidate, candidates, explain_infeasible
 from planners.cost import score
 from planners.errors import InfeasibleError
-from planners.plan import Plan, StagePlan
+from planners.plans import Plan, StagePlan
 from planners.problem import Problem
 
 if TYPE_CHECKING:

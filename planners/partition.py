@@ -13,10 +13,10 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
-from planners.coarsen import balance_weights, partition_min_max
+from planners.coarsening import balance_weights, partition_min_max
 from planners.cost import StageModel, StageTerms, aggregate, score
 from planners.errors import InfeasibleError
-from planners.plan import Plan, StagePlan
+from planners.plans import Plan, StagePlan
 from planners.problem import Problem
 from planners.profile import ModelProfile
 

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from planners.coarsen import groups_of
-from planners.plan import Plan
+from planners.coarsening import groups_of
+from planners.plans import Plan
 from planners.problem import Problem
 
 __all__ = ["compare_table", "plan_table"]

@@ -33,7 +33,7 @@ from typing import Any
 
 from planners._json import JsonMixin
 from planners.errors import PlanError
-from planners.plan import Plan
+from planners.plans import Plan
 from planners.problem import SCHEDULES
 
 __all__ = ["LANES", "Kind", "Schedule", "Task", "build", "lane_of"]

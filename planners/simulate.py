@@ -19,7 +19,7 @@ from typing import Any
 
 from planners.cost import StageTerms, plan_terms
 from planners.errors import PlanError
-from planners.plan import Plan
+from planners.plans import Plan
 from planners.problem import Problem
 from planners.schedule import Kind, Schedule, Task, build, lane_of
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 
 from planners.errors import PlanError
-from planners.plan import Plan
+from planners.plans import Plan
 from planners.profile import LayerProfile, ModelProfile
 
 __all__ = ["balance_weights", "coarsen", "expand_plan", "groups_of"]

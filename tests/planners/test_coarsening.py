@@ -5,7 +5,7 @@ from __future__ import annotations
 import itertools
 
 from planners import Plan, StagePlan, coarsen, expand_plan, groups_of, synthetic
-from planners.coarsen import balance_weights
+from planners.coarsening import balance_weights
 
 
 def test_coarsen_balances_and_records_groups() -> None:
