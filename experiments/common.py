@@ -45,11 +45,11 @@ PROFILES, RESULTS = ROOT / "profiles", ROOT / "results"
 MODELS = ("resnet101", "amoebanet18", "amoebanet36", "bert-large")
 LABELS = {"resnet101": "ResNet-101", "amoebanet18": "AmoebaNet-D(18,256)",
           "amoebanet36": "AmoebaNet-D(36,256)", "bert-large": "BERT-Large"}
-# The paper's published headline numbers [ABS2: FuncPipe, POMACS 2022 abstract, quoted in
-# ../shared/reference/funcpipe.md section 7.1]: against "state-of-the-art serverless training
-# frameworks" (LambdaML-style data parallelism and a hybrid parameter server, presumably).
+# The paper's published headline numbers (FuncPipe, Liu et al., POMACS 2022, abstract): against
+# "state-of-the-art serverless training frameworks" (LambdaML-style data parallelism and a
+# hybrid parameter server, presumably).
 PAPER = {"speedup": (1.3, 2.2), "cost_saving": (0.07, 0.77),
-         "source": "FuncPipe (POMACS 2022) abstract [ABS2], funcpipe.md section 7.1"}
+         "source": "FuncPipe (Liu et al., POMACS 2022), abstract"}
 CPU_SCALE = 1.0
 
 
