@@ -158,9 +158,11 @@ def _demo(args: argparse.Namespace) -> int:
 
     def unsplit(params):
         state = {k: v for k, v in variables.items() if k != "params"}
-        out = spec.module.apply({"params": params, **state}, batch[0], rngs=rngs,
-                                mutable=list(state) or False)
-        out = out[0] if state else out
+        if state:
+            out, _ = spec.module.apply({"params": params, **state}, batch[0], rngs=rngs,
+                                       mutable=list(state))
+        else:
+            out = spec.module.apply({"params": params}, batch[0], rngs=rngs)
         return spec.loss_fn(out, batch[1])
 
     ref_loss, ref_grads = jax.value_and_grad(unsplit)(variables["params"])
@@ -218,8 +220,12 @@ def _profile(args: argparse.Namespace) -> int:
     traced = jaxpipe.trace(spec.module, variables, batch, spec.loss_fn, rngs=rngs)
     with tqdm(total=len(traced.layers), desc=f"profiling {spec.name}", unit="layer",
               file=sys.stderr) as bar:
-        result = profile(traced, sizes, repeats=args.repeats, name=spec.name,
-                         progress=lambda msg: (bar.set_postfix_str(msg), bar.update()))
+
+        def progress(msg: str) -> None:
+            bar.set_postfix_str(msg)
+            bar.update()
+
+        result = profile(traced, sizes, repeats=args.repeats, name=spec.name, progress=progress)
     with open(args.output, "w") as f:
         json.dump(result.to_dict(), f, indent=1)
     print(f"wrote {args.output}: {len(result.layers)} layers of {spec.name}")

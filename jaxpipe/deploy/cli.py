@@ -37,7 +37,7 @@ def add_aws_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run_aws(args: argparse.Namespace, session: Any = None) -> int:
     """Image, role, functions and bucket, in that order; prints every change."""
-    import boto3
+    import boto3.session
     import jax
 
     from jaxpipe.deploy import aws
