@@ -52,7 +52,8 @@ def plan(problem: Problem, method: str = "miqp", **options: object) -> Plan:
     try:
         return _PLANNERS[method](problem, **options)
     except TypeError as err:
-        raise PlanError(f"method {method!r} does not take options {sorted(options)}: {err}")
+        raise PlanError(f"method {method!r} does not take options {sorted(options)}: "
+                        f"{err}") from err
 
 
 def pareto(problem: Problem, points: int = 8, method: str = "miqp",
@@ -68,7 +69,7 @@ def pareto(problem: Problem, points: int = 8, method: str = "miqp",
     cheapest = plan(dataclasses.replace(problem, objective=Objective.weighted(0.0)), method,
                     **options)
     found = [fastest, cheapest]
-    lo, hi = fastest.iteration_seconds, cheapest.iteration_seconds
+    lo, hi = _predicted(fastest)[0], _predicted(cheapest)[0]
     if hi > lo * (1 + 1e-9):
         for deadline in np.geomspace(lo, hi, points)[1:-1]:
             try:
@@ -77,9 +78,17 @@ def pareto(problem: Problem, points: int = 8, method: str = "miqp",
             except InfeasibleError:
                 continue
     frontier: list[Plan] = []
-    for p in sorted(found, key=lambda p: (p.iteration_seconds, p.iteration_dollars)):
-        if not frontier or p.iteration_dollars < frontier[-1].iteration_dollars * (1 - 1e-9):
+    for p in sorted(found, key=_predicted):
+        if not frontier or _predicted(p)[1] < _predicted(frontier[-1])[1] * (1 - 1e-9):
             frontier.append(p)
     return frontier
+
+
+def _predicted(p: Plan) -> tuple[float, float]:
+    """(seconds, dollars) per iteration of a plan a planner returned (always scored)."""
+    if p.iteration_seconds is None or p.iteration_dollars is None:
+        raise PlanError(f"plan from method {p.method!r} has no predictions; score it with "
+                        "planners.cost.score")
+    return p.iteration_seconds, p.iteration_dollars
 
 

@@ -61,9 +61,9 @@ def candidates(problem: Problem, micro_batch: int) -> list[Candidate]:
         for i in range(L):
             for j in range(i, L):
                 w = model.param_bytes(i, j)
-                stash = b * (model._stash[j + 1] - model._stash[i])
+                stash = b * model.stash_bytes_per_sample(i, j)
                 # lower bound on the peak that only grows with j: give up on longer intervals
-                floor_mb = (w * slots + (2 * w if d > 1 else 0) + stash) / MIB + model._fixed_mb
+                floor_mb = (w * slots + (2 * w if d > 1 else 0) + stash) / MIB + model.fixed_mb
                 if floor_mb > mems[-1]:
                     break
                 group = [Candidate(i, j, m, d, mode, t) for m in mems
@@ -78,9 +78,9 @@ def explain_infeasible(problem: Problem) -> InfeasibleError:
     """An InfeasibleError naming the layers no configuration can hold, with the memory each
     needs at its most frugal setting (largest d, smallest b, recompute) and the fix."""
     plat = problem.platform
-    worst = []
+    worst: list[tuple[int, str, float, int, int, str]] = []  # layer, name, MB, b, d, mode
     for layer_index, layer in enumerate(problem.profile.layers):
-        best = None
+        best: tuple[float, int, int, str] | None = None  # MB, b, d, mode
         for b in problem.valid_micro_batches:
             model = StageModel(problem, b)
             for d in problem.replicas_for(b):

@@ -29,7 +29,8 @@ def balance_weights(profile: ModelProfile, micro_batch: int = 4) -> list[float]:
 
 def _greedy(weights: list[float], cap: float) -> list[tuple[int, int]]:
     """Pack layers left to right into groups of weight <= cap (a single heavier layer alone)."""
-    groups, start, acc = [], 0, 0.0
+    groups: list[tuple[int, int]] = []
+    start, acc = 0, 0.0
     for i, w in enumerate(weights):
         if i > start and acc + w > cap:
             groups.append((start, i - 1))
@@ -66,10 +67,18 @@ def partition_min_max(weights: list[float], parts: int) -> list[tuple[int, int]]
     return groups
 
 
+def _common_keys(tables: list[dict[int, float]]) -> list[int]:
+    """Micro-batch sizes measured in every table, ascending."""
+    keys = set(tables[0])
+    for table in tables[1:]:
+        keys &= set(table)
+    return sorted(keys)
+
+
 def _merge(layers: tuple[LayerProfile, ...]) -> LayerProfile:
     first, last = layers[0], layers[-1]
-    common = set.intersection(*(set(x.fwd_seconds) for x in layers))
-    common_b = set.intersection(*(set(x.bwd_seconds) for x in layers))
+    common = _common_keys([x.fwd_seconds for x in layers])
+    common_b = _common_keys([x.bwd_seconds for x in layers])
     return LayerProfile(
         name=first.name if len(layers) == 1 else f"{first.name}..{last.name}",
         param_bytes=sum(x.param_bytes for x in layers),
@@ -77,8 +86,8 @@ def _merge(layers: tuple[LayerProfile, ...]) -> LayerProfile:
         boundary_bytes_per_sample=last.boundary_bytes_per_sample,
         fwd_alpha=sum(x.fwd_alpha for x in layers), fwd_beta=sum(x.fwd_beta for x in layers),
         bwd_alpha=sum(x.bwd_alpha for x in layers), bwd_beta=sum(x.bwd_beta for x in layers),
-        fwd_seconds={b: sum(x.fwd_seconds[b] for x in layers) for b in sorted(common)},
-        bwd_seconds={b: sum(x.bwd_seconds[b] for x in layers) for b in sorted(common_b)},
+        fwd_seconds={b: sum(x.fwd_seconds[b] for x in layers) for b in common},
+        bwd_seconds={b: sum(x.bwd_seconds[b] for x in layers) for b in common_b},
         flops_per_sample=sum(x.flops_per_sample for x in layers),
     )
 

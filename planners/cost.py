@@ -150,6 +150,15 @@ class StageModel:
         """Parameter bytes of layers first..last."""
         return self._par[last + 1] - self._par[first]
 
+    def stash_bytes_per_sample(self, first: int, last: int) -> float:
+        """Residual bytes per sample layers first..last keep for backward (stash mode)."""
+        return self._stash[last + 1] - self._stash[first]
+
+    @property
+    def fixed_mb(self) -> float:
+        """Memory every function spends before the model: runtime base + safety margin, MB."""
+        return self._fixed_mb
+
     def terms(self, first: int, last: int, memory_mb: int, replicas: int, mode: str = "stash",
               in_flight: int | None = None) -> StageTerms:
         """Terms of layers first..last (inclusive) on ``replicas`` functions of ``memory_mb``.
@@ -168,7 +177,7 @@ class StageModel:
         w = self.param_bytes(first, last)
         n = -(-self.M // replicas)
         held = n if in_flight is None else min(in_flight, n)
-        stash = b * (self._stash[last + 1] - self._stash[first])
+        stash = b * self.stash_bytes_per_sample(first, last)
         acts = held * stash if mode == "stash" else held * x_in + stash
         model = w * (2 + self.problem.optimizer_slots) + (2 * w if replicas > 1 else 0.0)
         cached = self.problem.cached_input_bytes if is_first else None
@@ -299,7 +308,7 @@ def peak_memory(plan: Plan, problem: Problem) -> tuple[float, ...]:
 
 def violations(plan: Plan, problem: Problem) -> list[str]:
     """Every rule of the problem the plan breaks (empty when the plan is valid)."""
-    out = []
+    out: list[str] = []
     options = problem.platform.memory_options_mb
     for s, (st, t) in enumerate(zip(plan.stages, plan_terms(plan, problem), strict=True)):
         if t.peak_mb > st.memory_mb:

@@ -38,9 +38,9 @@ def plan_data_parallel(problem: Problem) -> Plan:
                 continue
             plan = score(Plan((StagePlan(0, L - 1, m, d, fit[0]),), b, problem.global_batch),
                          problem)
-            if best is None or plan.objective_value < best.objective_value:
+            if best is None or plan.objective_or_inf < best.objective_or_inf:
                 best = plan
-    if best is None or not math.isfinite(best.objective_value):
+    if best is None or not math.isfinite(best.objective_or_inf):
         why = (f"the whole model needs at least {need:.0f} MB but the largest option is {m} MB"
                if best is None else f"no (b, d) meets '{problem.objective.describe()}'")
         raise InfeasibleError(f"data-parallel: {why}; fix: use a pipeline method "

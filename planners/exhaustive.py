@@ -51,7 +51,9 @@ def plan_exhaustive(problem: Problem, limit: int = LIMIT) -> Plan:
                     if (t := model.terms(i, j, m, d, mode)).peak_mb <= m]
 
         def walk(start: int, chosen: list[tuple[StagePlan, StageTerms]], used: int,
-                 b: int = b, options: dict = options) -> None:
+                 b: int = b,
+                 options: dict[tuple[int, int], list[tuple[StagePlan, StageTerms]]] = options,
+                 ) -> None:
             nonlocal best, count
             if start == L:
                 count += 1

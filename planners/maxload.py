@@ -37,7 +37,7 @@ def plan_maxload(problem: Problem) -> Plan:
     for b in problem.valid_micro_batches:
         model = StageModel(problem, b)
         for m in problem.platform.memory_options_mb:
-            load = {}
+            load: dict[tuple[int, int], tuple[float, str]] = {}  # (i, j) -> (load, mode)
             for i in range(L):
                 for j in range(i, L):
                     fit = model.fit(i, j, m, 1)
@@ -45,30 +45,35 @@ def plan_maxload(problem: Problem) -> Plan:
                         t = fit[1]
                         load[i, j] = (t.fwd + t.bwd + t.act_up + t.act_down + t.grad_up
                                       + t.grad_down, fit[0])
+            # B[j][s]: least max-load of layers 0..j-1 on s stages; back[j, s]: the last stage
+            # of that optimum, (first layer i, mode)
             S = min(L, N)
-            B = [[(math.inf, None)] * (S + 1) for _ in range(L + 1)]
-            B[0][0] = (0.0, None)
+            B = [[math.inf] * (S + 1) for _ in range(L + 1)]
+            B[0][0] = 0.0
+            back: dict[tuple[int, int], tuple[int, str]] = {}
             for s in range(1, S + 1):
                 for j in range(1, L + 1):
                     for i in range(j):
                         entry = load.get((i, j - 1))
-                        if entry is None or B[i][s - 1][0] == math.inf:
+                        if entry is None or B[i][s - 1] == math.inf:
                             continue
-                        val = max(B[i][s - 1][0], entry[0])
-                        if val < B[j][s][0]:
-                            B[j][s] = (val, (i, entry[1]))
-            s = min(range(S + 1), key=lambda k: B[L][k][0])
-            if B[L][s][0] == math.inf:
+                        val = max(B[i][s - 1], entry[0])
+                        if val < B[j][s]:
+                            B[j][s] = val
+                            back[j, s] = (i, entry[1])
+            s = min(range(S + 1), key=lambda k: B[L][k])
+            if B[L][s] == math.inf:
                 continue
-            stages, j = [], L
+            stages: list[StagePlan] = []
+            j = L
             while j > 0:
-                i, mode = B[j][s][1]
+                i, mode = back[j, s]
                 stages.append(StagePlan(i, j - 1, m, 1, mode))
                 j, s = i, s - 1
             plan = score(Plan(tuple(stages[::-1]), b, problem.global_batch), problem)
-            if best is None or plan.objective_value < best.objective_value:
+            if best is None or plan.objective_or_inf < best.objective_or_inf:
                 best = plan
-    if best is None or not math.isfinite(best.objective_value):
+    if best is None or not math.isfinite(best.objective_or_inf):
         raise InfeasibleError(
             f"maxload: no memory size of {problem.platform.name!r} holds a d = 1 partition in "
             f"{N} functions meeting '{problem.objective.describe()}'; fix: use replication "

@@ -31,25 +31,27 @@ The exactness argument for every pruning rule is in planners/README.md.
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
-import scipy.sparse as sp
 
-from planners.bands import _plan_bands
-from planners.bounds import _data, _time_caps
+from planners._scipy import diags
+from planners.bands import incidence, plan_bands
+from planners.bounds import Incumbent, candidate_arrays, time_caps
 from planners.candidates import Candidate, candidates, explain_infeasible
 from planners.cost import score
 from planners.errors import InfeasibleError
 from planners.plans import Plan, StagePlan
-from planners.problem import Problem
+from planners.problem import Objective, Problem, inf_if_none
 
 if TYPE_CHECKING:
     import cvxpy as cp
+    from cvxpy.constraints.constraint import Constraint
 
-__all__ = ["Milp", "build", "plan_miqp", "solve"]
+__all__ = ["Milp", "MilpResult", "build", "plan_miqp", "reduce", "solve"]
 
 
 @dataclass
@@ -66,8 +68,30 @@ class Milp:
     objective_scale: float  # objective units -> problem objective value
 
 
+@dataclass(frozen=True)
+class MilpResult:
+    """What ``solve`` found.
+
+    Attributes:
+      status: ``optimal``, ``feasible`` (time limit, with a plan), ``timeout`` (no plan) or
+        ``infeasible``.
+      seconds: HiGHS wall time, s.
+      chosen: the chosen candidates in layer order (None without a plan).
+      objective: the plan's objective value (None without a plan).
+      bound: proven lower bound on the objective (inf when infeasible).
+      variables: candidates (x variables) in the MILP.
+    """
+
+    status: str
+    seconds: float
+    chosen: list[Candidate] | None
+    objective: float | None
+    bound: float
+    variables: int
+
+
 def build(problem: Problem, micro_batch: int, cands: list[Candidate],
-          incumbent: tuple[float, float] | None = None, relax: bool = False) -> Milp | None:
+          incumbent: Incumbent | None = None, relax: bool = False) -> Milp | None:
     """Build the MILP for ``micro_batch`` over ``cands``; None when bounds leave no candidate.
 
     ``incumbent`` is (seconds, dollars) of a known feasible plan: candidates that cannot be part
@@ -79,8 +103,8 @@ def build(problem: Problem, micro_batch: int, cands: list[Candidate],
     while True:  # bound, prune, repeat until no candidate is dropped
         if not cands:
             return None
-        c = _data(problem, cands)
-        t_lb, t_max = _time_caps(problem, L, c, incumbent)
+        c = candidate_arrays(problem, cands)
+        t_lb, t_max = time_caps(problem, L, c, incumbent)
         keep = np.isfinite(t_lb) & (t_lb <= t_max * (1 + 1e-9) + 1e-12)
         if keep.all():
             break
@@ -88,38 +112,32 @@ def build(problem: Problem, micro_batch: int, cands: list[Candidate],
     V = len(cands)
     # --- scaling: keep every coefficient near 1 for the solver's absolute tolerances
     t0 = float(max(np.median(t_lb), 1e-9))
-    c0 = float(max(np.median(c["rate"] * t_lb + c["req"]), 1e-15))
-    # --- data: incidence of candidates on chain nodes and on layers
-    cols = np.arange(V)
-    start = sp.csr_matrix((np.ones(V), (c["first"], cols)), shape=(L + 1, V))
-    end = sp.csr_matrix((np.ones(V), (c["last"] + 1, cols)), shape=(L + 1, V))
-    flow = (start - end)[:L]  # row 0: leaves the source; rows 1..L-1: conservation
+    c0 = float(max(np.median(c.rate * t_lb + c.req), 1e-15))
+    # --- data: incidence of candidates on chain nodes (flow) and on layers (cover)
+    flow, cover = incidence(L, c)
     rhs = np.zeros(L)
     rhs[0] = 1.0
-    lens = c["last"] - c["first"] + 1
-    rows = np.concatenate([np.arange(a, b + 1) for a, b in zip(c["first"], c["last"], strict=True)])
-    cover = sp.csr_matrix((np.ones(len(rows)), (rows, np.repeat(cols, lens))), shape=(L, V))
     # --- variables (paper symbols)
     x = cp.Variable(V, boolean=not relax, name="x")
     z = cp.Variable(V, nonneg=True, name="z")
     T, PF, PB, Y = (cp.Variable(nonneg=True, name=n) for n in ("T", "PF", "PB", "Y"))
     cap = np.minimum(t_max, 1e6 * t0) / t0
-    rate = (c["rate"] * t0 / c0)
-    cons = [
+    rate = (c.rate * t0 / c0)
+    cons: list[Constraint] = [
         flow @ x == rhs,  # (1) path
-        PF >= cover @ sp.diags(c["aF"] / t0) @ x,  # (2) bottlenecks, one row per layer
-        PB >= cover @ sp.diags(c["aB"] / t0) @ x,
-        Y >= cover @ sp.diags(c["tail"] / t0) @ x,
-        T >= (c["fill"] / t0) @ x + PF + PB + Y,  # (3) time
+        PF >= cover @ diags(c.a_fwd / t0) @ x,  # (2) bottlenecks, one row per layer
+        PB >= cover @ diags(c.a_bwd / t0) @ x,
+        Y >= cover @ diags(c.tail / t0) @ x,
+        T >= (c.fill / t0) @ x + PF + PB + Y,  # (3) time
         (flow @ z)[0] == T,  # (4) billing flow of value T
         (flow @ z)[1:] == 0,
         z <= cp.multiply(cap, x),
         z >= cp.multiply(np.minimum(t_lb / t0, cap), x),  # z_v = T x_v >= T_lb_v x_v
-        c["d"] @ x <= problem.max_functions,  # (5) functions
+        c.replicas @ x <= problem.max_functions,  # (5) functions
     ]
     if relax:
         cons += [x >= 0, x <= 1]  # cons[-2].dual_value: reduced cost of x at its lower bound
-    cost = rate @ z + (c["req"] / c0) @ x
+    cost = rate @ z + (c.req / c0) @ x
     obj = problem.objective
     if obj.kind == "weighted":
         objective, scale = cost + (obj.weight * t0 / c0) * T, c0
@@ -129,35 +147,46 @@ def build(problem: Problem, micro_batch: int, cands: list[Candidate],
             cons.append(cost <= obj.budget / c0)
     else:
         objective, scale = cost, c0
-        cons.append(T <= obj.deadline / t0)
+        cons.append(T <= inf_if_none(obj.deadline) / t0)
     return Milp(micro_batch, cands, cp.Problem(cp.Minimize(objective), cons), x, T, t0, c0,
                 scale)
 
 
-def solve(milp: Milp, time_limit: float = 60.0) -> dict[str, object]:
-    """Solve with HiGHS; returns status, chosen candidates, objective and dual bound."""
+def solve(milp: Milp, time_limit: float = 60.0) -> MilpResult:
+    """Solve with HiGHS within ``time_limit`` seconds."""
     import cvxpy as cp
 
     t = time.perf_counter()
-    milp.problem.solve(solver=cp.HIGHS, time_limit=time_limit, mip_rel_gap=1e-7,
-                       threads=1, output_flag=False)
+    value = _solve_on_highs(milp.problem, time_limit=time_limit, mip_rel_gap=1e-7, threads=1,
+                            output_flag=False)
     seconds = time.perf_counter() - t
-    info = milp.problem.solver_stats.extra_stats
+    stats: Any = milp.problem.solver_stats
+    info: Any = stats.extra_stats
     status = milp.problem.status
     has_solution = getattr(info, "primal_solution_status", 2) == 2  # kSolutionStatusFeasible
     if milp.x.value is None or not has_solution or status in (cp.INFEASIBLE,
                                                               cp.INFEASIBLE_INACCURATE):
         timed_out = status not in (cp.INFEASIBLE, cp.INFEASIBLE_INACCURATE)
         dual = getattr(info, "mip_dual_bound", -np.inf) if timed_out else np.inf
-        return {"status": "timeout" if timed_out else "infeasible", "seconds": seconds,
-                "chosen": None, "objective": None, "bound": dual * milp.objective_scale}
+        return MilpResult("timeout" if timed_out else "infeasible", seconds, None, None,
+                          dual * milp.objective_scale, len(milp.cands))
     chosen = sorted((c for c, v in zip(milp.cands, milp.x.value, strict=True) if v > 0.5),
                     key=lambda c: c.first)
-    bound = getattr(info, "mip_dual_bound", milp.problem.value) * milp.objective_scale
-    return {"status": "optimal" if status == cp.OPTIMAL else "feasible", "seconds": seconds,
-            "chosen": chosen, "objective": milp.problem.value * milp.objective_scale,
-            "bound": min(bound, milp.problem.value * milp.objective_scale),
-            "variables": len(milp.cands)}
+    bound = getattr(info, "mip_dual_bound", value) * milp.objective_scale
+    return MilpResult("optimal" if status == cp.OPTIMAL else "feasible", seconds, chosen,
+                      value * milp.objective_scale,
+                      min(bound, value * milp.objective_scale), len(milp.cands))
+
+
+def _solve_on_highs(problem: cp.Problem, **options: float | bool) -> float:
+    """Run HiGHS on a cvxpy problem; returns its objective value (nan when it has none).
+
+    cvxpy leaves ``Problem.solve`` and ``Problem.value`` unannotated; this is their one use."""
+    import cvxpy as cp
+
+    problem.solve(solver=cp.HIGHS, **options)  # pyright: ignore[reportUnknownMemberType]
+    value = cast(float | None, problem.value)  # pyright: ignore[reportUnknownMemberType]
+    return math.nan if value is None else float(value)
 
 
 def plan_miqp(problem: Problem, time_limit: float = 60.0, incumbent: Plan | None = None,
@@ -179,28 +208,42 @@ def plan_miqp(problem: Problem, time_limit: float = 60.0, incumbent: Plan | None
     if incumbent is None:
         incumbent = _heuristic_incumbent(problem)
     if bands:
-        best, lower, log = _plan_bands(problem, time_limit, incumbent)
-        if best is None:
-            raise _objective_infeasible(problem, time_limit)
-        value = best.objective_value
-        gap = 0.0 if lower >= value * (1 - 1e-7) else float(
-            (value - lower) / max(abs(value), 1e-300))
-        return score(best, problem, method="miqp", solve_seconds=time.perf_counter() - t_start,
-                     gap=gap, status="optimal" if gap <= 1e-6 else "feasible",
-                     meta={"milps": log, "incumbent": getattr(incumbent, "method", None)})
-    inc = (incumbent.iteration_seconds, incumbent.iteration_dollars) if incumbent else None
-    best: Plan | None = incumbent
-    lower, log = np.inf, []
-    order = sorted(problem.valid_micro_batches, key=lambda b: b != getattr(best, "micro_batch", 0))
-    for b in order:
+        best, lower, log = plan_bands(problem, time_limit, incumbent)
+    else:
+        best, lower, log = _plan_single_milps(problem, time_limit, incumbent)
+    if best is None:
+        raise _objective_infeasible(problem, time_limit)
+    gap = _gap(best.objective_or_inf, lower)
+    return score(best, problem, method="miqp", solve_seconds=time.perf_counter() - t_start,
+                 gap=gap, status="optimal" if gap <= 1e-6 else "feasible",
+                 meta={"milps": log, "incumbent": getattr(incumbent, "method", None)})
+
+
+def _gap(value: float, lower: float) -> float:
+    """Proven relative gap of a plan worth ``value`` when every plan is worth >= ``lower``."""
+    if lower >= value * (1 - 1e-7):
+        return 0.0
+    return float((value - lower) / max(abs(value), 1e-300))
+
+
+def _plan_single_milps(problem: Problem, time_limit: float, incumbent: Plan | None,
+                       ) -> tuple[Plan | None, float, list[dict[str, object]]]:
+    """One cvxpy MILP per micro-batch size (the incumbent's first), after LP reduced-cost
+    fixing. Returns (best plan, proven lower bound on the optimum, log)."""
+    inc = _incumbent_of(incumbent)
+    best = incumbent
+    lower = np.inf
+    log: list[dict[str, object]] = []
+    first = best.micro_batch if best is not None else 0
+    for b in sorted(problem.valid_micro_batches, key=lambda b: b != first):
         cands = candidates(problem, b)
         entry: dict[str, object] = {"micro_batch": b, "candidates": len(cands)}
         log.append(entry)
         z_lp = -np.inf
-        if inc is not None and cands:
+        if inc is not None and best is not None and cands:
             cands, z_lp = reduce(problem, b, cands, inc)
             entry["lp_bound"] = z_lp
-            if not cands or z_lp >= best.objective_value * (1 - 1e-9):
+            if not cands or z_lp >= best.objective_or_inf * (1 - 1e-9):
                 entry["status"] = "pruned by LP bound"
                 lower = min(lower, z_lp)
                 continue
@@ -209,51 +252,48 @@ def plan_miqp(problem: Problem, time_limit: float = 60.0, incumbent: Plan | None
             entry["status"] = "pruned by bounds"
             continue
         res = solve(milp, time_limit)
-        entry.update(status=res["status"], variables=len(milp.cands),
-                     seconds=round(res["seconds"], 4))
-        lower = min(lower, max(res["bound"], z_lp))  # the LP bound holds when HiGHS has none
-        if res["chosen"] is None:
+        entry.update(status=res.status, variables=len(milp.cands), seconds=round(res.seconds, 4))
+        lower = min(lower, max(res.bound, z_lp))  # the LP bound holds when HiGHS has none
+        if res.chosen is None:
             continue
         stages = tuple(StagePlan(c.first, c.last, c.memory_mb, c.replicas, c.mode)
-                       for c in res["chosen"])
+                       for c in res.chosen)
         plan = score(Plan(stages, b, problem.global_batch, "funcpipe"), problem)
-        if best is None or plan.objective_value < best.objective_value:
+        if best is None or plan.objective_or_inf < best.objective_or_inf:
             best = plan
-            inc = (plan.iteration_seconds, plan.iteration_dollars)
-    if best is None:
-        raise _objective_infeasible(problem, time_limit)
-    value = best.objective_value
-    gap = 0.0 if lower >= value * (1 - 1e-7) else float((value - lower) / max(abs(value), 1e-300))
-    status = "optimal" if gap <= 1e-6 else "feasible"
-    return score(best, problem, method="miqp", solve_seconds=time.perf_counter() - t_start,
-                 gap=gap, status=status, meta={"milps": log, "incumbent": getattr(
-                     incumbent, "method", None)})
+            inc = _incumbent_of(plan)
+    return best, lower, log
+
+
+def _incumbent_of(plan: Plan | None) -> Incumbent | None:
+    if plan is None or plan.iteration_seconds is None or plan.iteration_dollars is None:
+        return None
+    return Incumbent(plan.iteration_seconds, plan.iteration_dollars)
 
 
 def _heuristic_incumbent(problem: Problem) -> Plan | None:
     """Best of the fast rivals, used to prune; None when none finds a feasible plan."""
     from planners.partition import plan_balanced, plan_uniform
 
-    plans = []
+    plans: list[Plan] = []
     for rival in (plan_balanced, plan_uniform):  # pipedream costs seconds and rarely helps
         try:
             plans.append(rival(problem))
         except InfeasibleError:
             pass
-    plans = [p for p in plans if p.objective_value is not None and np.isfinite(
-        p.objective_value)]
-    return min(plans, key=lambda p: p.objective_value) if plans else None
+    plans = [p for p in plans if np.isfinite(p.objective_or_inf)]
+    return min(plans, key=lambda p: p.objective_or_inf) if plans else None
 
 
 def _objective_infeasible(problem: Problem, time_limit: float) -> InfeasibleError:
     obj = problem.objective
     if obj.kind == "deadline":
-        fastest = plan_miqp(replace(problem, objective=type(obj)("budget")), time_limit)
+        fastest = plan_miqp(replace(problem, objective=Objective("budget")), time_limit)
         return InfeasibleError(
             f"no plan meets the deadline of {obj.deadline:g} s per iteration; the fastest plan "
             f"takes {fastest.iteration_seconds:.4g} s; fix: raise the deadline to at least that")
     if obj.kind == "budget":
-        cheapest = plan_miqp(replace(problem, objective=type(obj)("weighted", weight=0.0)),
+        cheapest = plan_miqp(replace(problem, objective=Objective("weighted", weight=0.0)),
                              time_limit)
         return InfeasibleError(
             f"no plan costs at most the budget of {obj.budget:g} per iteration; the cheapest "
@@ -262,7 +302,7 @@ def _objective_infeasible(problem: Problem, time_limit: float) -> InfeasibleErro
 
 
 def reduce(problem: Problem, micro_batch: int, cands: list[Candidate],
-           incumbent: tuple[float, float]) -> tuple[list[Candidate], float]:
+           incumbent: Incumbent) -> tuple[list[Candidate], float]:
     """Reduced-cost fixing: drop candidates no plan better than ``incumbent`` can use.
 
     Solves the LP relaxation (bound z_LP) and reads the reduced cost r_v of every x_v from the
@@ -274,10 +314,9 @@ def reduce(problem: Problem, micro_batch: int, cands: list[Candidate],
     milp = build(problem, micro_batch, cands, incumbent, relax=True)
     if milp is None:
         return [], np.inf
-    milp.problem.solve(solver=cp.HIGHS, threads=1, output_flag=False)
+    z_lp = _solve_on_highs(milp.problem, threads=1, output_flag=False)
     if milp.problem.status not in (cp.OPTIMAL, cp.OPTIMAL_INACCURATE):
         return ([], np.inf) if milp.problem.status == cp.INFEASIBLE else (milp.cands, -np.inf)
-    z_lp = milp.problem.value
     reduced = np.asarray(milp.problem.constraints[-2].dual_value).reshape(-1)
     limit = problem.objective.value(*incumbent) / milp.objective_scale
     slack = 1e-6 * max(abs(limit), 1.0)

@@ -29,7 +29,8 @@ def uniform_cuts(profile: ModelProfile, stages: int, micro_batch: int) -> Partit
     """S stages of equal layer counts (the first L mod S stages get one more), inclusive."""
     L = profile.num_layers
     size, extra = divmod(L, stages)
-    out, start = [], 0
+    out: Partition = []
+    start = 0
     for s in range(stages):
         n = size + (s < extra)
         out.append((start, start + n - 1))
@@ -59,8 +60,8 @@ def best_homogeneous(problem: Problem, rule: Callable[[ModelProfile, int, int], 
                 if S * d > problem.max_functions:
                     break
                 for m in problem.platform.memory_options_mb:
-                    fits = [model.fit(i, j, m, d) for i, j in parts]
-                    if any(f is None for f in fits):
+                    fits = [f for i, j in parts if (f := model.fit(i, j, m, d)) is not None]
+                    if len(fits) < len(parts):
                         continue
                     terms: list[StageTerms] = [f[1] for f in fits]
                     seconds, dollars = aggregate(terms, problem)

@@ -39,7 +39,7 @@ def plan_pipedream(problem: Problem) -> Plan:
         model = StageModel(problem, b)
         reps = problem.replicas_for(b)
         for m in problem.platform.memory_options_mb:
-            stage = {}
+            stage: dict[tuple[int, int, int], tuple[float, str]] = {}  # (i, j, d) -> (time, mode)
             for i in range(L):
                 for j in range(i, L):
                     for d in reps:
@@ -49,9 +49,11 @@ def plan_pipedream(problem: Problem) -> Plan:
                             k = model.M / d
                             stage[i, j, d] = (max(k * (t.fwd + t.bwd), k * (t.act_up + t.grad_up),
                                                   k * (t.act_down + t.grad_down)) + t.sync, fit[0])
-            # A[j][n]: best bottleneck for layers 0..j-1 on exactly n functions, with backpointer
-            A = [[(math.inf, None)] * (N + 1) for _ in range(L + 1)]
-            A[0][0] = (0.0, None)
+            # A[j][n]: best bottleneck for layers 0..j-1 on exactly n functions; back[j, n]: the
+            # last stage of that optimum, (first layer i, replicas d, mode)
+            A = [[math.inf] * (N + 1) for _ in range(L + 1)]
+            A[0][0] = 0.0
+            back: dict[tuple[int, int], tuple[int, int, str]] = {}
             for j in range(1, L + 1):
                 for i in range(j):
                     for d in reps:
@@ -59,23 +61,25 @@ def plan_pipedream(problem: Problem) -> Plan:
                         if entry is None:
                             continue
                         for n in range(d, N + 1):
-                            prev = A[i][n - d][0]
+                            prev = A[i][n - d]
                             if prev < math.inf:
                                 val = max(prev, entry[0])
-                                if val < A[j][n][0]:
-                                    A[j][n] = (val, (i, d, entry[1]))
+                                if val < A[j][n]:
+                                    A[j][n] = val
+                                    back[j, n] = (i, d, entry[1])
             for n in range(1, N + 1):
-                if A[L][n][0] == math.inf:
+                if A[L][n] == math.inf:
                     continue
-                stages, j, k = [], L, n
+                stages: list[StagePlan] = []
+                j, k = L, n
                 while j > 0:
-                    i, d, mode = A[j][k][1]
+                    i, d, mode = back[j, k]
                     stages.append(StagePlan(i, j - 1, m, d, mode))
                     j, k = i, k - d
                 plan = score(Plan(tuple(stages[::-1]), b, problem.global_batch), problem)
-                if best is None or plan.objective_value < best.objective_value:
+                if best is None or plan.objective_or_inf < best.objective_or_inf:
                     best = plan
-    if best is None or not math.isfinite(best.objective_value):
+    if best is None or not math.isfinite(best.objective_or_inf):
         raise InfeasibleError(
             f"pipedream: no homogeneous-memory partition fits {problem.platform.max_memory_mb} MB "
             f"within {N} functions while meeting '{obj.describe()}'; fix: relax the limits")

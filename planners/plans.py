@@ -6,6 +6,7 @@ Layer ranges are inclusive: a stage holds layers ``first_layer .. last_layer``.
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -79,12 +80,12 @@ class Plan(JsonMixin):
     solve_seconds: float = 0.0
     gap: float | None = None
     status: str = "heuristic"
-    meta: dict[str, Any] = field(default_factory=dict, hash=False, compare=False)
+    meta: dict[str, Any] = field(default_factory=dict[str, Any], hash=False, compare=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "stages", tuple(self.stages))
         object.__setattr__(self, "peak_memory_mb", tuple(self.peak_memory_mb))
-        problems = []
+        problems: list[str] = []
         if not self.stages:
             problems.append("a plan needs at least one stage")
         expected = 0
@@ -105,6 +106,12 @@ class Plan(JsonMixin):
             problems.append(f"schedule {self.schedule!r} unknown; choose one of {SCHEDULES}")
         if problems:
             raise PlanError("invalid plan:\n" + "\n".join(f"  - {p}" for p in problems))
+
+    @property
+    def objective_or_inf(self) -> float:
+        """``objective_value``, or +inf when the plan has not been scored (so an unscored plan
+        never beats a scored one)."""
+        return math.inf if self.objective_value is None else self.objective_value
 
     @property
     def cuts(self) -> tuple[int, ...]:

@@ -66,11 +66,11 @@ class Platform(JsonMixin):
     max_concurrency: int = 1000
     runtime_base_mb: float = 400.0
     safety_margin_mb: float = 200.0
-    cpu_table: dict[int, float] = field(default_factory=dict, hash=False)
+    cpu_table: dict[int, float] = field(default_factory=dict[int, float], hash=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "memory_options_mb", tuple(sorted(self.memory_options_mb)))
-        problems = []
+        problems: list[str] = []
         if not self.memory_options_mb or min(self.memory_options_mb) <= 0:
             problems.append(f"memory_options_mb must be positive, got {self.memory_options_mb}")
         for name in ("uplink_bytes_per_s", "downlink_bytes_per_s", "max_cpus"):

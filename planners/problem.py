@@ -74,7 +74,7 @@ class Objective(JsonMixin):
         if self.kind == "budget" and self.budget is not None:
             return dollars <= self.budget * (1 + rel_tol)
         if self.kind == "deadline":
-            return seconds <= self.deadline * (1 + rel_tol)
+            return seconds <= inf_if_none(self.deadline) * (1 + rel_tol)
         return True
 
     def describe(self) -> str:
@@ -136,7 +136,7 @@ class Problem(JsonMixin):
     def __post_init__(self) -> None:
         object.__setattr__(self, "micro_batches", tuple(sorted(set(self.micro_batches))))
         object.__setattr__(self, "replica_options", tuple(sorted(set(self.replica_options))))
-        problems = []
+        problems: list[str] = []
         if self.global_batch < 1:
             problems.append(f"global_batch must be >= 1, got {self.global_batch}")
         if not self.micro_batches or min(self.micro_batches) < 1:

@@ -42,8 +42,8 @@ class LayerProfile(JsonMixin):
     fwd_beta: float
     bwd_alpha: float
     bwd_beta: float
-    fwd_seconds: dict[int, float] = field(default_factory=dict, hash=False)
-    bwd_seconds: dict[int, float] = field(default_factory=dict, hash=False)
+    fwd_seconds: dict[int, float] = field(default_factory=dict[int, float], hash=False)
+    bwd_seconds: dict[int, float] = field(default_factory=dict[int, float], hash=False)
     flops_per_sample: float = 0.0
 
     def __post_init__(self) -> None:
@@ -107,7 +107,7 @@ class ModelProfile(JsonMixin):
     input_bytes_per_sample: float
     reference_cpus: float
     dtype_bytes: int = 4
-    meta: dict[str, Any] = field(default_factory=dict, hash=False)
+    meta: dict[str, Any] = field(default_factory=dict[str, Any], hash=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "layers", tuple(self.layers))

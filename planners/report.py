@@ -37,7 +37,7 @@ def plan_table(plan: Plan, problem: Problem) -> str:
 def compare_table(results: dict[str, Plan | str], problem: Problem) -> str:
     """One row per method: time, cost, objective, ratio to the best, functions, solve time;
     a string value is shown as that method's error."""
-    values = [p.objective_value for p in results.values() if isinstance(p, Plan)]
+    values = [p.objective_or_inf for p in results.values() if isinstance(p, Plan)]
     best = min(values) if values else float("nan")
     cur = problem.platform.currency
     head = f"{'method':<14}{'s/iter':>9}{cur + '/iter':>12}{'objective':>12}{'ratio':>8}" \
@@ -49,7 +49,7 @@ def compare_table(results: dict[str, Plan | str], problem: Problem) -> str:
                         f"{'-':>9}  {p}")
             continue
         rows.append(f"{name:<14}{p.iteration_seconds:>9.3f}{p.iteration_dollars:>12.6f}"
-                    f"{p.objective_value:>12.6g}{p.objective_value / best:>8.3f}"
+                    f"{p.objective_value:>12.6g}{p.objective_or_inf / best:>8.3f}"
                     f"{len(p.stages):>7}{p.num_functions:>6}{p.micro_batch:>4}"
                     f"{p.solve_seconds:>9.2f}  {p.status}")
     return "\n".join(rows)

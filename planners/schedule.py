@@ -143,7 +143,7 @@ def build(plan_or_stage_replicas: Plan | Sequence[int], num_micro_batches: int |
     if not num_micro_batches or num_micro_batches < 1 or not reps or min(reps) < 1:
         raise PlanError(f"need M >= 1 and every d_s >= 1, got M={num_micro_batches}, d={reps}")
     starts = [sum(reps[:s]) for s in range(len(reps))]
-    rows = []
+    rows: list[tuple[Task, ...]] = []
     for s, d in enumerate(reps):
         for r in range(d):
             owned = list(range(r, num_micro_batches, d))

@@ -86,7 +86,8 @@ def replay(schedule: Schedule, terms: list[StageTerms]) -> SimResult:
     """Replay ``schedule`` with the per-stage durations ``terms[s]``."""
     R = schedule.num_ranks
     # queues[rank][lane] = task indices in list order; SYNC sits in both storage lanes.
-    queues = [{"compute": [], "upload": [], "download": []} for _ in range(R)]
+    queues: list[dict[str, list[int]]] = [{"compute": [], "upload": [], "download": []}
+                                          for _ in range(R)]
     for rank, row in enumerate(schedule.tasks):
         for i, task in enumerate(row):
             lane = lane_of(task.kind)
@@ -109,7 +110,7 @@ def replay(schedule: Schedule, terms: list[StageTerms]) -> SimResult:
             need.append((rank, key[(rank, Kind.FWD if k == Kind.SEND_ACT else Kind.BWD, m)]))
         elif k == Kind.RECV_ACT and task.peer is not None:
             need.append((task.peer, key[(task.peer, Kind.SEND_ACT, m)]))
-        elif k == Kind.RECV_GRAD:
+        elif k == Kind.RECV_GRAD and task.peer is not None:
             need.append((task.peer, key[(task.peer, Kind.SEND_GRAD, m)]))
         elif k == Kind.BWD:
             prev = Kind.RECV_GRAD if (rank, Kind.RECV_GRAD, m) in key else Kind.FWD
@@ -121,9 +122,15 @@ def replay(schedule: Schedule, terms: list[StageTerms]) -> SimResult:
         elif k == Kind.SYNC:
             first = schedule.rank(s, 0)
             for peer in range(first, first + schedule.stage_replicas[s]):
-                need += [(peer, i) for i, t in enumerate(schedule.tasks[peer]) if t.kind == Kind.BWD]
-        ends = [done.get(n) for n in need]
-        return None if any(e is None for e in ends) else max(ends, default=0.0)
+                need += [(peer, i) for i, t in enumerate(schedule.tasks[peer])
+                         if t.kind == Kind.BWD]
+        ends: list[float] = []
+        for n in need:
+            end = done.get(n)
+            if end is None:
+                return None
+            ends.append(end)
+        return max(ends, default=0.0)
 
     def run(rank: int, index: int, lanes: tuple[str, ...], start: float) -> None:
         task = schedule.tasks[rank][index]
