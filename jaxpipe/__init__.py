@@ -6,6 +6,8 @@ functions. The compile side lives in `jaxpipe.staging`, the runtime in `jaxpipe.
 (`docs/design.md` draws the house); every error is in `jaxpipe.errors`.
 """
 
+from typing import TYPE_CHECKING
+
 from jaxpipe.errors import (
     BatchError,
     BundleError,
@@ -21,6 +23,9 @@ from jaxpipe.staging.split import Staged
 from jaxpipe.staging.stage import StageProgram, StageSpec, TensorSpec
 from jaxpipe.staging.tracing import Layer, Traced, trace
 from planners import coarsen  # merges adjacent layers of a profile; the planners own it
+
+if TYPE_CHECKING:  # imported on first use by __getattr__ below
+    from jaxpipe.runtime.train import TrainOptions, train
 
 __all__ = [
     "BatchError",

@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypedDict
 
 from jaxpipe.errors import ModelConfigError, UnknownModelError
 from jaxpipe.models import amoebanet, bert, mlp, resnet
@@ -57,8 +57,20 @@ __all__ = [
     "names",
 ]
 
-_TINY_IMAGE = {"image_size": 32, "num_classes": 10}
-_TINY_BERT = {"vocab_size": 128, "max_positions": 16, "seq_len": 16, "dropout": 0.1}
+class _TinyImage(TypedDict):
+    image_size: int
+    num_classes: int
+
+
+class _TinyBert(TypedDict):
+    vocab_size: int
+    max_positions: int
+    seq_len: int
+    dropout: float
+
+
+_TINY_IMAGE: _TinyImage = {"image_size": 32, "num_classes": 10}
+_TINY_BERT: _TinyBert = {"vocab_size": 128, "max_positions": 16, "seq_len": 16, "dropout": 0.1}
 
 # name -> (spec builder, default config); every full config is followed by its tiny twin.
 _REGISTRY: dict[str, tuple[Callable[[str, Any], ModelSpec], Any]] = {
@@ -93,7 +105,7 @@ def names() -> tuple[str, ...]:
     return tuple(_REGISTRY)
 
 
-def get(name: str, **overrides: Any) -> ModelSpec:
+def get(name: str, **overrides: object) -> ModelSpec:
     """Returns the `ModelSpec` registered as `name`, with config fields replaced by `overrides`.
 
     Args:
@@ -105,8 +117,9 @@ def get(name: str, **overrides: Any) -> ModelSpec:
       ModelSpec: the model, its per-sample input spec, batch maker, loss and initialiser.
 
     Raises:
-      KeyError: `name` is not registered; the message lists the registered names.
-      TypeError: an override is not a field of the family's config; the message lists them.
+      UnknownModelError: `name` is not registered; the message lists the registered names.
+      ModelConfigError: an override is not a field of the family's config (the message lists
+        the fields), or the config's values do not fit together.
 
     Example:
       >>> spec = get("bert-base-tiny", seq_len=8)

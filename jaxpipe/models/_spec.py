@@ -15,16 +15,19 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
-from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import optax
 
+from jaxpipe import _jax_compat as jc
+from jaxpipe.tree import PyTree
+
 __all__: list[str] = []
 
-Inputs = Any  # an array, or a tuple of arrays (BERT: token ids and attention mask)
+Inputs = jax.Array | tuple[jax.Array, ...]  # an array, or a tuple (BERT: token ids and mask)
+InputSpec = jax.ShapeDtypeStruct | tuple[jax.ShapeDtypeStruct, ...]  # one sample of `Inputs`
 Sampler = Callable[[jax.Array, int], Inputs]
 
 _RUN_ONCE = {"xla_backend_optimization_level": 0}  # XLA options for programs that run once
@@ -61,13 +64,13 @@ class ModelSpec:
 
     name: str
     module: nn.Module
-    input_spec: Any
+    input_spec: InputSpec
     num_classes: int
     has_state: bool
     uses_dropout: bool
     sampler: Sampler = dataclasses.field(repr=False)
     loss_fn: Callable[[jax.Array, jax.Array], jax.Array] = cross_entropy_loss
-    config: Any = None
+    config: object = None
 
     def make_batch(self, key: jax.Array, batch_size: int) -> tuple[Inputs, jax.Array]:
         """Returns synthetic ``(inputs, targets)`` with a leading batch axis on every leaf."""
@@ -76,7 +79,7 @@ class ModelSpec:
         targets = jax.random.randint(k_targets, (batch_size,), 0, self.num_classes, jnp.int32)
         return inputs, targets
 
-    def init(self, key: jax.Array, batch_size: int = 1) -> dict[str, Any]:
+    def init(self, key: jax.Array, batch_size: int = 1) -> dict[str, PyTree]:
         """Returns the variables (``params``, and ``batch_stats`` if `has_state`).
 
         Traceable: ``jax.eval_shape(spec.init, key)`` sizes a full model without allocating it.
@@ -87,12 +90,12 @@ class ModelSpec:
         # runs once.
         module = self.module.clone(train=False)
 
-        def init(key: jax.Array) -> dict[str, Any]:
+        def init(key: jax.Array) -> dict[str, PyTree]:
             k_data, k_params = jax.random.split(key)
             inputs, _ = self.make_batch(k_data, batch_size)
             return dict(module.init(k_params, inputs))
 
-        if isinstance(key, jax.core.Tracer):  # under eval_shape or another transformation
+        if isinstance(key, jc.Tracer):  # under eval_shape or another transformation
             return init(key)
         return jax.jit(init, compiler_options=_RUN_ONCE)(key)
 
@@ -119,7 +122,9 @@ def feature_sampler(features: int) -> tuple[jax.ShapeDtypeStruct, Sampler]:
     return jax.ShapeDtypeStruct((features,), jnp.float32), sample
 
 
-def token_sampler(seq_len: int, vocab_size: int) -> tuple[Any, Sampler]:
+def token_sampler(
+    seq_len: int, vocab_size: int
+) -> tuple[tuple[jax.ShapeDtypeStruct, jax.ShapeDtypeStruct], Sampler]:
     """Input spec and sampler of ``(token_ids, attention_mask)``, both int32 (batch, seq_len).
 
     Each sequence has a random length in ``[1, seq_len]``: the mask is 1 on the first `length`

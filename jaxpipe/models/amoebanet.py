@@ -122,10 +122,13 @@ class CellOp(nn.Module):
         c, s, train = self.features, self.stride, self.train
         if self.op == "none":
             return x if s == 1 else FactorizedReduce(c, train=train)(x)
+        # Flax leaves the pools' `padding` unannotated, so pyright takes it for a str (from the
+        # default 'VALID'); Flax documents and accepts (low, high) pairs as well.
         if self.op == "avg_pool_3x3":
-            return nn.avg_pool(x, (3, 3), (s, s), ((1, 1), (1, 1)), count_include_pad=False)
+            return nn.avg_pool(x, (3, 3), (s, s), ((1, 1), (1, 1)),  # pyright: ignore[reportArgumentType]
+                               count_include_pad=False)
         if self.op == "max_pool_3x3":
-            return nn.max_pool(x, (3, 3), (s, s), ((1, 1), (1, 1)))
+            return nn.max_pool(x, (3, 3), (s, s), ((1, 1), (1, 1)))  # pyright: ignore[reportArgumentType]
         if self.op == "max_pool_2x2":
             return nn.max_pool(x, (2, 2), (s, s))
         if self.op == "conv_1x1":

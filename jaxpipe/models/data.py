@@ -28,7 +28,7 @@ def digits(
       y_test (n_test,) int32, with labels in 0..9.
 
     Raises:
-      ValueError: if `test_fraction` is not strictly between 0 and 1.
+      DatasetError: if `test_fraction` is not strictly between 0 and 1.
 
     Example:
       >>> x_train, y_train, x_test, y_test = digits()

@@ -63,7 +63,9 @@ class Stem(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         x = _ConvBN(self.features, 7, 2, train=self.train)(x)
-        return nn.max_pool(x, (3, 3), (2, 2), padding=_pad(3))
+        # Flax leaves max_pool's `padding` unannotated (pyright infers str from 'VALID'); Flax
+        # documents and accepts (low, high) pairs as well.
+        return nn.max_pool(x, (3, 3), (2, 2), padding=_pad(3))  # pyright: ignore[reportArgumentType]
 
 
 class BasicBlock(nn.Module):

@@ -1,21 +1,28 @@
-"""What a batch is to the stages: its common leading size, and PRNG keys as raw data.
+"""What a batch is to the stages: its type, its common leading size, and PRNG keys as raw data.
 
-Tracing, splitting and the bundle all need these two facts, so they live here, below all three.
+Tracing, splitting and the bundle all need these facts, so they live here, below all three.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Mapping
 
 import jax
 import numpy as np
 
 from jaxpipe.errors import BatchError
+from jaxpipe.tree import PyTree
 
-__all__ = ["batch_size_of", "raw_key"]
+__all__ = ["Batch", "Rngs", "batch_size_of", "raw_key"]
+
+Batch = tuple[PyTree, PyTree]
+"""`(inputs, targets)`: two pytrees whose leaves share a leading batch axis."""
+
+Rngs = Mapping[str, jax.Array]
+"""PRNG keys by Flax rng collection name, e.g. `{"dropout": key}`; typed or raw keys."""
 
 
-def batch_size_of(batch: Any) -> int:
+def batch_size_of(batch: Batch) -> int:
     """The common leading size of every leaf of `batch`; a clear error if they disagree."""
     sizes = {}
     for path, leaf in jax.tree_util.tree_flatten_with_path(batch)[0]:
@@ -31,8 +38,8 @@ def batch_size_of(batch: Any) -> int:
     return next(iter(sizes.values()))
 
 
-def raw_key(key: Any) -> jax.Array:
+def raw_key(key: jax.Array) -> jax.Array:
     """A PRNG key as raw uint32 data (typed keys are unwrapped), the form stages pass around."""
-    if jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key):
+    if jax.numpy.issubdtype(key.dtype, jax.dtypes.prng_key):
         return jax.random.key_data(key)
     return jax.numpy.asarray(key)

@@ -15,12 +15,13 @@ from __future__ import annotations
 import io
 import json
 import zipfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, TypedDict
 
 import jax
 from jax import export as jax_export
+from jax.stages import Wrapped
 
 from jaxpipe.errors import (
     BatchError,
@@ -29,17 +30,27 @@ from jaxpipe.errors import (
     RngError,
     VariablesError,
 )
-from jaxpipe.staging.batch import batch_size_of, raw_key
+from jaxpipe.staging.batch import Batch, Rngs, batch_size_of, raw_key
 from jaxpipe.staging.reference import micro_batches, run_pipeline
 from jaxpipe.staging.stage import StageProgram, StageSpec
-from jaxpipe.tree import flatten_paths, nest
+from jaxpipe.tree import Array, PyTree, Variables, flatten_paths, nest
+
+if TYPE_CHECKING:  # split imports this module to export; at run time a bundle needs no split
+    from jaxpipe.staging.split import Staged
 
 __all__ = ["StageRunner", "export_bundle", "load_stages"]
 
 FORMAT = "jaxpipe-stages/1"
 
 
-def export_bundle(staged: Any, micro_batch: int) -> bytes:
+class ShapeEntry(TypedDict):
+    """A leaf's shape and dtype in the manifest, e.g. `{"shape": [64, 10], "dtype": "float32"}`."""
+
+    shape: list[int]
+    dtype: str
+
+
+def export_bundle(staged: Staged, micro_batch: int) -> bytes:
     """Exports every stage of `staged` at `micro_batch` samples per micro-batch."""
     traced = staged.traced
     stages = staged.stages(micro_batch)
@@ -67,7 +78,7 @@ def export_bundle(staged: Any, micro_batch: int) -> bytes:
     return buffer.getvalue()
 
 
-def _export(stage: StageProgram, shapes: Mapping[str, dict]) -> tuple[bytes, bytes]:
+def _export(stage: StageProgram, shapes: Mapping[str, ShapeEntry]) -> tuple[bytes, bytes]:
     spec = stage.spec
     params = [_struct(shapes[p]) for p in spec.param_paths]
     state = [_struct(shapes[p]) for p in spec.state_paths]
@@ -94,15 +105,15 @@ class StageRunner:
         return self.manifest["micro_batch"]
 
     def value_and_grad(
-        self, variables: Mapping[str, Any], batch: tuple[Any, Any],
-        rngs: Mapping[str, Any] | None = None,
-    ) -> tuple[Any, dict, dict]:
+        self, variables: Variables, batch: Batch, rngs: Rngs | None = None,
+    ) -> tuple[jax.Array, dict[str, PyTree], dict[str, PyTree]]:
         """Loss, gradients and new state of `batch`, in micro-batches of the exported size.
 
         Gradients and state come back as nested dicts keyed like `variables`; `rngs` gives the
         PRNG keys the traced model took (derived per micro-batch as in `Staged.value_and_grad`).
         """
-        if any(s is None for s in self.stages):
+        stages = [s for s in self.stages if s is not None]
+        if len(stages) != len(self.stages):
             raise PartialBundleError(
                 "value_and_grad needs every stage; load the bundle without `only`")
         size = batch_size_of(batch)
@@ -122,13 +133,14 @@ class StageRunner:
                 f"the batch has {len(leaves)} leaves; the bundle expects "
                 f"{info['inputs']} input and {info['targets']} target leaves"
             )
-        missing = sorted(set(info["rngs"]) - set(rngs or {}))
+        rngs = rngs or {}
+        missing = sorted(set(info["rngs"]) - set(rngs))
         if missing:
             raise RngError(f"this bundle needs PRNG keys for {missing}; pass them as rngs")
         keys = [raw_key(rngs[name]) for name in info["rngs"]]
         data = micro_batches(leaves, keys, size // self.micro_batch)
         loss, grads, new_state = run_pipeline(
-            self.stages, dict(zip(params.paths, params.leaves)),
+            stages, dict(zip(params.paths, params.leaves)),
             dict(zip(state.paths, state.leaves)), data,
         )
         return loss, nest(grads, strip="params"), nest(new_state)
@@ -144,7 +156,7 @@ def load_stages(blob: bytes, only: Sequence[int] | None = None) -> StageRunner:
                           ) from exc
     if manifest.get("format") != FORMAT:
         raise BundleError(f"bundle format {manifest.get('format')!r}; this JaxPipe reads {FORMAT}")
-    stages = []
+    stages: list[StageProgram | None] = []
     for entry in manifest["stages"]:
         spec = StageSpec.from_dict(entry)
         if only is not None and spec.index not in only:
@@ -156,18 +168,18 @@ def load_stages(blob: bytes, only: Sequence[int] | None = None) -> StageRunner:
     return StageRunner(manifest, tuple(stages))
 
 
-def _as_lists(call):
+def _as_lists(call: Callable[..., PyTree]) -> Wrapped:
     """Exported programs take and return lists; accept any sequences and numpy arrays."""
 
-    def run(*args):
+    def run(*args: Sequence[Array]) -> PyTree:
         return call(*[list(a) for a in args])
 
     return jax.jit(run)
 
 
-def _spec(x: Any) -> dict:
+def _spec(x: Array | jax.ShapeDtypeStruct) -> ShapeEntry:
     return {"shape": list(x.shape), "dtype": str(x.dtype)}
 
 
-def _struct(d: Mapping[str, Any]) -> jax.ShapeDtypeStruct:
+def _struct(d: ShapeEntry) -> jax.ShapeDtypeStruct:
     return jax.ShapeDtypeStruct(tuple(d["shape"]), jax.numpy.dtype(d["dtype"]))

@@ -16,13 +16,13 @@ import operator
 import os
 import time
 from collections.abc import Callable, Sequence
-from typing import Any
 
 import jax
 import numpy as np
+from jax.stages import Compiled
 
 from jaxpipe.errors import ProfileError
-from jaxpipe.staging.stage import StageSpec, build_stage
+from jaxpipe.staging.stage import StageSpec, TensorSpec, build_stage
 from jaxpipe.staging.tracing import Traced
 from planners.profile import LayerProfile, ModelProfile
 
@@ -56,7 +56,7 @@ def profile(
         sizes = []
     if not sizes or sizes[0] < 1:
         raise ProfileError(f"micro_batch_sizes must be positive integers; got {micro_batch_sizes}")
-    per_layer: list[dict[str, Any]] = [
+    per_layer: list[dict[str, dict[int, float]]] = [
         {"fwd": {}, "bwd": {}, "saved": {}, "flops": {}} for _ in traced.layers]
     for i, layer in enumerate(traced.layers):
         for b in sizes:
@@ -112,7 +112,7 @@ def _measure(traced: Traced, index: int, b: int, repeats: int) -> dict[str, floa
     }
 
 
-def _median_seconds(run: Callable[[], Any], repeats: int) -> float:
+def _median_seconds(run: Callable[[], object], repeats: int) -> float:
     jax.block_until_ready(run())  # warm-up
     times = []
     for _ in range(max(repeats, 1)):
@@ -122,7 +122,7 @@ def _median_seconds(run: Callable[[], Any], repeats: int) -> float:
     return float(np.median(times))
 
 
-def _saved_bytes(compiled: Any, spec: StageSpec) -> float:
+def _saved_bytes(compiled: Compiled, spec: StageSpec) -> float:
     """Bytes the forward keeps for backward: its output buffers minus what it passes on."""
     handed_on = sum(t.nbytes for t in spec.outputs)
     analysis = compiled.memory_analysis()
@@ -131,7 +131,7 @@ def _saved_bytes(compiled: Any, spec: StageSpec) -> float:
     return float(max(analysis.output_size_in_bytes - handed_on, 0))
 
 
-def _flops(compiled: Any) -> float:
+def _flops(compiled: Compiled) -> float:
     analysis = compiled.cost_analysis()
     if isinstance(analysis, list):
         analysis = analysis[0] if analysis else {}
@@ -162,7 +162,7 @@ def _leaf(traced: Traced, path: str) -> np.ndarray:
     return np.asarray(leaf)
 
 
-def _sample(t: Any) -> np.ndarray:
+def _sample(t: TensorSpec) -> np.ndarray:
     rng = np.random.default_rng(0)
     dtype = np.dtype(t.dtype)
     if np.issubdtype(dtype, np.floating):

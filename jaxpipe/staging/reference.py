@@ -14,18 +14,20 @@ the M micro-batch losses. State (BatchNorm statistics) threads through the micro
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any
 
 import jax
 import jax.numpy as jnp
 
 from jaxpipe.errors import BatchError
 from jaxpipe.staging.stage import StageProgram
+from jaxpipe.tree import Array
 
 __all__ = ["micro_batches", "run_pipeline"]
 
 
-def micro_batches(batched: Sequence[Any], keys: Sequence[Any], count: int) -> list[list[Any]]:
+def micro_batches(
+    batched: Sequence[Array], keys: Sequence[jax.Array], count: int
+) -> list[list[Array]]:
     """Splits batched data leaves into `count` micro-batches, each with its own PRNG keys.
 
     With one micro-batch the keys are used as given (so the result equals the unsplit model's);
@@ -40,7 +42,7 @@ def micro_batches(batched: Sequence[Any], keys: Sequence[Any], count: int) -> li
             f"choose a divisor of {size}"
         )
     b = size // count
-    out = []
+    out: list[list[Array]] = []
     for m in range(count):
         data = [x[m * b : (m + 1) * b] for x in batched]
         data += [k if count == 1 else jax.random.fold_in(k, m) for k in keys]
@@ -50,10 +52,10 @@ def micro_batches(batched: Sequence[Any], keys: Sequence[Any], count: int) -> li
 
 def run_pipeline(
     stages: Sequence[StageProgram],
-    params: Mapping[str, Any],
-    state: Mapping[str, Any],
-    data: Sequence[Sequence[Any]],
-) -> tuple[Any, dict[str, Any], dict[str, Any]]:
+    params: Mapping[str, Array],
+    state: Mapping[str, Array],
+    data: Sequence[Sequence[Array]],
+) -> tuple[jax.Array, dict[str, jax.Array], dict[str, Array]]:
     """Runs every micro-batch of `data` forward and backward through `stages`.
 
     Args:
@@ -69,7 +71,7 @@ def run_pipeline(
     """
     count = len(data)
     state = dict(state)
-    saved: list[list[Any]] = [[None] * count for _ in stages]
+    saved: list[list[list[jax.Array] | None]] = [[None] * count for _ in stages]
     losses = []
     for m in range(count):
         acts = [data[m][i] for i in stages[0].spec.input_data]

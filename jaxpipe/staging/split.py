@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import itertools
-from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING
+
+import jax
 
 from jaxpipe.errors import CutError, VariablesError
-from jaxpipe.staging.batch import batch_size_of
+from jaxpipe.staging.batch import Batch, batch_size_of
 from jaxpipe.staging.bundle import export_bundle
 from jaxpipe.staging.reference import micro_batches, run_pipeline
 from jaxpipe.staging.stage import MODES, StageProgram, build_stage
-from jaxpipe.tree import flatten_paths
+from jaxpipe.tree import Array, PyTree, Variables, flatten_paths
 
 if TYPE_CHECKING:  # tracing imports this module to split; at run time split needs no tracing
     from jaxpipe.staging.tracing import Traced
@@ -19,7 +21,7 @@ if TYPE_CHECKING:  # tracing imports this module to split; at run time split nee
 __all__ = ["Staged", "check_cuts"]
 
 
-def check_cuts(cuts: Any, num_layers: int) -> tuple[int, ...]:
+def check_cuts(cuts: Iterable[int], num_layers: int) -> tuple[int, ...]:
     """Validates cut points (layer indices where stages 1.. start); lists every problem at once."""
     try:
         cuts = tuple(int(c) for c in cuts)
@@ -51,7 +53,7 @@ class Staged:
       modes: each stage's mode, "stash" or "recompute".
     """
 
-    def __init__(self, traced: Traced, cuts: Any, modes: str | Sequence[str] = "stash"):
+    def __init__(self, traced: Traced, cuts: Iterable[int], modes: str | Sequence[str] = "stash"):
         self.traced = traced
         self.cuts = check_cuts(cuts, len(traced.layers))
         edges = (0, *self.cuts, len(traced.layers))
@@ -75,8 +77,8 @@ class Staged:
         return self._stages[micro_batch]
 
     def value_and_grad(
-        self, variables: Mapping[str, Any], batch: tuple[Any, Any], micro_batches: int = 1
-    ) -> tuple[Any, Any, dict]:
+        self, variables: Variables, batch: Batch, micro_batches: int = 1
+    ) -> tuple[jax.Array, PyTree, dict[str, PyTree]]:
         """Loss, parameter gradients and new state of one batch, run stage by stage.
 
         Args:
@@ -111,14 +113,14 @@ class Staged:
         return export_bundle(self, micro_batch or self.traced.batch_size)
 
 
-def micro_batches_of(traced: Traced, batch: tuple[Any, Any], count: int) -> list[list[Any]]:
+def micro_batches_of(traced: Traced, batch: Batch, count: int) -> list[list[Array]]:
     """Checks `batch` against the trace and splits it into `count` micro-batches of data leaves."""
     inputs = traced.inputs.leaves_of(batch[0], "the batch's inputs")
     targets = traced.targets.leaves_of(batch[1], "the batch's targets")
     return micro_batches([*inputs, *targets], traced.rng_keys, count)
 
 
-def _by_path(tree: Any, prefix: str, paths: tuple[str, ...], what: str) -> dict[str, Any]:
+def _by_path(tree: PyTree, prefix: str, paths: tuple[str, ...], what: str) -> dict[str, Array]:
     flat = flatten_paths(tree, prefix)
     if flat.paths != paths:
         missing = sorted(set(paths) - set(flat.paths))

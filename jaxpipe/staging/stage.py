@@ -15,18 +15,24 @@ forward keeps for the backward: the VJP residuals in `stash` mode, only the inpu
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import TYPE_CHECKING, TypeVar
 
 import jax
 import numpy as np
+from jax.stages import Wrapped
 
 from jaxpipe import _jax_compat as jc
+
+if TYPE_CHECKING:  # tracing imports split, which imports this module
+    from jaxpipe.staging.tracing import Program
 
 __all__ = ["MODES", "StageProgram", "StageSpec", "TensorSpec", "build_stage"]
 
 MODES = ("stash", "recompute")
+
+_T = TypeVar("_T")
 
 
 @dataclass(frozen=True)
@@ -46,7 +52,8 @@ class TensorSpec:
         return jax.ShapeDtypeStruct(self.shape, jax.numpy.dtype(self.dtype))
 
     @classmethod
-    def of(cls, aval: Any, differentiable: bool = False) -> TensorSpec:
+    def of(cls, aval: jc.ShapedArray | jax.ShapeDtypeStruct,
+           differentiable: bool = False) -> TensorSpec:
         return cls(tuple(aval.shape), str(aval.dtype), differentiable)
 
 
@@ -94,14 +101,14 @@ class StageSpec:
 
 @dataclass(frozen=True)
 class StageProgram:
-    """A stage's spec and its two programs (jitted functions, or `jax.export`-ed calls)."""
+    """A stage's spec and its two programs (jitted functions, or jitted `jax.export`-ed calls)."""
 
     spec: StageSpec
-    forward: Callable[..., Any]
-    backward: Callable[..., Any]
+    forward: Wrapped
+    backward: Wrapped
 
 
-def build_stage(program: Any, param_paths: tuple[str, ...], state_paths: tuple[str, ...],
+def build_stage(program: Program, param_paths: tuple[str, ...], state_paths: tuple[str, ...],
                 index: int, first: int, stop: int, mode: str) -> StageProgram:
     """Builds the jitted programs of layers [first, stop) of a traced `Program`."""
     eqns = program.equations(first, stop)
@@ -137,8 +144,8 @@ def build_stage(program: Any, param_paths: tuple[str, ...], state_paths: tuple[s
         param_paths=tuple(param_paths[program.param_vars.index(v)] for v in params),
         state_paths=tuple(state_paths[program.state_vars.index(v)] for v in state),
         new_state_paths=tuple(state_paths[j] for j, _ in new_state),
-        inputs=tuple(TensorSpec.of(v.aval, d) for v, d in zip(inputs, diff_in)),
-        outputs=tuple(TensorSpec.of(v.aval, d) for v, d in zip(outputs, diff_out)),
+        inputs=tuple(TensorSpec.of(jc.aval_of(v), d) for v, d in zip(inputs, diff_in)),
+        outputs=tuple(TensorSpec.of(jc.aval_of(v), d) for v, d in zip(outputs, diff_out)),
         saved=tuple(TensorSpec.of(s) for s in saved_shapes),
         input_data=tuple(program.data_vars.index(v) for v in inputs) if first == 0 else (),
     )
@@ -190,14 +197,17 @@ def _recompute(run, diff_in, diff_out, p_specs, s_specs, in_specs):
     return forward, backward
 
 
-def _pick(values, mask, keep):
+def _pick(values: Sequence[_T], mask: Sequence[bool], keep: bool) -> list[_T]:
+    """The values whose mask entry is `keep`."""
     return [v for v, m in zip(values, mask) if m == keep]
 
 
-def _merge(mask, yes, no):
-    yes, no = iter(yes), iter(no)
-    return [next(yes) if m else next(no) for m in mask]
+def _merge(mask: Sequence[bool], yes: Iterable[_T], no: Iterable[_T]) -> list[_T]:
+    """Undoes `_pick`: interleaves `yes` (where the mask is true) and `no` (where false)."""
+    yes_, no_ = iter(yes), iter(no)
+    return [next(yes_) if m else next(no_) for m in mask]
 
 
-def _struct(v) -> jax.ShapeDtypeStruct:
-    return jax.ShapeDtypeStruct(v.aval.shape, v.aval.dtype)
+def _struct(v: jc.Var) -> jax.ShapeDtypeStruct:
+    aval = jc.aval_of(v)
+    return jax.ShapeDtypeStruct(aval.shape, aval.dtype)

@@ -5,10 +5,14 @@ in order, the parameter leaves, the state leaves (collections other than `params
 BatchNorm's `batch_stats`), and the data leaves (inputs, targets, PRNG keys), and whose outputs
 are the loss followed by the new state leaves.
 
-A *layer* is a run of equations under one top-level submodule: Flax writes the module path into
-each equation's name stack (`Net/block0/Dense_0`), and the second part names the layer. Equations
-outside any submodule (glue in the top-level `__call__`, the loss) join the layer before them;
-those before the first layer join the first.
+A *layer* is a run of equations under one top-level submodule. Flax writes the module path into
+each equation's name stack (`Net/block0/Dense_0`): the first part, the one most equations share,
+is the model, and the second part names the layer. Consecutive equations with the same second part
+form one layer; a submodule that runs again after another one starts a new layer, `block0#2`.
+Equations outside any submodule (glue in the top-level `__call__`, the loss) are placed so:
+those before the first layer join the first, those after the last layer join the last, and the
+cut between two layers goes at the point in the glue between them where the fewest bytes are
+live (on a tie, the latest point, so the glue joins the layer before).
 
 Values flow between layers like this (layer index i, equation index e, boundary b_i after layer i):
 
@@ -24,18 +28,25 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING
 
 import jax
 import numpy as np
+from jax.typing import ArrayLike
 
 from jaxpipe import _jax_compat as jc
 from jaxpipe.errors import BatchError, NoLayersError, TraceError, VariablesError
-from jaxpipe.staging.batch import batch_size_of, raw_key
+from jaxpipe.staging.batch import Batch, Rngs, batch_size_of, raw_key
 from jaxpipe.staging.split import Staged
-from jaxpipe.tree import Flat, flatten_paths
+from jaxpipe.tree import Array, Flat, PyTree, Variables, flatten_paths
 
-__all__ = ["Layer", "Traced", "trace"]
+if TYPE_CHECKING:  # only for types: running a stage bundle must not need flax
+    import flax.linen as nn
+
+__all__ = ["Layer", "LossFn", "Traced", "trace"]
+
+LossFn = Callable[[PyTree, PyTree], jax.Array]
+"""`loss_fn(outputs, targets) -> scalar`: the model's outputs and the targets to the mean loss."""
 
 
 @dataclass(frozen=True)
@@ -69,18 +80,18 @@ class Program:
     """
 
     jaxpr: jc.Jaxpr
-    consts: tuple[Any, ...]
+    consts: tuple[ArrayLike, ...]
     param_vars: tuple[jc.Var, ...]
     state_vars: tuple[jc.Var, ...]
     data_vars: tuple[jc.Var, ...]
     loss_var: jc.Var
-    new_state_atoms: tuple[Any, ...]
+    new_state_atoms: tuple[jc.Atom, ...]
     bounds: tuple[tuple[int, int], ...]  # equation range [start, stop) of each layer
     names: tuple[str, ...]
     order: Mapping[jc.Var, int]  # creation order of pipeline values, for stable layouts
     def_layer: Mapping[jc.Var, int]
     last_use: Mapping[jc.Var, int]
-    differentiable: frozenset  # float values that depend on parameters
+    differentiable: frozenset[jc.Var]  # float values that depend on parameters
     batch_size: int
 
     @property
@@ -104,11 +115,11 @@ class Traced:
 
     def __init__(
         self,
-        model: Any,
-        variables: Mapping[str, Any],
-        batch: tuple[Any, Any],
-        loss_fn: Callable[[Any, Any], Any],
-        rngs: Mapping[str, Any] | None,
+        model: nn.Module,
+        variables: Variables,
+        batch: Batch,
+        loss_fn: LossFn,
+        rngs: Rngs | None,
     ):
         if not isinstance(batch, tuple | list) or len(batch) != 2:
             raise BatchError("batch must be a pair (inputs, targets); got " + type(batch).__name__)
@@ -125,7 +136,8 @@ class Traced:
         self.inputs = flatten_paths(batch[0], "inputs")
         self.targets = flatten_paths(batch[1], "targets")
         self.batch_size = batch_size_of(batch)
-        self.rng_names = tuple(sorted(rngs or {}))
+        rngs = rngs or {}
+        self.rng_names = tuple(sorted(rngs))
         self.rng_keys = tuple(raw_key(rngs[n]) for n in self.rng_names)
         self._programs: dict[int, Program] = {}
         program = self.program(self.batch_size)
@@ -181,11 +193,11 @@ class Traced:
 
 
 def trace(
-    model: Any,
-    variables: Mapping[str, Any],
-    batch: tuple[Any, Any],
-    loss_fn: Callable[[Any, Any], Any],
-    rngs: Mapping[str, Any] | None = None,
+    model: nn.Module,
+    variables: Variables,
+    batch: Batch,
+    loss_fn: LossFn,
+    rngs: Rngs | None = None,
 ) -> Traced:
     """Traces `loss_fn(model.apply(variables, inputs), targets)` and finds its layers.
 
@@ -201,18 +213,24 @@ def trace(
       Traced: with `.layers` (the cut units) and `.split(cuts)`.
 
     Raises:
-      TraceError: no equation lies under a top-level submodule.
-      BatchError: the batch's leaves disagree on the batch size.
+      NoLayersError: no equation lies under a top-level submodule (a `TraceError`).
+      TraceError: the loss does not depend on the model.
+      VariablesError: `variables` has no `params` collection.
+      BatchError: `batch` is not a pair, or its leaves disagree on the batch size.
     """
     return Traced(model, variables, batch, loss_fn, rngs)
 
 
-def _specs(leaves: tuple[Any, ...]) -> list[jax.ShapeDtypeStruct]:
+def _specs(leaves: Sequence[Array]) -> list[jax.ShapeDtypeStruct]:
     return [jax.ShapeDtypeStruct(np.shape(x), x.dtype) for x in leaves]
 
 
-def _flat_loss(model, loss_fn, params: Flat, state: Flat, collections, inputs: Flat,
-               targets: Flat, rng_names, p, s, x, y, keys):
+def _flat_loss(
+    model: nn.Module, loss_fn: LossFn, params: Flat, state: Flat, collections: tuple[str, ...],
+    inputs: Flat, targets: Flat, rng_names: tuple[str, ...], p: Sequence[jax.Array],
+    s: Sequence[jax.Array], x: Sequence[jax.Array], y: Sequence[jax.Array],
+    keys: Sequence[jax.Array],
+) -> tuple[jax.Array, list[jax.Array]]:
     """The loss over flat leaves: (params, state, inputs, targets, keys) -> (loss, new state)."""
     variables = {"params": params.rebuild(p), **state.rebuild(s)}
     rngs = dict(zip(rng_names, keys)) or None
@@ -237,9 +255,9 @@ def _analyse(closed: jc.ClosedJaxpr, n_params: int, n_state: int, batch_size: in
     for i, (start, stop) in enumerate(bounds):
         eqn_layer[start:stop] = i
 
-    order: dict = {}
-    def_layer: dict = {}
-    last_use: dict = {}
+    order: dict[jc.Var, int] = {}
+    def_layer: dict[jc.Var, int] = {}
+    last_use: dict[jc.Var, int] = {}
     differentiable = set(params)
     for v in data:
         order[v], def_layer[v] = len(order), -1
@@ -252,7 +270,7 @@ def _analyse(closed: jc.ClosedJaxpr, n_params: int, n_state: int, batch_size: in
         depends = any(v in differentiable for v in reads)
         for v in eqn.outvars:
             order[v], def_layer[v] = len(order), layer
-            if depends and jc.is_float(v.aval):
+            if depends and jc.is_float(v):
                 differentiable.add(v)
     loss = jaxpr.outvars[0]
     if not isinstance(loss, jc.Var) or loss not in def_layer:
@@ -267,7 +285,7 @@ def _analyse(closed: jc.ClosedJaxpr, n_params: int, n_state: int, batch_size: in
     )
 
 
-def _layer_runs(jaxpr) -> tuple[list[tuple[int, int]], list[str]]:
+def _layer_runs(jaxpr: jc.Jaxpr) -> tuple[list[tuple[int, int]], list[str]]:
     """Splits equations into runs under one top-level submodule (see the module docstring).
 
     Glue between two layers goes to whichever side leaves the fewest bytes live across the cut.
@@ -285,7 +303,7 @@ def _layer_runs(jaxpr) -> tuple[list[tuple[int, int]], list[str]]:
     live = _live_bytes(jaxpr)
     starts: list[int] = []
     names: list[str] = []
-    last_scoped = None
+    last_scoped = -1  # the last equation under a layer; set before any glue is placed
     for e, key in enumerate(keys):
         if key is None or (names and key == names[-1]):
             last_scoped = e if key is not None else last_scoped
@@ -306,11 +324,11 @@ def _layer_runs(jaxpr) -> tuple[list[tuple[int, int]], list[str]]:
     return bounds, names
 
 
-def _live_bytes(jaxpr) -> np.ndarray:
+def _live_bytes(jaxpr: jc.Jaxpr) -> np.ndarray:
     """live[e]: bytes of the values defined before equation e and read at or after it."""
     n = len(jaxpr.eqns)
     defined = {v: 0 for v in jaxpr.invars}
-    last = {}
+    last: dict[jc.Var, int] = {}
     for e, eqn in enumerate(jaxpr.eqns):
         for v in eqn.invars:
             if isinstance(v, jc.Var):
@@ -323,7 +341,7 @@ def _live_bytes(jaxpr) -> np.ndarray:
     diff = np.zeros(n + 2)
     for v, start in defined.items():
         if v in last and last[v] >= start:
-            nbytes = int(np.prod(v.aval.shape)) * v.aval.dtype.itemsize
+            nbytes = jc.nbytes(v)
             diff[start] += nbytes
             diff[last[v] + 1] -= nbytes
     return np.cumsum(diff)[: n + 1]
@@ -338,9 +356,10 @@ def _describe_layers(program: Program, params: Flat) -> tuple[Layer, ...]:
         u = program.last_use.get(v)
         if u is None or u <= max(d, 0):
             continue
-        nbytes = int(np.prod(v.aval.shape)) * v.aval.dtype.itemsize
+        nbytes = jc.nbytes(v)
         crosses = slice(max(d, 0), u)  # boundaries after layers d..u-1
-        if v.aval.shape and v.aval.shape[0] == b:
+        shape = jc.aval_of(v).shape
+        if shape and shape[0] == b:
             per_sample[crosses] += nbytes / b
         else:
             fixed[crosses] += nbytes
@@ -352,7 +371,7 @@ def _describe_layers(program: Program, params: Flat) -> tuple[Layer, ...]:
         ordered = [v for v in program.param_vars if v in used]
         layers.append(Layer(
             index=i, name=program.names[i], param_paths=tuple(path_of[v] for v in ordered),
-            param_bytes=int(sum(np.prod(v.aval.shape) * v.aval.dtype.itemsize for v in ordered)),
+            param_bytes=sum(jc.nbytes(v) for v in ordered),
             boundary_bytes_per_sample=float(per_sample[i]) if i < program.num_layers - 1 else 0.0,
             boundary_bytes_fixed=int(fixed[i]) if i < program.num_layers - 1 else 0,
         ))
