@@ -10,12 +10,7 @@ from hypothesis import strategies as st
 
 from planners import METHODS, InfeasibleError, Objective, Problem, cost, plan, platforms, synthetic
 
-from .conftest import small_platform
-
-
-def small_problem(seed: int = 0, layers: int = 3, **kw: object) -> Problem:
-    base = {"global_batch": 4, "micro_batches": (1, 2), "replica_options": (1, 2), "max_functions": 4}
-    return Problem(synthetic.random_profile(seed, layers), small_platform(), **(base | kw))
+from .conftest import small_problem
 
 
 @pytest.mark.parametrize("method", METHODS)
