@@ -39,7 +39,8 @@ from typing import TYPE_CHECKING, Any, cast
 import numpy as np
 
 from planners._scipy import diags
-from planners.bands import incidence, plan_bands
+from planners.band_milp import incidence
+from planners.bands import plan_bands
 from planners.bounds import Incumbent, candidate_arrays, time_caps
 from planners.candidates import Candidate, candidates, explain_infeasible
 from planners.cost import score

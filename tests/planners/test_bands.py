@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from planners import Objective, Plan, Problem, StagePlan, cost, plan
-from planners.bands import Box, MilpStatus, Range, Row, band_milp, solve_band
+from planners.band_milp import MilpStatus, Row, band_milp, solve_band
+from planners.bands import Box, Range
 from planners.bounds import Band, Term, candidate_arrays, prune
 from planners.candidates import candidates
 
