@@ -42,14 +42,13 @@ Request counts per rank: `allreduce_requests`.
 from __future__ import annotations
 
 import concurrent.futures as cf
-import time
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 
 from transports import codec
-from transports.pacing import Schedule, not_before, pipeline_depth, pipeline_pieces
+from transports.clock import MONOTONIC, Clock
+from transports.pacing import RequestTimes, not_before, pipeline_depth, pipeline_pieces
 from transports.store import GetTimeout, ObjectStore, check_prefix
 
 __all__ = ["ALGORITHMS", "PeerTimeout", "allreduce_mean", "allreduce_requests", "chunk_bounds"]
@@ -137,8 +136,9 @@ class _Round:
     world: int
     flat: np.ndarray            # (N,) the local vector, flattened
     bounds: list[list[tuple[int, int]]]  # [chunk k][piece p] -> (start, stop) in flat
-    deadline: float             # time.monotonic() at which waiting ends
-    schedule: Schedule          # earliest start of each scatter request ("pipelined")
+    clock: Clock                # what the deadline and `times` are readings of
+    deadline: float             # the clock reading at which waiting ends
+    times: RequestTimes         # earliest start of each scatter request ("pipelined")
 
     @property
     def pieces(self) -> int:
@@ -158,7 +158,7 @@ class _Round:
         return self.flat[lo:hi]
 
     def left(self) -> float:
-        return max(0.0, self.deadline - time.monotonic())
+        return max(0.0, self.deadline - self.clock.now())
 
     def fetch(self, key: str, peer: int, what: str) -> np.ndarray:
         """GETs `key`, waiting until the deadline; a timeout names the peer."""
@@ -167,7 +167,11 @@ class _Round:
         except GetTimeout as err:
             raise PeerTimeout(self.group, self.rank, self.world, peer, what, key,
                               err.waited_s) from err
-        return codec.decode(data, key=key)
+        chunk = codec.decode(data, key=key)
+        if not isinstance(chunk, np.ndarray):
+            raise codec.CodecError(f"object {key!r} holds a {type(chunk).__name__} of arrays, "
+                                   "not the one array an all-reduce sends")
+        return chunk
 
     def send(self, key: str, chunk: np.ndarray) -> None:
         self.store.put(key, codec.encode(chunk))
@@ -178,7 +182,7 @@ def allreduce_mean(store: ObjectStore, group: str, rank: int, world: int, vector
                    inflight: int | None = None, pieces: int | None = None,
                    bandwidth_bps: float = 70e6,
                    latency_s: float = 0.02, out: np.ndarray | None = None,
-                   cleanup: cf.Executor | None = None) -> np.ndarray:
+                   cleanup: cf.Executor | None = None, clock: Clock = MONOTONIC) -> np.ndarray:
     """Returns the mean of `vector` over the `world` ranks of `group`, through `store`.
 
     Every rank calls it with the same group, world, vector shape and dtype; each gets the same,
@@ -208,6 +212,8 @@ def allreduce_mean(store: ObjectStore, group: str, rank: int, world: int, vector
       cleanup: an executor to run the key cleanup (one PUT, one LIST, maybe one DELETE) on,
         off the critical path; the caller waits for it before its function ends (e.g. by
         shutting the executor down). None cleans up before returning.
+      clock: what `timeout` and the start of each scatter request are measured on
+        (`transports.clock`); real time unless a test passes its own.
 
     Returns:
       np.ndarray: the element-wise mean, same shape and dtype as `vector` (accumulated in
@@ -243,9 +249,10 @@ def allreduce_mean(store: ObjectStore, group: str, rank: int, world: int, vector
         pieces = 1
     if inflight is None:
         inflight = pipeline_depth(chunk_bytes // pieces, bandwidth_bps, latency_s)
-    deadline = time.monotonic() + timeout
+    deadline = clock.now() + timeout
     rnd = _Round(store, group, rank, world, flat, _piece_bounds(flat.size, world, pieces),
-                 deadline, Schedule.for_link(chunk_bytes // pieces, bandwidth_bps, deadline))
+                 clock, deadline,
+                 RequestTimes.for_link(chunk_bytes // pieces, bandwidth_bps, deadline, clock))
     run = _pipelined if algorithm == "pipelined" else _lambdaml
     run(rnd, max(1, inflight), result.reshape(-1))
     if cleanup is None:
@@ -292,41 +299,42 @@ def _pipelined(rnd: _Round, inflight: int, out: np.ndarray) -> None:
     # C's GETs of a piece start together: they share the downlink anyway, and each notices its
     # piece a poll earlier than if it queued behind another download.
     gather = cf.ThreadPoolExecutor(min(n - 1, _MAX_GATHERS), f"allreduce-gather-{i}")
+    times, clock = rnd.times, rnd.clock
 
-    when = rnd.schedule
-
-    def scatter_round(p: int) -> list[cf.Future]:
+    def scatter_round(p: int) -> list[cf.Future[None]]:
         """A, round p: piece p of every other owner's chunk, in step order."""
-        return [up.submit(_bind(not_before, when.upload(p * (n - 1) + r, inflight), rnd.send,
-                                rnd.scatter_key(k, p, i), rnd.piece(k, p)))
+        return [up.submit(not_before, times.upload(p * (n - 1) + r, inflight), rnd.send,
+                          rnd.scatter_key(k, p, i), rnd.piece(k, p), clock=clock)
                 for r, k in enumerate(others)]
 
     finished = False
     try:
         # uploads run <= 2 rounds ahead of the reduction: B's publish of piece p follows round p+1
         sent = [fut for p in range(min(2, pieces)) for fut in scatter_round(p)]
-        arrivals = [[down.submit(_bind(not_before, when.arrival(p * (n - 1) + r), rnd.fetch,
-                                       rnd.scatter_key(i, p, j), j, f"chunk {i} piece {p}"))
+        arrivals = [[down.submit(not_before, times.arrival(p * (n - 1) + r), rnd.fetch,
+                                 rnd.scatter_key(i, p, j), j, f"chunk {i} piece {p}",
+                                 clock=clock)
                      for r, j in enumerate(senders)]
                     for p in range(pieces)]
-        published, gathers = [], []
+        published: list[cf.Future[None]] = []
+        gathers: list[tuple[int, int, cf.Future[np.ndarray]]] = []
         for p in range(pieces):
             total = _accumulator(rnd, p)
             for got in arrivals[p]:
                 total += got.result()
             # B: publish the piece's mean; C: gather the other owners' piece p meanwhile.
             mine = _publish_value(rnd, total)
-            published.append(up.submit(_bind(rnd.send, rnd.reduced_key(i, p), mine)))
+            published.append(up.submit(rnd.send, rnd.reduced_key(i, p), mine))
             if p + 2 < pieces:
                 sent += scatter_round(p + 2)
             lo, hi = rnd.bounds[i][p]
             out[lo:hi] = mine
-            gathers += [(j, p, gather.submit(_bind(rnd.fetch, rnd.reduced_key(j, p), j,
-                                                   f"reduced chunk {j} piece {p}")))
+            gathers += [(j, p, gather.submit(rnd.fetch, rnd.reduced_key(j, p), j,
+                                             f"reduced chunk {j} piece {p}"))
                         for j in others]
         # what A read goes in one batched DELETE, off the critical path
-        received = up.submit(_bind(rnd.store.delete_many, [
-            rnd.scatter_key(i, p, j) for p in range(pieces) for j in senders]))
+        received = up.submit(rnd.store.delete_many, [
+            rnd.scatter_key(i, p, j) for p in range(pieces) for j in senders])
         for j, p, got in gathers:
             lo, hi = rnd.bounds[j][p]
             out[lo:hi] = got.result()
@@ -374,6 +382,3 @@ def _cleanup(rnd: _Round) -> None:
     if keys and (done >= rnd.world or swept):
         rnd.store.delete_many(keys)
 
-
-def _bind(fn: Callable[..., object], *args: object) -> Callable[[], object]:
-    return lambda: fn(*args)

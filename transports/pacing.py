@@ -6,25 +6,30 @@ matters because a link that concurrent transfers share fairly makes requests sta
 finish together. Two uploads started at once both land after two piece-times, both restart a
 round trip later, and the uplink idles for that round trip every pair. A GET sent before its
 object exists comes back empty a round trip later, and the object is then noticed up to a
-round trip late. `Schedule` therefore starts the first `pipeline_depth` uploads one piece-time
-apart, and each upload after them starts when an earlier one returns, which keeps the spacing.
-It sends the GET of the k-th piece to arrive so that it reaches the store when that piece
-should have landed. A late peer only turns these GETs back into polls.
+round trip late. `RequestTimes` therefore starts the first `pipeline_depth` uploads one
+piece-time apart, and each upload after them starts when an earlier one returns, which keeps
+the spacing. It sends the GET of the k-th piece to arrive so that it reaches the store when
+that piece should have landed. A late peer only turns these GETs back into polls.
+
+The times are readings of a `Clock` (`transports.clock`; real time by default), and
+`not_before` waits on the same clock.
 """
 
 from __future__ import annotations
 
 import math
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import TypeVar, TypeVarTuple
 
-__all__ = ["Schedule", "not_before", "pipeline_depth", "pipeline_pieces"]
+from transports.clock import MONOTONIC, Clock
+
+__all__ = ["RequestTimes", "not_before", "pipeline_depth", "pipeline_pieces"]
 
 _MAX_PIECES = 4
 _MAX_DEPTH = 8
 _T = TypeVar("_T")
+_Ts = TypeVarTuple("_Ts")
 
 
 def pipeline_depth(piece_bytes: int, bandwidth_bps: float, latency_s: float) -> int:
@@ -69,13 +74,18 @@ def pipeline_pieces(chunk_bytes: int, bandwidth_bps: float, latency_s: float) ->
 
 
 @dataclass(frozen=True)
-class Schedule:
+class RequestTimes:
     """The earliest start of each scatter request of one rank, from its expected link.
 
     Args:
-      start: time.monotonic() at which the all-reduce began.
+      start: the clock reading at which the all-reduce began.
       piece_s: seconds one piece takes on the link at the expected bandwidth (0: no timing).
       until: no request is held past this time (the all-reduce's deadline).
+
+    Example:
+      >>> times = RequestTimes(start=100.0, piece_s=0.5)
+      >>> [times.upload(step, depth=2) for step in range(3)], times.arrival(0)
+      ([100.0, 100.5, 0.0], 100.5)
     """
 
     start: float
@@ -83,9 +93,11 @@ class Schedule:
     until: float = math.inf
 
     @staticmethod
-    def for_link(piece_bytes: int, bandwidth_bps: float, until: float = math.inf) -> Schedule:
-        """Times pieces of `piece_bytes` on a link of `bandwidth_bps` (inf: send at once)."""
-        return Schedule(time.monotonic(), piece_bytes / bandwidth_bps, until)
+    def for_link(piece_bytes: int, bandwidth_bps: float, until: float = math.inf,
+                 clock: Clock = MONOTONIC) -> RequestTimes:
+        """Times pieces of `piece_bytes` on a link of `bandwidth_bps` (inf: send at once),
+        from now on `clock`."""
+        return RequestTimes(clock.now(), piece_bytes / bandwidth_bps, until)
 
     def upload(self, step: int, depth: int) -> float:
         """Upload number `step` (0-based): the first `depth` go one piece-time apart."""
@@ -100,9 +112,15 @@ class Schedule:
         return min(self.until, self.start + (k + 1) * self.piece_s)
 
 
-def not_before(when: float, fn: Callable[..., _T], *args: object) -> _T:
-    """Calls `fn(*args)` no earlier than `when` (a time.monotonic() value)."""
-    wait = when - time.monotonic()
+def not_before(when: float, fn: Callable[[*_Ts], _T], *args: *_Ts,
+               clock: Clock = MONOTONIC) -> _T:
+    """Calls `fn(*args)` no earlier than `when`, a reading of `clock`.
+
+    Example:
+      >>> not_before(0.0, max, 3, 4)  # long past on the monotonic clock: no wait
+      4
+    """
+    wait = when - clock.now()
     if wait > 0:
-        time.sleep(wait)
+        clock.sleep(wait)
     return fn(*args)

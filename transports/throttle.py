@@ -16,17 +16,18 @@ handle = one emulated function, shared by that function's threads):
     GET:  |-- lat/2 --|* lookup |==== size/downlink ====|-- lat/2 --| return
 
 Timing is deterministic given the order of requests: a Link computes finish times from the
-clock with a fluid model instead of sampling anything, and sleeping is the only cost (the wrapped store's own time
-comes on top; a MemoryStore adds next to nothing).
+clock with a fluid model instead of sampling anything, and sleeping is the only cost (the
+wrapped store's own time comes on top; a MemoryStore adds next to nothing). Both read and wait
+on a `Clock` (`transports.clock`): real time by default, a `VirtualClock` in tests.
 """
 
 from __future__ import annotations
 
 import math
 import threading
-import time
 from typing import Any
 
+from transports.clock import MONOTONIC, Clock
 from transports.store import KeyNotFound, ObjectStore
 
 __all__ = ["Link", "ThrottledStore"]
@@ -44,15 +45,23 @@ class Link:
 
     Args:
       rate_bps: bandwidth, in bytes per second; `math.inf` means unlimited.
+      clock: what the transfers are timed and wait on (`transports.clock`).
+
+    Example:
+      >>> from transports.clock import VirtualClock
+      >>> clock = VirtualClock()
+      >>> Link(10e6, clock).transfer(1_000_000); round(clock.now(), 3)  # 1 MB at 10 MB/s
+      0.1
     """
 
-    def __init__(self, rate_bps: float) -> None:
+    def __init__(self, rate_bps: float, clock: Clock = MONOTONIC) -> None:
         if not rate_bps > 0:
             raise ValueError(f"link rate must be > 0 bytes/s, got {rate_bps}")
         self.rate_bps = float(rate_bps)
+        self.clock = clock
         self._cond = threading.Condition()
         self._virtual = 0.0                  # bytes received by each active transfer so far
-        self._clock = time.monotonic()       # when _virtual was last brought up to date
+        self._clock = clock.now()            # when _virtual was last brought up to date
         self._active: dict[int, float] = {}  # transfer id -> virtual finish tag
         self._next_id = 0
 
@@ -78,17 +87,18 @@ class Link:
         """Blocks for as long as sending `nbytes` takes on this link, sharing it with others."""
         if math.isinf(self.rate_bps) or nbytes <= 0:
             return
+        clock = self.clock
         with self._cond:
-            self._advance(time.monotonic())
+            self._advance(clock.now())
             tid = self._next_id
             self._next_id += 1
             self._active[tid] = self._virtual + nbytes
-            self._cond.notify_all()  # everyone's share just shrank: recompute wake-ups
+            clock.notify_all(self._cond)  # everyone's share just shrank: recompute wake-ups
             while tid in self._active:
                 left = (self._active[tid] - self._virtual) * len(self._active) / self.rate_bps
-                self._cond.wait(timeout=max(left, 0.0) + 1e-4)
-                if self._advance(time.monotonic()):
-                    self._cond.notify_all()  # shares just grew: others finish earlier
+                clock.wait(self._cond, max(left, 0.0) + 1e-4)
+                if self._advance(clock.now()):
+                    clock.notify_all(self._cond)  # shares just grew: others finish earlier
 
 
 class ThrottledStore(ObjectStore):
@@ -99,32 +109,36 @@ class ThrottledStore(ObjectStore):
       uplink_bps: upload bandwidth, in bytes per second (70e6 ~ AWS Lambda).
       downlink_bps: download bandwidth, in bytes per second.
       latency_s: round-trip time of one request, in seconds (0.02 ~ S3 from Lambda).
+      clock: what both links and the latency wait on (`transports.clock`); not part of the
+        store's spec, so a rebuilt store runs on real time.
 
     Each ThrottledStore counts its own requests; the wrapped store counts what reached it.
     Retries and polling are done by the wrapped store's single attempts, so every poll of a
     missing key pays the latency, as a real poll would.
 
     Example:
+      >>> from transports.clock import VirtualClock
       >>> from transports.memory_store import MemoryStore
-      >>> link = ThrottledStore(MemoryStore(), 10e6, 10e6, 0.0)
-      >>> t = time.monotonic(); link.put("k", bytes(1_000_000))
-      >>> round(time.monotonic() - t, 1)
-      0.1
+      >>> clock = VirtualClock()
+      >>> link = ThrottledStore(MemoryStore(), 10e6, 10e6, 0.02, clock=clock)
+      >>> link.put("k", bytes(1_000_000)); round(clock.now(), 3)  # 1 MB at 10 MB/s + 20 ms
+      0.12
     """
 
     def __init__(self, store: ObjectStore, uplink_bps: float, downlink_bps: float,
-                 latency_s: float) -> None:
+                 latency_s: float, *, clock: Clock = MONOTONIC) -> None:
         super().__init__(poll=store.poll, retry=store.retry)
         if latency_s < 0:
             raise ValueError(f"latency_s must be >= 0, got {latency_s}")
         self.store = store
-        self.uplink = Link(uplink_bps)
-        self.downlink = Link(downlink_bps)
+        self.clock = clock
+        self.uplink = Link(uplink_bps, clock)
+        self.downlink = Link(downlink_bps, clock)
         self.latency_s = float(latency_s)
 
     def _half_trip(self) -> None:
         if self.latency_s > 0:
-            time.sleep(self.latency_s / 2)
+            self.clock.sleep(self.latency_s / 2)
 
     def _put(self, key: str, data: bytes | memoryview) -> None:
         self._half_trip()

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import threading
-import time
 
 import pytest
 
@@ -38,33 +37,38 @@ def test_put_replaces_an_existing_object(store: ObjectStore) -> None:
 
 def test_get_of_a_missing_key_without_timeout_raises_key_not_found_at_once(
         store: ObjectStore) -> None:
-    t0 = time.monotonic()
     with pytest.raises(KeyNotFound, match="nope/x") as info:
         store.get("nope/x")
     assert info.value.key == "nope/x"
     assert isinstance(info.value, KeyError)
-    assert time.monotonic() - t0 < 2.0
-    assert store.stats.misses == 1 and store.stats.gets == 0
+    assert store.stats.misses == 1 and store.stats.gets == 0  # one GET, no polling
 
 
 def test_get_waits_for_a_key_that_appears_later(store: ObjectStore) -> None:
-    writer = threading.Timer(0.3, lambda: store.put("late/key", b"finally"))
+    reader_done = threading.Event()
+
+    def put_after_the_first_miss() -> None:  # so the key surely appears after a poll
+        while store.stats.misses == 0 and not reader_done.wait(0.001):
+            pass
+        store.put("late/key", b"finally")
+
+    writer = threading.Thread(target=put_after_the_first_miss)
     writer.start()
     try:
-        t0 = time.monotonic()
-        assert store.get("late/key", timeout=10) == b"finally"
-        assert 0.25 < time.monotonic() - t0 < 5
+        assert store.get("late/key", timeout=60) == b"finally"
     finally:
-        writer.cancel()
+        reader_done.set()
+        writer.join()
     assert store.stats.gets == 1 and store.stats.misses >= 1
 
 
 def test_get_timeout_names_the_key(store: ObjectStore) -> None:
-    t0 = time.monotonic()
     with pytest.raises(GetTimeout, match="never/there") as info:
         store.get("never/there", timeout=0.3)
     assert isinstance(info.value, TimeoutError)
-    assert 0.3 <= time.monotonic() - t0 < 3
+    assert info.value.key == "never/there"
+    assert info.value.waited_s >= 0.3  # it gave up only once the timeout had passed
+    assert store.stats.misses >= 1 and store.stats.gets == 0
 
 
 def test_exists_is_one_head_and_never_a_list(store: ObjectStore) -> None:
@@ -136,35 +140,39 @@ def test_invalid_keys_are_rejected_with_the_rule(store: ObjectStore, bad: str) -
         store.put(bad, b"x")
 
 
-def test_a_reader_never_sees_a_partial_object(store: ObjectStore, store_kind: str,
-                                              request: pytest.FixtureRequest) -> None:
+def test_a_reader_never_sees_a_partial_object(store: ObjectStore, store_kind: str) -> None:
     if store_kind == "s3-s3rver":
         # s3rver 3.7.1 overwrites an object's file in place, so a GET racing a PUT of the same
         # key can return 0 bytes or a prefix (seen here). AWS S3 and moto replace atomically.
         # JaxPipe keys are written once, and the codec's lengths and CRC catch such reads.
-        request.applymarker(pytest.mark.xfail(reason="s3rver overwrites objects in place",
-                                              strict=False))
+        # Racing GETs also stall there for seconds at a time, so the race is not run at all.
+        pytest.xfail("s3rver overwrites objects in place")
     size = 128 << 10
     store.put("atomic", bytes([0]) * size)
-    stop = time.monotonic() + 0.5
+    # The writer may run at most 3 writes ahead of the reads, so neither starves the other
+    # (s3rver, one-threaded, would otherwise serve a stream of PUTs and hardly any GET).
+    ahead, stop = threading.Semaphore(3), threading.Event()
+    writes = [0]
     errors: list[str] = []
 
     def write() -> None:
-        i = 0
-        while time.monotonic() < stop:
-            i = (i + 1) % 250
-            store.put("atomic", bytes([i]) * size)
+        while ahead.acquire() and not stop.is_set():
+            writes[0] += 1
+            store.put("atomic", bytes([writes[0] % 250]) * size)
 
     writer = threading.Thread(target=write)
     writer.start()
-    reads = 0
-    while time.monotonic() < stop:
-        data = store.get("atomic")
-        reads += 1
-        if len(data) != size or data.count(data[:1]) != size:
-            errors.append(f"read {reads}: {len(data)} bytes, mixed content")
-    writer.join()
-    assert not errors and reads > 0
+    try:
+        for read in range(60):
+            ahead.release(3)
+            data = store.get("atomic")
+            if len(data) != size or data.count(data[:1]) != size:
+                errors.append(f"read {read}: {len(data)} bytes, mixed content")
+    finally:
+        stop.set()
+        ahead.release()
+        writer.join()
+    assert not errors and writes[0] > 0
 
 
 def test_transient_failures_are_retried_until_every_operation_succeeds(
