@@ -1,8 +1,8 @@
 """Coarsening: merge adjacent layers into at most G groups of balanced compute.
 
 The planner solves on the coarsened chain (FuncPipe coarsens ResNet-101 to 30 groups before
-planning; funcpipe.md section 3.1). ``coarsen`` records in ``meta["groups"]`` which original
-layers each group holds, and ``expand_plan`` maps a plan back to original layer indices.
+planning). ``coarsen`` records in ``meta["groups"]`` which original layers each group holds,
+and ``expand_plan`` maps a plan back to original layer indices.
 """
 
 from __future__ import annotations

@@ -12,7 +12,7 @@ Notation (per stage s, one micro-batch of b samples, at memory option m_s with C
   n_s     = ceil(M / d_s)                           micro-batches per replica, M = B / b
 Compute, upload and download are three overlapping lanes, so the steady-state periods are
   tauF_s = max(F_s, U^a_s, D^a_s)    tauB_s = max(G_s, U^g_s, D^g_s)
-and, for FuncPipe's schedule (all forwards, then all backwards; funcpipe.md section 2.4),
+and, for FuncPipe's schedule (all forwards, then all backwards; ``planners.schedule``),
   T = sum_s (D^a+F+U^a)_s + max_s (n_s-1) tauF_s      forward fill + bottleneck
     + sum_s (D^g+G+U^g)_s + max_s (n_s-1) tauB_s      backward fill + bottleneck
     + max_s (sync_s + update_s)                        gradient sync + optimizer step
@@ -54,7 +54,7 @@ MIB = 1 << 20  # memory sizes are MB = MiB, as function platforms bill them
 
 
 def sync_seconds(grad_bytes: float, replicas: int, up: float, down: float, lat: float) -> float:
-    """Pipelined scatter-reduce over storage (funcpipe.md section 4.3), in seconds.
+    """FuncPipe's pipelined scatter-reduce over storage (``transports.allreduce_mean``), in s.
 
     Each of d replicas owns a chunk c = W/d. (A) it uploads its d-1 foreign chunks while
     downloading the d-1 pieces of its own chunk, one step behind; (B) it publishes its reduced

@@ -1,7 +1,7 @@
 """The max-load partitioner FuncPipe compared against (Tarnawski et al., NeurIPS'20).
 
 FuncPipe's baseline solves Tarnawski's integer program once per memory size with every function
-the same size and no replication (funcpipe.md section 3.3). Each device's load is its forward and
+the same size and no replication (in its reference code). Each device's load is its forward and
 backward compute plus the non-overlapped send and receive of its boundary tensors; the IP
 minimises the largest load. On a chain with contiguous stages that IP is exactly the min-max
 partition solved here by dynamic programming over (layer prefix, stage count):

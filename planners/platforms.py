@@ -3,8 +3,8 @@
 ``get(name)`` returns a frozen ``Platform`` for ``aws-lambda``, ``alibaba-fc`` or ``local``; an
 optional TOML or JSON file overrides any field, because prices change and bandwidth and latency
 must be calibrated on the machine at hand. Tags in comments: [DOC url] vendor documentation,
-[CODE file] FuncPipe's reference code (see ../shared/reference/funcpipe.md), [ABS1] the FuncPipe
-v1 abstract, [ASSUMED] our own choice, to be calibrated.
+[CODE file] FuncPipe's reference code (the authors' release of the paper cited in
+docs/design.md), [ABS1] the FuncPipe v1 abstract, [ASSUMED] our own choice, to be calibrated.
 """
 
 from __future__ import annotations
@@ -186,7 +186,7 @@ _AWS = Platform(
     uplink_bytes_per_s=70 * MB,
     downlink_bytes_per_s=70 * MB,
     # [ASSUMED] S3 small-request first-byte latency is tens of ms; calibrate with the transports
-    # benchmark. FuncPipe does not state it (funcpipe.md section 5.4).
+    # benchmark. FuncPipe does not state it.
     request_latency_s=0.03,
     # x86 us-east-1 [DOC aws.amazon.com/lambda/pricing]: $0.0000166667 per GB-s, $0.20 per 1M.
     price_gb_second=0.0000166667,

@@ -19,7 +19,7 @@ Stage 0's RECV_ACT has ``peer=None``: it reads micro-batch m of the data from st
 
 Policies:
   ``funcpipe``: forwards in increasing m, then backwards in decreasing m; inside each half the
-    receives are hoisted to the front so downloads prefetch (funcpipe.md section 2.2).
+    receives are hoisted to the front so downloads prefetch (as FuncPipe's runtime does).
   ``1f1b``: PipeDream-flush; min(n, S - s - 1) warm-up forwards, then one forward / one
     backward alternately, backwards in increasing m; holds at most S - s micro-batches.
 """
