@@ -54,6 +54,7 @@ QUICK_PLANS = ("1 stage", "2 stages", "4 stages")
 def accuracies(run: Any, iterations: int) -> dict[int, float]:
     """Test accuracy of the checkpoint of every EVERY-th iteration, through the unsplit model."""
     from jaxpipe import models
+    from jaxpipe.runtime.job import Keys
     from jaxpipe.tree import nest
     from transports import codec
 
@@ -63,7 +64,7 @@ def accuracies(run: Any, iterations: int) -> dict[int, float]:
     for t in range(EVERY, iterations + 1, EVERY):
         params: dict[str, Any] = {}
         for k in range(len(run.plan.stages)):
-            key = f"jobs/{run.job}/ckpt/{t:08d}/stage{k}/params"
+            key = Keys(run.job).checkpoint(t, k, "params")
             params.update(codec.decode(run.store.get(key, timeout=10), key=key))
         logits = module.apply({"params": nest(params, strip="params")}, x_test)
         out[t] = float(np.mean(np.argmax(np.asarray(logits), -1) == y_test))
@@ -89,24 +90,24 @@ def run(quick: bool = False, out: str | Path | None = None, iterations: int | No
             acc = accuracies(run_, iterations)
             reached = next((t for t, a in sorted(acc.items()) if a >= TARGET), None)
             s = run_.summary
-            per_it = s["measured_seconds_per_iteration"]
-            per_dollar = s["measured_run_dollars_per_iteration"]  # start-up included
+            per_it = s.measured_seconds_per_iteration
+            per_dollar = s.measured_run_dollars_per_iteration  # start-up included
             row = {
                 "plan": name, "functions": plan.num_functions, "stages": len(plan.stages),
-                "losses": s["losses"], "test_accuracy": acc,
-                "final_test_accuracy": s.get("test_accuracy"),
+                "losses": list(s.losses), "test_accuracy": acc,
+                "final_test_accuracy": s.test_accuracy,
                 "iterations_to_target": reached,
                 "seconds_per_iteration": per_it,
                 "dollars_per_iteration": per_dollar,
-                "predicted_seconds_per_iteration": s.get("predicted_seconds_per_iteration"),
-                "predicted_dollars_per_iteration": s.get("predicted_dollars_per_iteration"),
+                "predicted_seconds_per_iteration": s.predicted_seconds_per_iteration,
+                "predicted_dollars_per_iteration": s.predicted_dollars_per_iteration,
                 "seconds_to_target": None if reached is None else reached * per_it,
                 "dollars_to_target": None if reached is None else reached * per_dollar,
                 "job_wall_s": run_.seconds,
             }
             rows.append(row)
-            print(f"{name:24s} {plan.num_functions} functions: loss {s['losses'][0]:.4f} -> "
-                  f"{s['losses'][-1]:.4f}, accuracy {acc}, {per_it:.3f} s/it, "
+            print(f"{name:24s} {plan.num_functions} functions: loss {s.losses[0]:.4f} -> "
+                  f"{s.losses[-1]:.4f}, accuracy {acc}, {per_it:.3f} s/it, "
                   f"${per_dollar:.2e}/it, target at {reached}", flush=True)
     finally:
         if own:

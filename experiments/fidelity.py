@@ -85,7 +85,7 @@ def measure(cases: list[dict[str, Any]], out: Path, workdir: Path, tag: str,
                    seconds=run.seconds if reuse else time.time() - began,
                    load_avg_1m=rc.machine()["load_avg_1m"])
         sim = simulate.simulate(plan, run.problem)
-        it = timelines.iteration_spans(run.metrics, timelines.iteration_indices(run.metrics)[-1])
+        it = timelines.iteration_spans(run.metrics, timelines.held_iterations(run.metrics)[-1])
         timelines.draw_timeline(it, out / f"{tag}-{name}.png",
                          f"{name}: {plan.num_functions} functions, M={plan.num_micro_batches}",
                          simulated=sim)

@@ -16,9 +16,15 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+if TYPE_CHECKING:  # the runtime imports JAX; experiments import it only when they run a job
+    from jaxpipe.runtime.metrics import RankMetrics
+    from jaxpipe.runtime.summary import Summary
+    from planners import Plan, Problem
+    from transports import ObjectStore
 
 RESULTS = Path(__file__).parent / "results"
 SINGLE_THREAD_XLA = "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
@@ -78,15 +84,10 @@ def resolve(model: str) -> tuple[str, dict[str, Any]]:
 
 def profile_path(cache_dir: str | Path, model: str, batch: int) -> Path:
     """Where `jaxpipe.runtime.train` looks for the profile of `model` at global batch `batch`."""
-    from jaxpipe.runtime.train import profile_cache_path
+    from jaxpipe.runtime.planning import profile_cache_path, profile_sizes
 
     base, overrides = resolve(model)
-    return profile_cache_path(cache_dir, base, overrides, sizes_for(batch))
-
-
-def sizes_for(batch: int) -> tuple[int, ...]:
-    """The micro-batch sizes `jaxpipe.runtime.train` profiles for a global batch."""
-    return tuple(b for b in (1, 2, 4, 8, 16) if batch % b == 0)
+    return profile_cache_path(cache_dir, base, overrides, profile_sizes(batch))
 
 
 # -- profiling like a function ---------------------------------------------------------------
@@ -164,13 +165,14 @@ def cpu_share(plan: Any, problem: Any, cores: int | None = None) -> float:
 
 @dataclasses.dataclass
 class Run:
-    """A finished job: its summary, every rank's metrics, the problem it was predicted with."""
+    """A finished job: its summary, every rank's metrics (sorted by rank), the problem it was
+    predicted with."""
 
-    summary: dict[str, Any]
-    metrics: list[dict[str, Any]]
-    problem: Any
-    plan: Any
-    store: Any
+    summary: Summary
+    metrics: list[RankMetrics]
+    problem: Problem
+    plan: Plan
+    store: ObjectStore
     job: str
     seconds: float
 
@@ -224,24 +226,30 @@ def load_run(workdir: str | Path, job: str, model: str, plan: Any, batch: int,
              optimizer: str = "momentum", seconds: float = 0.0) -> Run:
     """The `Run` of a finished job of `run_plan` in `workdir` (its summary and metrics stay in
     the store), so that its timelines can be analysed again without running it."""
+    from jaxpipe.runtime.job import Keys
+    from jaxpipe.runtime.metrics import RankMetrics
+    from jaxpipe.runtime.summary import Summary
     from jaxpipe.runtime.train import open_store
 
     workdir = Path(workdir)
     store = open_store(str(workdir / "store"))
-    summary = json.loads(store.get(f"jobs/{job}/results/summary.json"))
-    metrics = [json.loads(store.get(k)) for k in store.list(f"jobs/{job}/metrics/rank")]
-    metrics.sort(key=lambda m: m["rank"])
+    keys = Keys(job)
+    summary = Summary.from_dict(json.loads(store.get(keys.summary)))
+    metrics = [RankMetrics.from_dict(json.loads(store.get(k)))
+               for k in store.list(keys.all_metrics())]
+    metrics.sort(key=lambda m: (m.rank, m.attempt, m.invocation))
     problem = _problem(workdir, job, model, plan, batch, optimizer)
     return Run(summary, metrics, problem, plan, store, job, seconds)
 
 
-def _problem(workdir: Path, job: str, model: str, plan: Any, batch: int,
-             optimizer: str) -> Any:
+def _problem(workdir: Path, job: str, model: str, plan: Plan, batch: int,
+             optimizer: str) -> Problem:
     """The planning problem of a `run_plan` job, as `jaxpipe.runtime.train` built it: its cached
     profile, its platform file, and the training set stage 0 keeps in memory."""
     from jaxpipe import models
-    from jaxpipe.runtime.train import OPTIMIZER_SLOTS, TrainOptions, dataset_bytes, training_data
-    from planners import Platform, Problem, platforms
+    from jaxpipe.runtime.planning import OPTIMIZER_SLOTS, profile_sizes
+    from jaxpipe.runtime.train import TrainOptions, dataset_bytes, training_data
+    from planners import Platform, platforms
     from planners.profile import ModelProfile
 
     base, overrides = resolve(model)
@@ -251,7 +259,7 @@ def _problem(workdir: Path, job: str, model: str, plan: Any, batch: int,
                                                           batch).read_text()))
     plat = platforms.get("local", str(workdir / f"{job}-platform.json"))
     return Problem(profile=prof, platform=Platform.from_dict(plat.to_dict()),
-                   global_batch=batch, micro_batches=sizes_for(batch),
+                   global_batch=batch, micro_batches=profile_sizes(batch),
                    replica_options=(1, 2, 4), max_functions=max(plan.num_functions, 4),
                    optimizer_slots=OPTIMIZER_SLOTS[optimizer],
                    cached_input_bytes=dataset_bytes(data))

@@ -8,100 +8,114 @@ The overhead bench_runtime reports is defined here (`compare_run`).
 from __future__ import annotations
 
 import dataclasses
-import itertools
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from experiments.runtime_common import Run
-
-
-def iteration_spans(metrics: list[dict[str, Any]], which: int = -1) -> dict[str, Any]:
-    """The spans of one iteration (`which`, counted as a Python index over the iterations
-    every rank's timeline still holds) of every rank, with the iteration window.
-
-    A rank's iteration ends with its UPDATE; its spans are those starting between the end of its
-    previous UPDATE and the end of this one (uploads may end a little later). The window is the
-    iteration's makespan as executed: from when stage 0 (which needs nothing from other ranks)
-    started it to when the last rank finished its UPDATE. Iterations overlap (stage 0 starts the
-    next one while later stages still sync), so the time per iteration (`iteration_periods`) is
-    shorter than this window.
-    """
-    per_rank, starts, ends = {}, [], []
-    for m in metrics:
-        spans = sorted(m["timeline"], key=lambda e: e["start"])
-        updates = [e for e in spans if e["name"] == "UPDATE"]
-        index = range(len(updates))[which]
-        this = updates[index]
-        prev_end = updates[index - 1]["end"] if index > 0 else spans[0]["start"]
-        per_rank[m["rank"]] = {
-            "stage": m["stage"], "replica": m["replica"],
-            "spans": [e for e in spans if prev_end <= e["start"] < this["end"]]}
-        if m["stage"] == 0:
-            starts.append(prev_end)
-        ends.append(this["end"])
-    return {"start": min(starts), "end": max(ends), "ranks": per_rank}
-
-
-def iteration_periods(metrics: list[dict[str, Any]]) -> list[float]:
-    """Time between the ends (last UPDATE of any rank) of successive iterations, for every
-    iteration the timelines hold but the job's first WARM_UP (compilation): the measured time
-    per iteration, from the workers' own clocks."""
-    indices = iteration_indices(metrics)
-    ends = [iteration_spans(metrics, k)["end"] for k in range(indices.start - 1, indices.stop)]
-    return [b - a for a, b in itertools.pairwise(ends)]
-
-
-def iteration_indices(metrics: list[dict[str, Any]]) -> range:
-    """Indices (for `iteration_spans`) of the iterations every timeline holds, without the
-    job's first WARM_UP iterations."""
-    held = min(sum(e["name"] == "UPDATE" for e in m["timeline"]) for m in metrics)
-    first_kept = held - min(len(m["iterations"]) for m in metrics)
-    return range(max(first_kept, WARM_UP), held)
-
-
-def _iteration_record(metrics: dict[str, Any], k: int) -> dict[str, Any]:
-    """A rank's `iterations` entry for timeline iteration k (the timeline may hold more
-    iterations than the list, from earlier invocations of the same rank)."""
-    held = sum(e["name"] == "UPDATE" for e in metrics["timeline"])
-    return metrics["iterations"][k - (held - len(metrics["iterations"]))]
-
+from jaxpipe.runtime.metrics import IterationRecord, RankMetrics, Span
 
 WARM_UP = 2
-"""Iterations left out of every measurement: the first compiles each rank's programs, and in the
-second ranks still wait for peers that compiled late (before the worker committed its arrays to
-the device, it also compiled every program again: 10-37 s against 0.6-0.8 s steady)."""
+"""Iterations left out of every measurement, counted from each invocation's first: the first
+compiles each rank's programs, and in the second ranks still wait for peers that compiled late
+(before the worker committed its arrays to the device, it also compiled every program again:
+10-37 s against 0.6-0.8 s steady)."""
 
 
-def _micro_batch(name: str) -> int | None:
-    parts = name.split()
-    return int(parts[1]) if len(parts) > 1 else None
+@dataclass(frozen=True)
+class RankIteration:
+    """One rank's part of one iteration: its spans (sorted by start) and its record."""
+
+    stage: int
+    replica: int
+    spans: tuple[Span, ...]
+    record: IterationRecord | None = None
 
 
-def effective_downloads(it: dict[str, Any], schedule: Any) -> dict[tuple[int, str], float]:
+@dataclass(frozen=True)
+class IterationSpans:
+    """Iteration `t` of every rank, with its window as executed (epoch seconds)."""
+
+    t: int
+    start: float
+    end: float
+    ranks: dict[int, RankIteration]
+
+
+def held_iterations(metrics: Sequence[RankMetrics], warm_up: int = WARM_UP) -> list[int]:
+    """The iterations every rank's timeline holds whole (`RankMetrics.timeline_from` on), past
+    the first `warm_up` iterations of each invocation."""
+    per_rank: dict[int, set[int]] = {}
+    for m in metrics:
+        first = m.iterations[0].iteration if m.iterations else 0
+        per_rank.setdefault(m.rank, set()).update(
+            r.iteration for r in m.timeline_iterations if r.iteration - first >= warm_up)
+    return sorted(set.intersection(*per_rank.values())) if per_rank else []
+
+
+def iteration_spans(metrics: Sequence[RankMetrics], t: int) -> IterationSpans:
+    """The spans of iteration t of every rank (`RankMetrics.spans_of`), with the window.
+
+    The window is the iteration's makespan as executed: from when stage 0 (which needs nothing
+    from other ranks) finished its previous UPDATE (else, when it started t) to when the last
+    rank finished its UPDATE. Iterations overlap (stage 0 starts the next one while later
+    stages still sync), so the time per iteration (`iteration_periods`) is shorter than this
+    window.
+    """
+    ranks: dict[int, RankIteration] = {}
+    starts, ends = [], []
+    for m in metrics:
+        spans = m.spans_of(t)
+        if not spans:
+            continue
+        spans = tuple(sorted(spans, key=lambda e: e.start))
+        ranks[m.rank] = RankIteration(m.stage, m.replica, spans, m.record(t))
+        ends.append(_update(spans).end)
+        if m.stage == 0:
+            before = m.spans_of(t - 1)
+            record = m.record(t)
+            starts.append(_update(before).end if before else record.end - record.seconds)
+    return IterationSpans(t, min(starts), max(ends), ranks)
+
+
+def _update(spans: Sequence[Span]) -> Span:
+    return next(e for e in spans if e.name == "UPDATE")
+
+
+def iteration_periods(metrics: Sequence[RankMetrics]) -> list[float]:
+    """Time between the ends (last UPDATE of any rank) of successive iterations, for every
+    iteration the timelines hold but each invocation's first WARM_UP (compilation): the
+    measured time per iteration, from the workers' own clocks."""
+    everywhere = set(held_iterations(metrics, warm_up=0))
+    ts = [t for t in held_iterations(metrics) if t - 1 in everywhere]
+    return [iteration_spans(metrics, t).end - iteration_spans(metrics, t - 1).end for t in ts]
+
+
+def effective_downloads(it: IterationSpans, schedule: Any) -> dict[tuple[int, str], float]:
     """Duration of every download from when its object existed (the producer's upload ended)
     to when it was decoded: the transfer, without the wait for the producer, keyed by
     (rank, span name)."""
     from planners.schedule import Kind
 
-    sends = {(r, e["name"]): e for r, info in it["ranks"].items() for e in info["spans"]
-             if e["name"].startswith("SEND_")}
+    sends = {(r, e.name): e for r, info in it.ranks.items() for e in info.spans
+             if e.kind.startswith("SEND_")}
     out = {}
-    for r, info in it["ranks"].items():
+    for r, info in it.ranks.items():
         tasks = {(str(t.kind), t.micro_batch): t for t in schedule.tasks[r]}
-        for e in info["spans"]:
-            if not e["name"].startswith("RECV_"):
+        for e in info.spans:
+            if not e.kind.startswith("RECV_"):
                 continue
-            kind, m = e["name"].split()[0], _micro_batch(e["name"])
-            task = tasks[(kind, m)]
-            ready = e["start"]
+            task = tasks[(e.kind, e.micro_batch)]
+            ready = e.start
             if task.peer is not None:
-                send = "SEND_ACT" if kind == Kind.RECV_ACT else "SEND_GRAD"
-                producer = sends.get((task.peer, f"{send} {m}"))
+                send = "SEND_ACT" if e.kind == Kind.RECV_ACT else "SEND_GRAD"
+                producer = sends.get((task.peer, f"{send} {e.micro_batch}"))
                 if producer is not None:
-                    ready = max(ready, producer["end"])
-            out[(r, e["name"])] = max(e["end"] - ready, 0.0)
+                    ready = max(ready, producer.end)
+            out[(r, e.name)] = max(e.end - ready, 0.0)
     return out
 
 
@@ -110,7 +124,7 @@ _KIND_FIELD = {"FWD": "fwd", "BWD": "bwd", "UPDATE": "update", "SYNC": "sync",
                "RECV_GRAD": "grad_down"}
 
 
-def measured_terms(it: dict[str, Any], plan: Any, problem: Any) -> list[Any]:
+def measured_terms(it: IterationSpans, plan: Any, problem: Any) -> list[Any]:
     """The cost model's stage terms with every duration replaced by the mean measured one
     (downloads: effective, see `effective_downloads`)."""
     from planners import cost
@@ -124,36 +138,36 @@ def measured_terms(it: dict[str, Any], plan: Any, problem: Any) -> list[Any]:
         durations: dict[str, list[float]] = {}
         # A replica's SYNC span includes waiting for its slowest peer to reach the SYNC; the
         # replay starts the all-reduce when all are there, so time it from the last arrival.
-        sync_start = max((e["start"] for info in it["ranks"].values() if info["stage"] == s
-                          for e in info["spans"] if e["name"] == "SYNC"), default=0.0)
-        for r, info in it["ranks"].items():
-            if info["stage"] != s:
+        sync_start = max((e.start for info in it.ranks.values() if info.stage == s
+                          for e in info.spans if e.name == "SYNC"), default=0.0)
+        for r, info in it.ranks.items():
+            if info.stage != s:
                 continue
-            for e in info["spans"]:
-                kind = e["name"].split()[0]
-                value = downloads.get((r, e["name"]), e["end"] - e["start"])
-                if kind == "SYNC":
-                    value = e["end"] - max(e["start"], sync_start)
-                durations.setdefault(_KIND_FIELD[kind], []).append(value)
+            for e in info.spans:
+                value = downloads.get((r, e.name), e.seconds)
+                if e.kind == "SYNC":
+                    value = e.end - max(e.start, sync_start)
+                durations.setdefault(_KIND_FIELD[e.kind], []).append(value)
         out.append(dataclasses.replace(t, **{k: float(np.mean(v)) for k, v in durations.items()}))
     return out
 
 
-def lane_totals(it: dict[str, Any], schedule: Any) -> dict[int, dict[str, float]]:
+def lane_totals(it: IterationSpans, schedule: Any) -> dict[int, dict[str, float]]:
     """Per rank: busy seconds of the compute lane, the upload lane, the effective downloads,
     and the time in the window when none of them was busy ("idle")."""
     downloads = effective_downloads(it, schedule)
     out = {}
-    for r, info in it["ranks"].items():
-        intervals = {"compute": [], "upload": [], "download": []}
-        for e in info["spans"]:
-            lane = "upload" if e["lane"] == "storage" else e["lane"]
-            start = e["start"]
+    for r, info in it.ranks.items():
+        intervals: dict[str, list[tuple[float, float]]] = {"compute": [], "upload": [],
+                                                           "download": []}
+        for e in info.spans:
+            lane = "upload" if e.lane == "storage" else e.lane
+            start = e.start
             if lane == "download":
-                start = e["end"] - downloads.get((r, e["name"]), e["end"] - e["start"])
-            intervals[lane].append((start, e["end"]))
-            if e["lane"] == "storage":
-                intervals["download"].append((start, e["end"]))
+                start = e.end - downloads.get((r, e.name), e.seconds)
+            intervals[lane].append((start, e.end))
+            if e.lane == "storage":
+                intervals["download"].append((start, e.end))
         row = {lane: _union(v) for lane, v in intervals.items()}
         row["any"] = _union([iv for v in intervals.values() for iv in v])
         out[r] = row
@@ -170,7 +184,7 @@ def _union(intervals: list[tuple[float, float]]) -> float:
     return total
 
 
-def handoff_gaps(it: dict[str, Any]) -> dict[int, float]:
+def handoff_gaps(it: IterationSpans) -> dict[int, float]:
     """Per rank, the seconds between each task's last input being ready and the task starting,
     summed over the iteration: the runtime's own hand-off cost (a future resolving, a thread
     waking, a dispatch), apart from how long the tasks themselves took.
@@ -180,14 +194,15 @@ def handoff_gaps(it: dict[str, Any]) -> dict[int, float]:
     previous send (one upload lane); for the SYNC, the rank's last BWD.
     """
     out = {}
-    for r, info in it["ranks"].items():
-        spans = sorted(info["spans"], key=lambda e: e["start"])
-        named = {e["name"]: e for e in spans}
+    for r, info in it.ranks.items():
+        spans = sorted(info.spans, key=lambda e: e.start)
+        named = {e.name: e for e in spans}
         last_compute = last_send = None
         total = 0.0
         for e in spans:
-            kind, _, m = e["name"].partition(" ")
-            if e["lane"] == "compute":
+            kind, _, m = e.name.partition(" ")
+            inputs: list[Span | None]
+            if e.lane == "compute":
                 inputs = [last_compute, named.get(("RECV_ACT " if kind == "FWD" else
                                                    "RECV_GRAD ") + m)]
                 if kind == "UPDATE":
@@ -197,17 +212,17 @@ def handoff_gaps(it: dict[str, Any]) -> dict[int, float]:
                 inputs = [last_send, named.get(("FWD " if kind == "SEND_ACT" else "BWD ") + m)]
                 last_send = e
             elif kind == "SYNC":
-                inputs = [x for x in spans if x["name"].startswith("BWD")]
+                inputs = [x for x in spans if x.kind == "BWD"]
             else:
                 continue
-            ends = [x["end"] for x in inputs if x is not None]
+            ends = [x.end for x in inputs if x is not None]
             if ends:
-                total += max(0.0, e["start"] - max(ends))
+                total += max(0.0, e.start - max(ends))
         out[r] = total
     return out
 
 
-def draw_timeline(it: dict[str, Any], path: Path, title: str, simulated: Any = None) -> None:
+def draw_timeline(it: IterationSpans, path: Path, title: str, simulated: Any = None) -> None:
     """One row per (rank, lane) for one measured iteration; optionally the simulator's replay
     of the same plan below it, on the same time axis."""
     import matplotlib
@@ -218,20 +233,20 @@ def draw_timeline(it: dict[str, Any], path: Path, title: str, simulated: Any = N
               "SYNC": "tab:purple", "SEND_ACT": "tab:cyan", "SEND_GRAD": "tab:olive",
               "RECV_ACT": "tab:gray", "RECV_GRAD": "tab:brown"}
     panels = [("measured", it)] + ([("simulated", simulated)] if simulated is not None else [])
-    ranks = sorted(it["ranks"])
+    ranks = sorted(it.ranks)
     fig, axes = plt.subplots(len(panels), 1, figsize=(12, 0.75 * 3 * len(ranks) * len(panels)
                                                        + 1.2), squeeze=False, sharex=True)
     lanes = ("compute", "upload", "download")
-    for ax, (label, data) in zip(axes[:, 0], panels):
+    for ax, (label, data) in zip(axes[:, 0], panels, strict=True):
         rows = []
         for r in ranks:
             for lane in lanes:
                 rows.append((r, lane))
         y = {key: len(rows) - 1 - i for i, key in enumerate(rows)}
         if label == "measured":
-            t0 = data["start"]
-            events = [(r, e["lane"], e["name"], e["start"] - t0, e["end"] - t0)
-                      for r in ranks for e in data["ranks"][r]["spans"]]
+            t0 = it.start
+            events = [(r, e.lane, e.name, e.start - t0, e.end - t0)
+                      for r in ranks for e in it.ranks[r].spans]
         else:
             events = [(e.rank, e.lane, e.kind if e.micro_batch is None else
                        f"{e.kind} {e.micro_batch}", e.start, e.end) for e in data.timeline]
@@ -241,7 +256,7 @@ def draw_timeline(it: dict[str, Any], path: Path, title: str, simulated: Any = N
                 ax.barh(y[(r, ln)], b - a, left=a, height=0.8, color=colors.get(kind, "k"),
                         edgecolor="white", linewidth=0.3)
         ax.set_yticks([y[k] for k in rows], [f"rank {r} {lane}" for r, lane in rows], fontsize=7)
-        end = data["end"] - data["start"] if label == "measured" else data.iteration_seconds
+        end = it.end - it.start if label == "measured" else data.iteration_seconds
         ax.axvline(end, color="red", lw=0.8, ls="--")
         ax.set_title(f"{title}: {label} ({end:.3f} s)", fontsize=9)
     axes[-1, 0].set_xlabel("seconds from the iteration start")
@@ -252,9 +267,10 @@ def draw_timeline(it: dict[str, Any], path: Path, title: str, simulated: Any = N
     plt.close(fig)
 
 
-def compare_run(run: Run, which: int = -1) -> dict[str, Any]:
+def compare_run(run: Run, t: int | None = None) -> dict[str, Any]:
     """Measured time per iteration against the closed form and the simulator for the same
-    plan, and the runtime's own overhead (see `overhead` in the returned dict).
+    plan, and the runtime's own overhead (see `overhead` in the returned dict); the timeline
+    figures are of iteration `t` (default: the last every rank's timeline holds).
 
     overhead_per_micro_batch_s = (the iteration's makespan as executed - replay of the schedule
     with that iteration's measured task durations) / micro-batches, median over the iterations
@@ -265,9 +281,10 @@ def compare_run(run: Run, which: int = -1) -> dict[str, Any]:
     from planners.schedule import build
 
     plan, problem, s = run.plan, run.problem, run.summary
-    it = iteration_spans(run.metrics, which)
+    held = held_iterations(run.metrics)
+    it = iteration_spans(run.metrics, t if t is not None else held[-1])
     schedule = build(plan)
-    window = it["end"] - it["start"]
+    window = it.end - it.start
     terms = measured_terms(it, plan, problem)
     replayed = simulate.replay(schedule, terms).iteration_seconds
     predicted = cost.plan_terms(plan, problem)
@@ -279,40 +296,44 @@ def compare_run(run: Run, which: int = -1) -> dict[str, Any]:
                         for k in ("fwd", "bwd", "act_up", "act_down", "grad_up", "grad_down",
                                   "sync", "update")}
     periods = iteration_periods(run.metrics)
-    measured = float(np.median(periods)) if periods else s["measured_seconds_per_iteration"]
+    measured = float(np.median(periods)) if periods else s.measured_seconds_per_iteration
     overheads = []  # every held iteration after the first: window - replay(measured durations)
     gaps = []  # the same iterations: hand-off gaps of all ranks (a micro-batch's whole trip)
     waits = []  # the same iterations: each rank's threads' run-queue wait, mean over ranks
-    for k in iteration_indices(run.metrics):
+    for k in held:
         one = iteration_spans(run.metrics, k)
         replay_k = simulate.replay(schedule, measured_terms(one, plan, problem)).iteration_seconds
-        overheads.append((one["end"] - one["start"] - replay_k) / plan.num_micro_batches)
+        overheads.append((one.end - one.start - replay_k) / plan.num_micro_batches)
         gaps.append(sum(handoff_gaps(one).values()) / plan.num_micro_batches)
-        waits.append(float(np.mean([_iteration_record(m, k).get("cpu_wait_s", 0.0)
-                                    for m in run.metrics])) / plan.num_micro_batches)
+        waits.append(float(np.mean([r.record.cpu_wait_s for r in one.ranks.values()
+                                    if r.record is not None])) / plan.num_micro_batches)
     return {
-        "job": run.job, "model": s["model"], "functions": plan.num_functions,
+        "job": run.job, "model": s.model, "functions": plan.num_functions,
         "stages": len(plan.stages), "micro_batches": M, "micro_batch": plan.micro_batch,
         "cpu_share": problem.platform.max_cpus,
         "measured_s": measured, "timeline_window_s": window, "periods_s": periods,
-        "driver_measured_s": s["measured_seconds_per_iteration"],
-        "closed_form_s": s.get("predicted_seconds_per_iteration"),
-        "simulated_s": s.get("simulated_seconds_per_iteration"),
-        "measured_over_closed_form": measured / s["predicted_seconds_per_iteration"],
-        "driver_over_closed_form": s["measured_seconds_per_iteration"]
-        / s["predicted_seconds_per_iteration"],
-        "measured_over_simulated": measured / s["simulated_seconds_per_iteration"],
+        "driver_measured_s": s.measured_seconds_per_iteration,
+        "closed_form_s": s.predicted_seconds_per_iteration,
+        "simulated_s": s.simulated_seconds_per_iteration,
+        "measured_over_closed_form": _ratio(measured, s.predicted_seconds_per_iteration),
+        "driver_over_closed_form": _ratio(s.measured_seconds_per_iteration,
+                                          s.predicted_seconds_per_iteration),
+        "measured_over_simulated": _ratio(measured, s.simulated_seconds_per_iteration),
         "replay_with_measured_durations_s": replayed,
         "overhead_per_micro_batch_s": float(np.median(overheads)) if overheads
         else (window - replayed) / M,
         "overheads_per_micro_batch_s": overheads,
         "handoff_gap_per_micro_batch_s": float(np.median(gaps)) if gaps else 0.0,
         "cpu_wait_per_micro_batch_s": float(np.median(waits)) if waits else 0.0,
-        "measured_dollars": s["measured_dollars_per_iteration"],
-        "predicted_dollars": s.get("predicted_dollars_per_iteration"),
+        "measured_dollars": s.measured_dollars_per_iteration,
+        "predicted_dollars": s.predicted_dollars_per_iteration,
         "per_stage_durations": per_kind,
         "lane_busy_s": totals,
         "idle_per_micro_batch_s": {r: (window - v["any"]) / M for r, v in totals.items()},
-        "iteration_times_s": [x["seconds"] for x in run.metrics[0]["iterations"]],
-        "job_wall_s": run.seconds, "cold_start_s": s["cold_start_seconds"],
+        "iteration_times_s": [x.seconds for x in run.metrics[0].iterations],
+        "job_wall_s": run.seconds, "cold_start_s": list(s.cold_start_seconds),
     }
+
+
+def _ratio(a: float | None, b: float | None) -> float | None:
+    return a / b if a is not None and b else None

@@ -113,8 +113,8 @@ def _train(args: argparse.Namespace) -> int:
         invocation_seconds=args.invocation_seconds, link=not args.no_link,
         max_cost=args.max_cost))
     summary = train(options, resume=args.resume)
-    losses = summary["losses"]
-    print(f"job {summary['job']}: {len(losses)} iterations, loss {losses[0]:.4f} -> "
+    losses = summary.losses
+    print(f"job {summary.job}: {len(losses)} iterations, loss {losses[0]:.4f} -> "
           f"{losses[-1]:.4f}")
     rows = [("seconds / iteration", "measured_seconds_per_iteration",
              "predicted_seconds_per_iteration", "simulated_seconds_per_iteration"),
@@ -123,14 +123,16 @@ def _train(args: argparse.Namespace) -> int:
             ("  with start-up", "measured_run_dollars_per_iteration", None, None)]
     print(f"{'':22s}{'measured':>12s}{'cost model':>12s}{'simulator':>12s}")
     for label, *names in rows:
-        cells = [summary.get(n) if n else None for n in names]
+        cells = [getattr(summary, n) if n else None for n in names]
         print(f"{label:22s}" + "".join(f"{c:12.4g}" if c is not None else f"{'-':>12s}"
                                         for c in cells))
-    if "test_accuracy" in summary:
-        print(f"test accuracy: {summary['test_accuracy']:.3f}")
+    if not summary.has_predictions:
+        print("(no predictions: a resumed job has no planning problem)")
+    if summary.test_accuracy is not None:
+        print(f"test accuracy: {summary.test_accuracy:.3f}")
     if args.out:
         with open(args.out, "w") as f:
-            json.dump(summary, f, indent=1)
+            json.dump(summary.to_dict(), f, indent=1)
         print(f"wrote {args.out}")
     return 0
 
@@ -188,13 +190,15 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def _add_cloud_arguments(parser: argparse.ArgumentParser, what: str) -> None:
+    from jaxpipe.runtime.platforms.aws import FUNCTION_PREFIX
+
     parser.add_argument("--platform", default="local",
                         help=f"local (this machine) or aws-lambda ({what})")
     parser.add_argument("--memory", help="aws-lambda: memory sizes in MB, comma-separated "
                         "(default: the platform's grid)")
     parser.add_argument("--bucket", help="aws-lambda: the bucket `jaxpipe deploy aws` set up")
     parser.add_argument("--endpoint-url", help="S3 API endpoint (default: AWS)")
-    parser.add_argument("--function-prefix", default="jaxpipe-worker",
+    parser.add_argument("--function-prefix", default=FUNCTION_PREFIX,
                         help="aws-lambda: functions are <prefix>-<memory MB>")
     parser.add_argument("--platform-file", default=None,
                         help="platform JSON to write or update (default: platform-<name>.json)")

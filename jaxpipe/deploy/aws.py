@@ -153,7 +153,7 @@ def ensure_role(iam: Any, role: str, bucket: str, create: bool = False,
     `role` is a name or an ARN. Without `create` the role must exist (GetRole only).
     """
     name = role.rsplit("/", 1)[-1]
-    policy_name = "jaxpipe-worker"
+    policy_name = FUNCTION_PREFIX  # the inline policy is named after the default functions
     try:
         arn = iam.get_role(RoleName=name)["Role"]["Arn"]
         changes = [Change(f"role {name}", "unchanged")]

@@ -14,6 +14,8 @@ __all__ = ["add_aws_arguments", "calibrate_platform", "profile_on_platform", "ru
 
 
 def add_aws_arguments(parser: argparse.ArgumentParser) -> None:
+    from jaxpipe.runtime.platforms.aws import FUNCTION_PREFIX
+
     parser.add_argument("--bucket", required=True, help="S3 bucket for jobs (created if missing)")
     parser.add_argument("--role", required=True,
                         help="execution role of the functions: a name or an ARN")
@@ -31,8 +33,8 @@ def add_aws_arguments(parser: argparse.ArgumentParser) -> None:
                         help="run the docker build/push commands (needs docker and credentials)")
     parser.add_argument("--expire-days", type=int, default=7,
                         help="delete jobs/ objects after this many days (default: 7)")
-    parser.add_argument("--function-prefix", default="jaxpipe-worker",
-                        help="functions are <prefix>-<memory MB> (default: jaxpipe-worker)")
+    parser.add_argument("--function-prefix", default=FUNCTION_PREFIX,
+                        help=f"functions are <prefix>-<memory MB> (default: {FUNCTION_PREFIX})")
 
 
 def run_aws(args: argparse.Namespace, session: Any = None) -> int:

@@ -14,6 +14,7 @@ import numpy as np
 import optax
 
 from jaxpipe.runtime import optim
+from jaxpipe.runtime.arrays import decode_named
 from jaxpipe.runtime.job import Keys
 from transports import ObjectStore, codec
 
@@ -45,7 +46,7 @@ def load(store: ObjectStore, keys: Keys, t: int, stage: int,
     out = []
     for part in ("params", "opt", "state"):
         key = keys.checkpoint(t, stage, part)
-        arrays = codec.decode(store.get(key, timeout=timeout), key=key)
+        arrays = decode_named(store.get(key, timeout=timeout), key)
         out.append({p: jnp.asarray(v) for p, v in arrays.items()})
     params, opt_leaves, state = out
     return params, optim.state_from_leaves(optimizer, params, opt_leaves), state

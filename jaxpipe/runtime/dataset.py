@@ -14,6 +14,7 @@ from collections.abc import Sequence
 import jax
 import numpy as np
 
+from jaxpipe.runtime.arrays import decode_named
 from jaxpipe.runtime.job import Keys
 from transports import ObjectStore, codec
 
@@ -72,7 +73,7 @@ class ShardReader:
         for shard in sorted(set((indices // self.shard_size).tolist())):
             if shard not in self._shards:
                 key = self.keys.shard(shard)
-                arrays = codec.decode(self.store.get(key, timeout=self.timeout), key=key)
+                arrays = decode_named(self.store.get(key, timeout=self.timeout), key)
                 self._shards[shard] = [arrays[f"leaf{j}"] for j in range(len(arrays))]
         rows = [self._shards[i // self.shard_size] for i in indices.tolist()]
         offsets = [i % self.shard_size for i in indices.tolist()]

@@ -1,19 +1,20 @@
-"""The driver: prepare a training job, run it on functions, survive their deaths, report.
+"""The driver: run a prepared training job on functions, survive their deaths, report.
 
-    prepare   check every input, trace, profile (cached), plan, split, export, upload
     run       launch every rank for a window of iterations; watch the losses arrive; on a
-              crash (a rank exits non-zero or goes silent) kill the attempt and restart from
-              the latest complete checkpoint; at the window's end start fresh invocations
-    finish    gather metrics, compare measured with predicted, delete scratch keys
+              crash (a rank fails, is refused or goes silent) give up the attempt and restart
+              from the latest complete checkpoint; at the window's end start fresh invocations
+    finish    charge what the windows measured, delete the scratch keys
 
 A window is as many iterations as fit in one invocation's time limit (with a safety factor),
 so a rank checkpoints at an iteration boundary and hands over before the platform would kill it.
 With `RunConfig.max_cost`, a window is also cut to what the budget still affords (`CostGuard`),
-and the job stops before a window that would exceed it.
+and the job stops before a window that would exceed it. The driver acts on `Outcome`s only:
+each platform translates its own signals (exit codes, status records) into them.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import time
@@ -21,21 +22,23 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
 from jaxpipe.errors import BudgetExceeded, JobFailed
 from jaxpipe.runtime import checkpoint
-from jaxpipe.runtime.job import JobSpec, Keys
-from jaxpipe.runtime.platforms import Launcher
-from jaxpipe.runtime.platforms.aws import REFUSED
-from jaxpipe.runtime.platforms.local import LocalPlatform
-from planners import Plan, Platform
+from jaxpipe.runtime.billing import CostGuard, measured_dollars, steady_dollars
+from jaxpipe.runtime.event import Fault, RankEvent
+from jaxpipe.runtime.job import JobSpec
+from jaxpipe.runtime.metrics import LossRecord, RankMetrics
+from jaxpipe.runtime.platforms import Invocation, Launcher, LocalPlatform, Outcome
+from planners import Schedule
 from planners.schedule import build
 from transports import ObjectStore, store_to_spec
 
-__all__ = ["BudgetExceeded", "CostGuard", "JobFailed", "RunConfig", "run_job"]
+__all__ = ["BudgetExceeded", "CostGuard", "JobFailed", "Progress", "RankDeath", "Recovery",
+           "RunConfig", "Window", "job_id", "measured_dollars", "recovery", "run_job",
+           "steady_dollars", "window_for"]
 
 
 @dataclass(frozen=True)
@@ -46,16 +49,17 @@ class RunConfig:
       invocation_seconds: time limit of one invocation (default: the platform's), seconds.
       max_restarts: crash recoveries before the job is declared failed.
       link: emulate the platform's storage bandwidth and latency in each rank.
-      faults: test hook, e.g. ({"rank": 1, "iteration": 2},): that rank SIGKILLs itself
+      faults: test hook, e.g. (Fault(rank=1, iteration=2),): that rank SIGKILLs itself
         mid-iteration during the first attempt.
       log_dir: where rank processes write their output.
+      startup_seconds: time an invocation needs before its first iteration, seconds.
       max_cost: budget of the whole run, in the platform's currency; None means no limit.
     """
 
     invocation_seconds: float | None = None
     max_restarts: int = 3
     link: bool = True
-    faults: tuple[dict[str, int], ...] = ()
+    faults: tuple[Fault, ...] = ()
     log_dir: str = ".jaxpipe/logs"
     startup_seconds: float = 20.0
     max_cost: float | None = None
@@ -74,55 +78,54 @@ class Progress:
     dollars: float = 0.0  # spent so far: measured windows plus estimates for failed ones
 
 
-@dataclass
-class CostGuard:
-    """Keeps a run under `max_cost`: predicts a window's cost before launching it.
+@dataclass(frozen=True)
+class Window:
+    """One launch of every rank: iterations [start, stop) in attempt `attempt`, the job's
+    `invocation`-th launch."""
 
-    Dollars per iteration are predicted from the plan (`iteration_dollars`, else its time at
-    the platform's GB-s price) until a window has run, then measured from the workers' metrics
-    (billed GB-s, invocations and requests; startup included). A failed window is charged its
-    wall time for every function, since Lambda bills the dead ranks too.
+    start: int
+    stop: int
+    attempt: int
+    invocation: int
+
+    @property
+    def size(self) -> int:
+        return self.stop - self.start
+
+
+@dataclass(frozen=True)
+class RankDeath:
+    """A rank that did not finish its window, and how it ended (never `Outcome.FINISHED`)."""
+
+    rank: int
+    outcome: Outcome
+
+
+@dataclass(frozen=True)
+class Recovery:
+    """What the driver does after a death: start attempt + 1 at `restart_at`, with windows of
+    at most `cap` iterations from then on."""
+
+    restart_at: int
+    cap: int
+
+
+def recovery(death: RankDeath, window: Window, cap: int, checkpoint_at: int | None) -> Recovery:
+    """The restart after `death` in `window`: from the latest complete checkpoint (0 if none).
+
+    A refused window (too little time left in the invocation) halves the window size for the
+    rest of the job; any other death keeps it.
+
+    Example:
+      >>> died = Window(start=4, stop=12, attempt=0, invocation=1)
+      >>> recovery(RankDeath(1, Outcome.REFUSED), died, cap=100, checkpoint_at=4)
+      Recovery(restart_at=4, cap=4)
+      >>> recovery(RankDeath(1, Outcome.FAILED), died, cap=100, checkpoint_at=None)
+      Recovery(restart_at=0, cap=100)
     """
-
-    max_cost: float | None
-    platform: Platform
-    plan: Plan
-    spent: float = 0.0
-    measured_dollars: float = 0.0
-    measured_iterations: int = 0
-
-    def per_iteration(self) -> float:
-        if self.measured_iterations:
-            return self.measured_dollars / self.measured_iterations
-        if self.plan.iteration_dollars:
-            return float(self.plan.iteration_dollars)
-        return (self.plan.iteration_seconds or 1.0) * self.gb() * self.platform.price_gb_second
-
-    def gb(self) -> float:
-        return sum(s.replicas * s.memory_mb / 1024 for s in self.plan.stages)
-
-    def affordable(self, wanted: int, t: int, job: str) -> int:
-        """How many of `wanted` iterations from t fit the budget; raises if not even one."""
-        if self.max_cost is None:
-            return wanted
-        per = self.per_iteration()
-        fits = math.floor((self.max_cost - self.spent) / per) if per > 0 else wanted
-        if fits < 1:
-            raise BudgetExceeded(
-                f"stopped before iteration {t}: {self.spent:.4f} spent, one more iteration is "
-                f"predicted at {per:.4f}, and --max-cost is {self.max_cost:.4f} "
-                f"({self.platform.currency}). The checkpoint of iteration {t} is in the store: "
-                f"continue with `jaxpipe train --resume {job} --max-cost <larger>`.")
-        return min(wanted, fits)
-
-    def charge_window(self, dollars: float, iterations: int) -> None:
-        self.spent += dollars
-        self.measured_dollars += dollars
-        self.measured_iterations += iterations
-
-    def charge_failure(self, seconds: float, functions: int) -> None:
-        self.spent += (seconds * self.gb() * self.platform.price_gb_second
-                       + functions * self.platform.price_invocation)
+    if death.outcome is Outcome.REFUSED:
+        cap = max(1, window.size // 2)
+    return Recovery(restart_at=checkpoint_at if checkpoint_at is not None else 0, cap=cap)
 
 
 def run_job(store: ObjectStore, spec: JobSpec, start: int = 0, config: RunConfig = RunConfig(),
@@ -130,112 +133,147 @@ def run_job(store: ObjectStore, spec: JobSpec, start: int = 0, config: RunConfig
             launcher: Launcher | None = None) -> Progress:
     """Runs iterations [start, spec.iterations) of a job whose objects are in `store`.
 
-    `launcher` is the platform ranks run on (default: local processes, `LocalPlatform`).
+        t ─(1) window [t, stop) ─(2) launch every rank ─(3) watch: losses of t .. stop-1,
+        ▲      time limit, budget,                          then every rank's Outcome
+        │      cap                                                │
+        │                                  all FINISHED ◄─────────┴─────► a RankDeath
+        │                                        │                            │
+        │   (4) charge the measured dollars;     │      (5) give up the attempt: kill, charge
+        ├── t = stop (a handover) ◄──────────────┘          its wall time; after max_restarts
+        │                                                   raise JobFailed
+        └── t = latest complete checkpoint, attempt + 1 ◄── (6) `recovery` (refused: cap / 2)
+
+    Args:
+      store: the job's store (`train.prepare` put the bundle, data and checkpoint 0 there).
+      spec: the job.
+      start: the first iteration; a complete checkpoint must exist there.
+      config: time limits, restarts, budget and test hooks.
+      on_iteration: called with (t, progress) as each iteration's losses arrive.
+      launcher: the platform ranks run on (default: local processes, `LocalPlatform`).
+
+    Returns:
+      Progress: the losses, times, restarts, handovers, invocations and dollars of the run.
 
     Raises:
       JobFailed: ranks kept dying; BudgetExceeded (a JobFailed): `config.max_cost` reached.
     """
-    plan = Plan.from_dict(spec.plan)
-    platform = Platform.from_dict(spec.platform)
+    plan, keys = spec.plan, spec.keys
     schedule = build(plan)
-    keys = spec.keys
     if launcher is None:
-        launcher = LocalPlatform(platform, Path(config.log_dir) / spec.job_id)
-    guard = CostGuard(config.max_cost, platform, plan)
-    cap = spec.iterations  # shrinks when ranks refuse a window they cannot finish in time
-    limit = config.invocation_seconds or platform.timeout_s
+        launcher = LocalPlatform(spec.platform, Path(config.log_dir) / spec.job_id)
+    guard = CostGuard(config.max_cost, spec.platform, plan)
+    limit = config.invocation_seconds or spec.platform.timeout_s
     per_iteration = plan.iteration_seconds or 1.0
     progress = Progress()
-    last_ranks = [schedule.rank(len(plan.stages) - 1, r) for r in range(plan.stages[-1].replicas)]
+    cap = spec.iterations  # shrinks when ranks refuse a window they cannot finish in time
     attempt, t = 0, start
     while t < spec.iterations:
-        wanted = min(cap, window_for(limit, per_iteration, config.startup_seconds))
+        wanted = min(cap, window_for(limit, per_iteration, config.startup_seconds))  # (1)
         stop = min(spec.iterations, t + guard.affordable(wanted, t, spec.job_id))
-        event = {"job": spec.job_id, "store": store_to_spec(store), "start": t, "stop": stop,
-                 "attempt": attempt, "invocation": progress.invocations, "link": config.link,
-                 "iteration_s": per_iteration}
+        window = Window(t, stop, attempt, progress.invocations)
         launched = time.time()
-        if attempt == 0 and config.faults:
-            event["fault"] = dict(config.faults[0])
-        ranks = [launcher.launch({**event, "rank": r}, plan.stages[_stage(schedule, r)].memory_mb)
-                 for r in range(schedule.num_ranks)]
+        ranks = _launch(launcher, store, spec, schedule, window, config, per_iteration)  # (2)
         progress.invocations += 1
         progress.clock = time.time()
-        try:
-            for it in range(t, stop):
-                _wait_for_losses(store, keys, it, last_ranks, ranks, spec.wait_timeout_s,
-                                 progress, limit)
-                if on_iteration:
-                    on_iteration(it, progress)
-            for rank in ranks:
-                code = rank.wait(timeout=spec.wait_timeout_s)
-                if code != 0:
-                    raise _RankDied(rank, code)
-        except _RankDied as death:
-            for rank in ranks:
-                rank.kill()
-            guard.charge_failure(time.time() - launched, len(ranks))
-            progress.dollars = guard.spent
-            if death.code == REFUSED:  # the window did not fit the time left: halve it
-                cap = max(1, (stop - t) // 2)
-            progress.restarts += 1
-            if progress.restarts > config.max_restarts:
-                raise JobFailed(
-                    f"rank {death.rank.rank} died (exit {death.code}) and the job has been "
-                    f"restarted {config.max_restarts} times; its last output:\n"
-                    f"{death.rank.tail()}\nIf it ran out of memory, give its stage more memory "
-                    "in the plan.") from None
-            resume = checkpoint.latest_complete(store, keys, len(plan.stages))
-            store.delete_prefix(keys.run(attempt))
-            attempt += 1
-            t = resume if resume is not None else 0
+        death = _watch(store, spec, schedule, window, ranks, progress, limit,  # (3)
+                       on_iteration)
+        if death is None:
+            per_iteration = _charge_window(store, spec, window, guard, progress, per_iteration)
+            t = stop  # (4)
             continue
-        window_metrics = [json.loads(store.get(keys.metrics(r, attempt, event["invocation"]),
-                                               timeout=spec.wait_timeout_s))
-                          for r in range(schedule.num_ranks)]
-        guard.charge_window(measured_dollars(platform, window_metrics), stop - t)
+        for rank in ranks:  # (5)
+            rank.kill()
+        guard.charge_failure(time.time() - launched, len(ranks))
         progress.dollars = guard.spent
-        measured = [progress.times[i] for i in range(t + 1, stop)]  # the first includes startup
-        if measured:
-            per_iteration = float(np.median(measured))
-        if stop < spec.iterations:
-            progress.handovers += 1
-        t = stop
+        progress.restarts += 1
+        if progress.restarts > config.max_restarts:
+            raise _job_failed(death, ranks[death.rank], config.max_restarts)
+        restart = recovery(death, window, cap,  # (6)
+                           checkpoint.latest_complete(store, keys, spec.num_stages))
+        store.delete_prefix(keys.run(attempt))
+        attempt, t, cap = attempt + 1, restart.restart_at, restart.cap
     store.delete_prefix(keys.run(attempt))
     return progress
 
 
-class _RankDied(Exception):
-    def __init__(self, rank: Any, code: Any):
-        super().__init__(f"rank {rank.rank} ended with {code}")
-        self.rank, self.code = rank, code
+def _launch(launcher: Launcher, store: ObjectStore, spec: JobSpec, schedule: Schedule,
+            window: Window, config: RunConfig, per_iteration: float) -> list[Invocation]:
+    """Launches every rank for `window`, in rank order; the fault hook in attempt 0 only."""
+    fault = config.faults[0] if window.attempt == 0 and config.faults else None
+    event = RankEvent(job=spec.job_id, rank=0, store=store_to_spec(store), start=window.start,
+                      stop=window.stop, attempt=window.attempt, invocation=window.invocation,
+                      link=config.link, iteration_s=per_iteration, fault=fault)
+    return [launcher.launch(dataclasses.replace(event, rank=r),
+                            spec.plan.stages[schedule.tasks[r][0].stage].memory_mb)
+            for r in range(schedule.num_ranks)]
 
 
-def _wait_for_losses(store: ObjectStore, keys: Keys, t: int, last_ranks: list[int],
-                     ranks: list[Any], timeout: float, progress: Progress, limit: float) -> None:
-    """Waits until every last-stage rank reported iteration t, watching for dead ranks."""
+def _watch(store: ObjectStore, spec: JobSpec, schedule: Schedule, window: Window,
+           ranks: list[Invocation], progress: Progress, limit: float,
+           on_iteration: Callable[[int, Progress], None] | None) -> RankDeath | None:
+    """Follows a window: the losses of each iteration, then every rank's end; the first rank
+    that did not finish, or None."""
+    last = spec.num_stages - 1
+    last_ranks = [schedule.rank(last, r) for r in range(spec.plan.stages[last].replicas)]
+    for t in range(window.start, window.stop):
+        death = _wait_for_losses(store, spec, t, last_ranks, ranks, progress, limit)
+        if death is not None:
+            return death
+        if on_iteration:
+            on_iteration(t, progress)
+    for rank in ranks:
+        outcome = rank.wait(timeout=spec.wait_timeout_s)
+        if outcome is not Outcome.FINISHED:
+            return RankDeath(rank.rank, outcome)
+    return None
+
+
+def _wait_for_losses(store: ObjectStore, spec: JobSpec, t: int, last_ranks: list[int],
+                     ranks: list[Invocation], progress: Progress,
+                     limit: float) -> RankDeath | None:
+    """Waits until every last-stage rank reported iteration t, watching for dead ranks; a rank
+    that stays silent for the job's wait timeout plus an invocation's limit counts as dead."""
     began = time.time()
     losses: list[float] = []
     for r in last_ranks:
         while True:
             for rank in ranks:
-                code = rank.poll()
-                if code not in (None, 0):
-                    raise _RankDied(rank, code)
+                outcome = rank.poll()
+                if outcome is not None and outcome is not Outcome.FINISHED:
+                    return RankDeath(rank.rank, outcome)
             try:
-                body = store.get(keys.loss(t, r), timeout=0.5)
+                body = store.get(spec.keys.loss(t, r), timeout=0.5)
                 break
             except TimeoutError:
-                if time.time() - began > timeout + limit:
-                    raise _RankDied(ranks[r], "silence") from None
-        losses += json.loads(body)["losses"]
+                if time.time() - began > spec.wait_timeout_s + limit:
+                    return RankDeath(r, Outcome.SILENT)
+        losses += LossRecord.from_json(body).losses
     progress.losses[t] = float(np.mean(losses))
     progress.times[t] = time.time() - progress.clock
     progress.clock = time.time()
+    return None
 
 
-def _stage(schedule: Any, rank: int) -> int:
-    return schedule.tasks[rank][0].stage
+def _charge_window(store: ObjectStore, spec: JobSpec, window: Window, guard: CostGuard,
+                   progress: Progress, per_iteration: float) -> float:
+    """Charges a finished window its measured dollars; returns the seconds per iteration the
+    next window is sized with (the median of this one's, its first left out: startup)."""
+    metrics = [RankMetrics.from_dict(json.loads(store.get(
+        spec.keys.metrics(r, window.attempt, window.invocation), timeout=spec.wait_timeout_s)))
+        for r in range(spec.plan.num_functions)]
+    guard.charge_window(measured_dollars(spec.platform, metrics), window.size)
+    progress.dollars = guard.spent
+    if window.stop < spec.iterations:
+        progress.handovers += 1
+    measured = [progress.times[i] for i in range(window.start + 1, window.stop)]
+    return float(np.median(measured)) if measured else per_iteration
+
+
+def _job_failed(death: RankDeath, rank: Invocation, restarts: int) -> JobFailed:
+    return JobFailed(
+        f"rank {death.rank} ended {death.outcome.name} and the job has been restarted "
+        f"{restarts} times; its last output:\n{rank.tail()}\nIf it ran out of memory, give "
+        "its stage more memory in the plan.")
 
 
 def job_id(model: str) -> str:
@@ -243,29 +281,13 @@ def job_id(model: str) -> str:
     return f"{model}-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
 
 
-def measured_dollars(platform: Platform, metrics: list[dict[str, Any]]) -> float:
-    """Dollars of the run at the platform's prices: GB-s of every invocation plus requests."""
-    gb_s = sum(m["billed_s"] * m["memory_mb"] / 1024 for m in metrics)
-    puts = sum(m["requests"]["puts"] + m["requests"]["lists"] for m in metrics)
-    gets = sum(m["requests"]["gets"] + m["requests"]["heads"] + m["requests"]["misses"]
-               for m in metrics)
-    return (gb_s * platform.price_gb_second + len(metrics) * platform.price_invocation
-            + puts * platform.price_put + gets * platform.price_get)
-
-
-def steady_dollars(platform: Platform, plan: Plan, metrics: list[dict[str, Any]],
-                   seconds: float, iterations: int) -> float:
-    """Dollars of one steady-state iteration, comparable with the cost model's: every function's
-    GB-s for `seconds`, plus the run's requests per iteration (cold starts and compilation,
-    which `measured_dollars` bills, left out)."""
-    gb = sum(st.replicas * st.memory_mb / 1024 for st in plan.stages)
-    puts = sum(m["requests"]["puts"] + m["requests"]["lists"] for m in metrics)
-    gets = sum(m["requests"]["gets"] + m["requests"]["heads"] + m["requests"]["misses"]
-               for m in metrics)
-    return (seconds * gb * platform.price_gb_second
-            + (puts * platform.price_put + gets * platform.price_get) / iterations)
-
-
 def window_for(limit: float, per_iteration: float, startup: float) -> int:
-    """Iterations that fit in one invocation of `limit` seconds, with a factor 2 of slack."""
+    """Iterations that fit in one invocation of `limit` seconds, with a factor 2 of slack.
+
+    Example:
+      >>> window_for(limit=900, per_iteration=2.0, startup=20)  # (900 - 20) / (2 x 2)
+      220
+      >>> window_for(limit=1, per_iteration=2.0, startup=20)  # never less than one
+      1
+    """
     return max(1, math.floor((limit - startup) / (2.0 * per_iteration)))

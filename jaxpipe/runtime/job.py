@@ -11,7 +11,8 @@ Every key of a job lives under `jobs/<job-id>/` (DESIGN.md), laid out as:
     run/<attempt>/it/<t>/sync/<s>/    the all-reduce group of stage s
     metrics/loss/<t>/rank<r>          micro-batch losses of a last-stage rank
     metrics/rank<r>/<attempt>-<inv>.json   per-invocation metrics and timeline
-    status/<attempt>/<inv>/rank<r>    how an invocation ended ("done" or "handover")
+    status/<attempt>/<inv>/rank<r>    how an invocation ended (`event.RankStatus`)
+    results/summary.json              the run's `summary.Summary`
 
 A restart after a crash uses a new attempt number, so messages of the failed attempt can never
 be mistaken for new ones.
@@ -24,6 +25,8 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
+from planners import Plan, Platform
+
 __all__ = ["JobSpec", "Keys"]
 
 
@@ -34,8 +37,8 @@ class JobSpec:
     Attributes:
       job_id: unique name; every key of the job lives under `jobs/<job_id>/`.
       model: zoo name (informational for workers; the bundle carries the programs).
-      plan: `planners.Plan.to_dict()`.
-      platform: `planners.Platform.to_dict()`: bandwidth, latency, prices.
+      plan: the plan: stages, micro-batch, replicas (`Plan.to_dict()` in the JSON).
+      platform: the platform: bandwidth, latency, prices (`Platform.to_dict()` in the JSON).
       iterations: total iterations of the job.
       optimizer: optax optimizer name (`jaxpipe.runtime.optim.OPTIMIZERS`), with `learning_rate`.
       seed: seeds the data order and the dropout keys.
@@ -44,12 +47,16 @@ class JobSpec:
       checkpoint_every: iterations between checkpoints (the last one always checkpoints).
       wait_timeout_s: how long any rank waits for any one object before giving up.
       allreduce: "pipelined" or "lambdaml".
+      meta: free-form record (e.g. the model's config overrides, for the test accuracy).
+
+    `to_json` and `from_json` are the only translation to and from the stored `job.json`; the
+    plan and the platform are parsed there, once.
     """
 
     job_id: str
     model: str
-    plan: dict[str, Any]
-    platform: dict[str, Any]
+    plan: Plan
+    platform: Platform
     iterations: int
     optimizer: str = "adam"
     learning_rate: float = 1e-3
@@ -63,13 +70,21 @@ class JobSpec:
     meta: dict[str, Any] = field(default_factory=dict, compare=False)
 
     def to_json(self) -> bytes:
-        return json.dumps(dataclasses.asdict(self), indent=1).encode()
+        data = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        data.update(plan=self.plan.to_dict(), platform=self.platform.to_dict(),
+                    rng_names=list(self.rng_names))
+        return json.dumps(data, indent=1).encode()
 
     @classmethod
-    def from_json(cls, data: bytes) -> JobSpec:
+    def from_json(cls, data: bytes | str) -> JobSpec:
         d = json.loads(data)
-        d["rng_names"] = tuple(d.get("rng_names", ()))
+        d.update(plan=Plan.from_dict(d["plan"]), platform=Platform.from_dict(d["platform"]),
+                 rng_names=tuple(d.get("rng_names", ())))
         return cls(**d)
+
+    @property
+    def num_stages(self) -> int:
+        return len(self.plan.stages)
 
     @property
     def keys(self) -> Keys:
@@ -117,6 +132,14 @@ class Keys:
 
     def metrics(self, rank: int, attempt: int, invocation: int) -> str:
         return f"{self.prefix}metrics/rank{rank}/{attempt}-{invocation}.json"
+
+    def all_metrics(self) -> str:
+        """The prefix of every rank's metrics (list it to read them all)."""
+        return f"{self.prefix}metrics/rank"
+
+    @property
+    def summary(self) -> str:
+        return self.prefix + "results/summary.json"
 
     def status(self, attempt: int, invocation: int, rank: int) -> str:
         return f"{self.prefix}status/{attempt}/{invocation}/rank{rank}"

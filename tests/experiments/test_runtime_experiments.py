@@ -121,10 +121,11 @@ def test_cpu_share_is_what_the_cores_leave_the_plans_compute_demand() -> None:
 
 
 def test_handoff_gaps_add_the_waits_between_ready_inputs_and_task_starts() -> None:
-    from experiments.timelines import handoff_gaps
+    from experiments.timelines import IterationSpans, RankIteration, handoff_gaps
+    from jaxpipe.runtime.metrics import Span
 
     def span(name, lane, start, end):
-        return {"name": name, "lane": lane, "start": start, "end": end}
+        return Span(lane, name, start, end)
 
     spans = [span("RECV_ACT 0", "download", 0.0, 1.0),
              span("FWD 0", "compute", 1.5, 2.0),         # 0.5 after its input arrived
@@ -133,4 +134,5 @@ def test_handoff_gaps_add_the_waits_between_ready_inputs_and_task_starts() -> No
              span("BWD 0", "compute", 5.0, 6.0),         # no gap: its gradient came at 5.0
              span("SYNC", "storage", 6.125, 7.0),        # 0.125 after the last BWD
              span("UPDATE", "compute", 7.0, 7.5)]
-    assert handoff_gaps({"ranks": {0: {"stage": 0, "spans": spans}}}) == {0: 0.875}
+    it = IterationSpans(t=0, start=0.0, end=7.5, ranks={0: RankIteration(0, 0, tuple(spans))})
+    assert handoff_gaps(it) == {0: 0.875}

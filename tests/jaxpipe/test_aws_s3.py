@@ -19,9 +19,11 @@ from botocore.stub import ANY, Stubber
 
 from jaxpipe.runtime import worker
 from jaxpipe.runtime.driver import BudgetExceeded, CostGuard, RunConfig, run_job
-from jaxpipe.runtime.platforms.aws import ASYNC_PAYLOAD_LIMIT, FAILED, REFUSED, AwsLambdaPlatform
+from jaxpipe.runtime.event import RankEvent
+from jaxpipe.runtime.platforms import Outcome
+from jaxpipe.runtime.platforms.aws import ASYNC_PAYLOAD_LIMIT, AwsLambdaPlatform
 from jaxpipe.runtime.train import TrainOptions, open_store, prepare, train
-from planners import Plan, Platform, StagePlan, platforms
+from planners import Plan, StagePlan, platforms
 from transports import S3Store
 
 BATCH, ITERATIONS = 16, 2
@@ -60,8 +62,8 @@ def on_files(workdir):
 
 def test_a_job_on_s3_trains_to_the_same_losses_as_on_a_directory(workdir, s3, on_files):
     on_s3 = train(options(workdir, "s3", f"s3://{BUCKET}", s3), show_progress=False)
-    assert len(on_s3["losses"]) == ITERATIONS and on_s3["restarts"] == 0
-    np.testing.assert_array_equal(on_s3["losses"], on_files["losses"])
+    assert len(on_s3.losses) == ITERATIONS and on_s3.restarts == 0
+    np.testing.assert_array_equal(on_s3.losses, on_files.losses)
     store = open_store(f"s3://{BUCKET}", s3)
     assert store.list("jobs/s3/run/") == [] and store.exists("jobs/s3/results/summary.json")
     assert store.list("jobs/s3/status/") == []  # claims and statuses are cleaned up too
@@ -144,14 +146,14 @@ def lambda_job(workdir, s3, job, **run):
 def test_ranks_launched_as_lambda_events_train_to_the_same_losses(workdir, s3, on_files):
     spec, store = lambda_job(workdir, s3, "lambda")
     fake = FakeLambda(duplicate=(1,)).expect(["jaxpipe-worker-1024"] * 2)
-    platform = AwsLambdaPlatform(Platform.from_dict(spec.platform), store, fake.client,
+    platform = AwsLambdaPlatform(spec.platform, store, fake.client,
                                  poll_every_s=0.1)
     progress = run_job(store, spec, 0, RunConfig(link=False), launcher=platform)
     fake.join()
     fake.stubber.assert_no_pending_responses()
     assert not fake.errors
     np.testing.assert_array_equal([progress.losses[t] for t in range(ITERATIONS)],
-                                  on_files["losses"])
+                                  on_files.losses)
     # The event is a pointer, not the job: far below the asynchronous limit.
     assert all(len(p) < 2048 < ASYNC_PAYLOAD_LIMIT for p in fake.payloads)
     event = json.loads(fake.payloads[0])
@@ -180,13 +182,12 @@ def test_a_duplicate_delivery_after_the_run_exits_without_touching_the_job(workd
 def test_a_window_that_cannot_finish_before_the_deadline_is_refused(workdir, s3):
     spec, store = lambda_job(workdir, s3, "deadline")
     fake = FakeLambda(seconds=10.0).expect(["jaxpipe-worker-1024"] * 2)  # < the 15 s margin
-    platform = AwsLambdaPlatform(Platform.from_dict(spec.platform), store, fake.client,
+    platform = AwsLambdaPlatform(spec.platform, store, fake.client,
                                  poll_every_s=0.1)
-    event = {"job": spec.job_id, "store": {"kind": "s3", "bucket": BUCKET, "endpoint_url": s3},
-             "start": 0, "stop": 2,
-        "attempt": 0, "invocation": 0, "iteration_s": 1.0}
-    ranks = [platform.launch({**event, "rank": r}, 1024) for r in range(2)]
-    assert [rank.wait(timeout=60) for rank in ranks] == [REFUSED, REFUSED]
+    store_spec = {"kind": "s3", "bucket": BUCKET, "endpoint_url": s3}
+    ranks = [platform.launch(RankEvent(spec.job_id, r, store_spec, start=0, stop=2, attempt=0,
+                                       invocation=0, iteration_s=1.0), 1024) for r in range(2)]
+    assert [rank.wait(timeout=60) for rank in ranks] == [Outcome.REFUSED, Outcome.REFUSED]
     fake.join()
     assert sorted(r["status"] for r in fake.results) == ["refused", "refused"]
     assert "s needed" in ranks[0].tail()
@@ -197,14 +198,14 @@ def test_a_rank_that_raises_reports_failed_with_its_traceback(workdir, s3):
     spec, store = lambda_job(workdir, s3, "broken")
     store.delete(spec.keys.bundle)  # the rank cannot load its program
     fake = FakeLambda().expect(["jaxpipe-worker-1024"])
-    platform = AwsLambdaPlatform(Platform.from_dict(spec.platform), store, fake.client,
+    platform = AwsLambdaPlatform(spec.platform, store, fake.client,
                                  poll_every_s=0.1)
-    event = {"job": spec.job_id, "store": {"kind": "s3", "bucket": BUCKET, "endpoint_url": s3},
-             "start": 0, "stop": 1, "attempt": 0, "invocation": 0, "rank": 0}
+    event = RankEvent(spec.job_id, 0, {"kind": "s3", "bucket": BUCKET, "endpoint_url": s3},
+                      start=0, stop=1, attempt=0, invocation=0)
     spec_json = json.loads(store.get(spec.keys.spec))
     store.put(spec.keys.spec, json.dumps({**spec_json, "wait_timeout_s": 0.5}).encode())
     rank = platform.launch(event, 1024)
-    assert rank.wait(timeout=60) == FAILED
+    assert rank.wait(timeout=60) == Outcome.FAILED
     fake.join()
     assert "bundle.zip" in rank.tail() and fake.errors
 
@@ -212,7 +213,7 @@ def test_a_rank_that_raises_reports_failed_with_its_traceback(workdir, s3):
 def test_the_cost_guard_stops_before_a_window_over_budget(workdir, s3):
     spec, store = lambda_job(workdir, s3, "budget")
     fake = FakeLambda().expect([])  # no Invoke may happen
-    platform = AwsLambdaPlatform(Platform.from_dict(spec.platform), store, fake.client)
+    platform = AwsLambdaPlatform(spec.platform, store, fake.client)
     with pytest.raises(BudgetExceeded, match="--resume budget --max-cost"):
         run_job(store, spec, 0, RunConfig(max_cost=1e-9), launcher=platform)
     assert fake.payloads == []

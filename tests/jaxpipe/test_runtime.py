@@ -24,6 +24,8 @@ from jaxpipe.errors import (
 )
 from jaxpipe.runtime.dataset import batch_indices
 from jaxpipe.runtime.driver import RunConfig
+from jaxpipe.runtime.event import Fault
+from jaxpipe.runtime.summary import Summary
 from jaxpipe.runtime.train import TrainOptions, open_store, train
 from jaxpipe.tree import nest
 from planners import Plan, StagePlan
@@ -84,34 +86,39 @@ def test_pipelined_training_equals_single_process_training(fault_free):
     summary, params, _ = fault_free
     expected, losses = single_process_training()
     assert max_relative_error(params, expected) <= 1e-5
-    np.testing.assert_allclose(summary["losses"], losses, rtol=1e-5)
-    assert summary["restarts"] == 0 and summary["handovers"] == 0
+    np.testing.assert_allclose(summary.losses, losses, rtol=1e-5)
+    assert summary.restarts == 0 and summary.handovers == 0
+    # a plan file skips planning, but the predictions are still made (after the run)
+    assert summary.has_predictions
     for key in ("measured_seconds_per_iteration", "predicted_seconds_per_iteration",
                 "simulated_seconds_per_iteration", "measured_dollars_per_iteration",
                 "predicted_dollars_per_iteration", "measured_run_dollars_per_iteration"):
-        assert summary[key] > 0, key
+        assert getattr(summary, key) > 0, key
     # the run's bill also pays for cold starts and compilation, which a steady iteration does not
-    assert summary["measured_run_dollars_per_iteration"] > summary["measured_dollars_per_iteration"]
+    assert summary.measured_run_dollars_per_iteration > summary.measured_dollars_per_iteration
 
 
 def test_a_finished_job_keeps_only_results_and_checkpoints(fault_free):
-    _, _, store = fault_free
+    summary, _, store = fault_free
     kinds = {key.split("/")[2] for key in store.list("jobs/fault-free/")}
     assert kinds == {"job.json", "ckpt", "metrics", "results"}
+    stored = json.loads(store.get("jobs/fault-free/results/summary.json"))
+    assert stored == json.loads(json.dumps(summary.to_dict()))
+    assert Summary.from_dict(stored) == summary
 
 
 def test_deadline_hand_over_gives_bitwise_the_same_parameters(workdir, fault_free):
     # An invocation limit this short leaves room for one iteration per invocation.
     summary, params, _ = run(workdir, "hand-over", invocation_seconds=0.001, startup_seconds=0)
-    assert summary["handovers"] == ITERATIONS - 1
-    assert summary["invocations"] == ITERATIONS
+    assert summary.handovers == ITERATIONS - 1
+    assert summary.invocations == ITERATIONS
     for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(fault_free[1])):
         np.testing.assert_array_equal(a, b)
 
 
 def test_a_rank_killed_mid_iteration_is_recovered_from_the_last_checkpoint(workdir, fault_free):
-    summary, params, store = run(workdir, "killed", faults=({"rank": 2, "iteration": 1},))
-    assert summary["restarts"] == 1
+    summary, params, store = run(workdir, "killed", faults=(Fault(rank=2, iteration=1),))
+    assert summary.restarts == 1
     for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(fault_free[1])):
         np.testing.assert_array_equal(a, b)
     assert not store.list("jobs/killed/run/")

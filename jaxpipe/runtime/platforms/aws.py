@@ -7,12 +7,14 @@ event is only a pointer into the store (job id, rank, window, attempt, invocatio
 a few hundred bytes against the 256 KB asynchronous limit.
 
 An asynchronous invocation has no exit code, so the handle learns how a rank ended from the
-store, where the worker writes `status/<attempt>/<inv>/rank<r>`:
+store, where the worker writes its `RankStatus` at `status/<attempt>/<inv>/rank<r>`:
 
-    status "done" / "handover"   -> 0          the window ran to its end
-    status "failed"              -> FAILED     the handler raised (the error is in the status)
-    status "refused"             -> REFUSED    too little time left to finish the window
-    no status past the deadline  -> TIMED_OUT  killed: timeout, out of memory, or never started
+    status "done" / "handover"   -> FINISHED  the window ran to its end
+    status "failed"              -> FAILED    the handler raised (the error is in the status)
+    status "refused"             -> REFUSED   too little time left to finish the window
+    no status past the deadline  -> SILENT    killed: timeout, out of memory, or never started
+
+(each an `Outcome`; the driver knows nothing else of Lambda.)
 
 Lambda may deliver one event twice; the worker's claim (`put_if_absent`) makes the second
 delivery exit at once, so it writes no status and the handle never sees it.
@@ -20,24 +22,26 @@ delivery exit at once, so it writes no status and the handle never sees it.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from jaxpipe.errors import EventTooLargeError, LaunchError
-from jaxpipe.runtime.job import Keys
+from jaxpipe.runtime.event import RankEvent, RankStatus, Status
+from jaxpipe.runtime.platforms.base import Outcome
 from planners import Platform
 from transports import KeyNotFound, ObjectStore
 
-__all__ = ["ASYNC_PAYLOAD_LIMIT", "FAILED", "FUNCTION_PREFIX", "REFUSED", "TIMED_OUT",
-           "AwsLambdaPlatform", "LambdaInvocation", "function_name", "invocation_dollars",
-           "lambda_client"]
+__all__ = ["ASYNC_PAYLOAD_LIMIT", "FUNCTION_PREFIX", "AwsLambdaPlatform", "LambdaInvocation",
+           "function_name", "invocation_dollars", "lambda_client"]
 
 FUNCTION_PREFIX = "jaxpipe-worker"
+"""Worker functions are `<FUNCTION_PREFIX>-<memory MB>` unless told otherwise (one fact: the
+CLIs, `jaxpipe deploy aws` and `jaxpipe train` all default to it)."""
 ASYNC_PAYLOAD_LIMIT = 256 * 1024  # bytes; AWS raised it to 1 MB in 2025, we keep the old bound
-FAILED, REFUSED, TIMED_OUT = 1, 75, 124  # exit codes as a shell would report them
 
 
 def function_name(memory_mb: int, prefix: str = FUNCTION_PREFIX) -> str:
@@ -65,7 +69,7 @@ def invocation_dollars(platform: Platform, memory_mb: float, billed_s: float) ->
       0.002
     """
     billed = math.ceil(max(billed_s, 0.0) * 1000) / 1000
-    return billed * memory_mb / 1024 * platform.price_gb_second + platform.price_invocation
+    return platform.function_dollars(memory_mb, billed) + platform.invocation_dollars(1)
 
 
 @dataclass
@@ -88,50 +92,53 @@ class LambdaInvocation:
     status_key: str
     deadline: float
     poll_every_s: float = 5.0
-    code: int | None = None
-    status: dict[str, Any] = field(default_factory=dict)
+    outcome: Outcome | None = None
+    status: RankStatus | None = None
     _checked: float = 0.0
 
-    def poll(self) -> int | None:
-        if self.code is not None or time.time() - self._checked < self.poll_every_s:
-            return self.code
+    def poll(self) -> Outcome | None:
+        if self.outcome is not None or time.time() - self._checked < self.poll_every_s:
+            return self.outcome
         return self._check()
 
-    def _check(self) -> int | None:
+    def _check(self) -> Outcome | None:
         self._checked = time.time()
         try:
-            self.status = json.loads(self.store.get(self.status_key))
+            self.status = RankStatus.from_dict(json.loads(self.store.get(self.status_key)))
         except KeyNotFound:
             if time.time() > self.deadline:
-                self.code = TIMED_OUT
-            return self.code
-        kind = self.status.get("status")
-        self.code = 0 if kind in ("done", "handover") else REFUSED if kind == "refused" else FAILED
-        return self.code
+                self.outcome = Outcome.SILENT
+            return self.outcome
+        self.outcome = _OUTCOMES[self.status.status]
+        return self.outcome
 
-    def wait(self, timeout: float) -> int:
-        """Blocks until the rank ends; TIMED_OUT if it has not after `timeout` seconds."""
+    def wait(self, timeout: float) -> Outcome:
+        """Blocks until the rank ends; `Outcome.SILENT` if it has not after `timeout` seconds."""
         end = time.time() + timeout
-        while self._check() is None:
+        while (outcome := self._check()) is None:
             if time.time() >= end:
-                return TIMED_OUT
+                return Outcome.SILENT
             time.sleep(max(0.0, min(self.poll_every_s, end - time.time())))
-        assert self.code is not None
-        return self.code
+        return outcome
 
     def kill(self) -> None:
         """Lambda cannot stop a running invocation: a rank of an abandoned attempt ends when
         its next wait times out (the job's `wait_timeout_s`), and it writes nothing useful."""
 
     def tail(self, lines: int = 15) -> str:
-        if self.status.get("error"):
-            return "\n".join(str(self.status["error"]).splitlines()[-lines:])
-        if self.code == REFUSED:
-            return (f"refused the window: {self.status.get('remaining_s', '?')} s left, "
-                    f"{self.status.get('needed_s', '?')} s needed")
+        if self.status is not None and self.status.error:
+            return "\n".join(self.status.error.splitlines()[-lines:])
+        if self.status is not None and self.status.status == Status.REFUSED:
+            return (f"refused the window: {self.status.remaining_s} s left, "
+                    f"{self.status.needed_s} s needed")
         return (f"no status from {self.function} (request {self.request_id}); its log: "
                 f"aws logs tail /aws/lambda/{self.function} --since 1h "
                 f"--filter-pattern '\"{self.request_id}\"'")
+
+
+_OUTCOMES = {Status.DONE: Outcome.FINISHED, Status.HANDOVER: Outcome.FINISHED,
+             Status.REFUSED: Outcome.REFUSED, Status.FAILED: Outcome.FAILED,
+             Status.DUPLICATE: Outcome.FAILED}  # a duplicate never writes its status
 
 
 class AwsLambdaPlatform:
@@ -159,7 +166,7 @@ class AwsLambdaPlatform:
         self.grace_s = grace_s
         self.poll_every_s = poll_every_s
 
-    def launch(self, event: dict[str, Any], memory_mb: int) -> LambdaInvocation:
+    def launch(self, event: RankEvent, memory_mb: int) -> LambdaInvocation:
         """Invokes the rank's function asynchronously; returns once Lambda queued the event.
 
         Raises:
@@ -167,22 +174,21 @@ class AwsLambdaPlatform:
           LaunchError: Lambda did not accept it (the message names the function and the answer).
         """
         # The function's own link is real: never emulate bandwidth on top of it.
-        event = {**event, "link": False, "launched_at": time.time()}
-        payload = json.dumps(event, separators=(",", ":")).encode()
+        event = dataclasses.replace(event, link=False, launched_at=time.time())
+        payload = json.dumps(event.to_dict(), separators=(",", ":")).encode()
         if len(payload) > ASYNC_PAYLOAD_LIMIT:
-            raise EventTooLargeError(f"the event of rank {event['rank']} is {len(payload)} bytes, "
-                               f"above the {ASYNC_PAYLOAD_LIMIT}-byte asynchronous limit; an "
-                               "event must point into the store, not carry data")
+            raise EventTooLargeError(f"the event of rank {event.rank} is {len(payload)} bytes, "
+                                     f"above the {ASYNC_PAYLOAD_LIMIT}-byte asynchronous limit; "
+                                     "an event must point into the store, not carry data")
         name = function_name(memory_mb, self.function_prefix)
         answer = self.client.invoke(FunctionName=name, InvocationType="Event", Payload=payload)
         if answer.get("StatusCode") != 202 or answer.get("FunctionError"):
-            raise LaunchError(f"Lambda did not queue rank {event['rank']} on {name}: "
+            raise LaunchError(f"Lambda did not queue rank {event.rank} on {name}: "
                                f"{answer.get('StatusCode')} {answer.get('FunctionError', '')}; "
                                "check that `jaxpipe deploy aws` created this memory size")
         request_id = answer.get("ResponseMetadata", {}).get("RequestId", "?")
-        keys = Keys(event["job"])
         return LambdaInvocation(
-            rank=int(event["rank"]), function=name, request_id=request_id, store=self.store,
-            status_key=keys.status(event["attempt"], event["invocation"], event["rank"]),
+            rank=event.rank, function=name, request_id=request_id, store=self.store,
+            status_key=event.status_key,
             deadline=time.time() + self.platform.timeout_s + self.grace_s,
             poll_every_s=self.poll_every_s)

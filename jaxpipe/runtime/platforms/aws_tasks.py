@@ -28,39 +28,46 @@ from pathlib import Path
 from typing import Any
 
 from jaxpipe.errors import LaunchError, UnknownTaskError
+from jaxpipe.runtime.event import TaskEvent
 from jaxpipe.runtime.platforms.aws import FUNCTION_PREFIX, function_name, lambda_client
 from planners import ModelProfile, Platform
 from transports import ObjectStore, store_from_spec, store_to_spec
 
 __all__ = ["calibrate", "calibration_fields", "measure_link", "merge_platform_file",
-           "profile_fields", "profile_on_functions", "run_task"]
+           "profile_fields", "profile_on_functions", "run_on_functions", "run_task",
+           "task_events"]
 
 
 # -- inside the function -----------------------------------------------------------------------
 
-def run_task(event: dict[str, Any], context: Any = None) -> dict[str, Any]:
-    """The handler of a `task` event (`jaxpipe.runtime.worker.handler` forwards it here).
+def run_task(event: TaskEvent, context: Any = None) -> dict[str, Any]:
+    """Runs a `TaskEvent` (`jaxpipe.runtime.worker.handler` forwards it here).
 
-    Event fields: `task` ("calibrate" or "profile"), `store` (a store spec), `key` (where the
-    result goes), `memory_mb`; for "calibrate" `size_bytes` and `repeats`; for "profile"
-    `model`, `micro_batches` and `repeats`. A failure is written to `key` as {"error": ...}.
+    The result goes to `event.key` as JSON, with the function's memory size, visible CPUs and
+    request id; a failure is written there as {"error": <traceback>}, then raised.
+
+    Raises:
+      UnknownTaskError: `event.task` is neither "calibrate" nor "profile".
     """
-    store = store_from_spec(event["store"])
+    store = store_from_spec(event.store)
     try:
-        if event["task"] == "calibrate":
-            result = measure_link(store, event["key"] + ".scratch/", int(event["size_bytes"]),
-                                  int(event["repeats"]))
-        elif event["task"] == "profile":
-            result = _profile_here(event["model"], event["micro_batches"], int(event["repeats"]))
-        else:
-            raise UnknownTaskError(f"unknown task {event['task']!r}; known: 'calibrate', 'profile'")
+        result = _run(event, store)
     except Exception:
-        store.put(event["key"], json.dumps({"error": traceback.format_exc()[-4000:]}).encode())
+        store.put(event.key, json.dumps({"error": traceback.format_exc()[-4000:]}).encode())
         raise
-    result.update(memory_mb=event.get("memory_mb"), visible_cpus=os.cpu_count(),
+    result.update(memory_mb=event.memory_mb, visible_cpus=os.cpu_count(),
                   request_id=getattr(context, "aws_request_id", None))
-    store.put(event["key"], json.dumps(result).encode())
-    return {"status": "done", "key": event["key"]}
+    store.put(event.key, json.dumps(result).encode())
+    return {"status": "done", "key": event.key}
+
+
+def _run(event: TaskEvent, store: ObjectStore) -> dict[str, Any]:
+    if event.task == "calibrate" and event.size_bytes is not None:
+        return measure_link(store, event.key + ".scratch/", event.size_bytes, event.repeats)
+    if event.task == "profile" and event.model is not None:
+        return _profile_here(event.model, event.micro_batches, event.repeats)
+    raise UnknownTaskError(f"unknown task {event.task!r} (or its fields missing); known: "
+                           "'calibrate' (with size_bytes), 'profile' (with model)")
 
 
 def measure_link(store: ObjectStore, scratch: str, size_bytes: int = 16 << 20,
@@ -120,31 +127,29 @@ def _profile_here(model: str, micro_batches: Sequence[int], repeats: int) -> dic
 
 # -- on the driver -----------------------------------------------------------------------------
 
-def run_on_functions(store: ObjectStore, events: dict[int, dict[str, Any]], client: Any = None,
+def run_on_functions(store: ObjectStore, events: dict[int, TaskEvent], client: Any = None,
                      function_prefix: str = FUNCTION_PREFIX, timeout_s: float = 960.0,
                      ) -> dict[int, dict[str, Any]]:
     """Invokes one task per memory size asynchronously and waits for every result.
+
+    Args:
+      events: memory size in MB -> the event its function runs (`task_events` builds them).
 
     Raises:
       LaunchError: a function reported an error, or no result came within `timeout_s`.
     """
     client = client if client is not None else lambda_client()
-    run = f"jobs/calibration-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}/"
-    keys = {}
     for memory_mb, event in events.items():
-        keys[memory_mb] = f"{run}{event['task']}/{memory_mb}.json"
-        payload = {**event, "store": store_to_spec(store), "key": keys[memory_mb],
-                   "memory_mb": memory_mb}
         answer = client.invoke(FunctionName=function_name(memory_mb, function_prefix),
                                InvocationType="Event",
-                               Payload=json.dumps(payload, separators=(",", ":")).encode())
+                               Payload=json.dumps(event.to_dict(), separators=(",", ":")).encode())
         if answer.get("StatusCode") != 202:
-            raise LaunchError(f"Lambda did not queue the {event['task']} task on "
-                               f"{function_name(memory_mb, function_prefix)}: {answer}")
+            raise LaunchError(f"Lambda did not queue the {event.task} task on "
+                              f"{function_name(memory_mb, function_prefix)}: {answer}")
     results = {}
-    for memory_mb, key in keys.items():
+    for memory_mb, event in events.items():
         try:
-            results[memory_mb] = json.loads(store.get(key, timeout=timeout_s))
+            results[memory_mb] = json.loads(store.get(event.key, timeout=timeout_s))
         except TimeoutError:
             raise LaunchError(
                 f"no result from {function_name(memory_mb, function_prefix)} after {timeout_s} "
@@ -152,16 +157,26 @@ def run_on_functions(store: ObjectStore, events: dict[int, dict[str, Any]], clie
             ) from None
         if "error" in results[memory_mb]:
             raise LaunchError(f"the {memory_mb} MB function failed:\n"
-                               f"{results[memory_mb]['error']}")
+                              f"{results[memory_mb]['error']}")
     return results
+
+
+def task_events(store: ObjectStore, task: str, memory_sizes: Sequence[int],
+                **fields: Any) -> dict[int, TaskEvent]:
+    """One `TaskEvent` per memory size, each with its own result key under a fresh
+    `jobs/calibration-<time>-<id>/<task>/<MB>.json` (inside the worker role's prefix)."""
+    run = f"jobs/calibration-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}/"
+    spec = store_to_spec(store)
+    return {m: TaskEvent(task=task, store=spec, key=f"{run}{task}/{m}.json", memory_mb=m,
+                         **fields) for m in memory_sizes}
 
 
 def calibrate(store: ObjectStore, memory_sizes: Sequence[int], client: Any = None,
               function_prefix: str = FUNCTION_PREFIX, size_bytes: int = 16 << 20,
               repeats: int = 5, timeout_s: float = 960.0) -> dict[int, dict[str, Any]]:
     """S3 latency and bandwidth measured inside a function of each memory size."""
-    events = {m: {"task": "calibrate", "size_bytes": size_bytes, "repeats": repeats}
-              for m in memory_sizes}
+    events = task_events(store, "calibrate", memory_sizes, size_bytes=size_bytes,
+                         repeats=repeats)
     return run_on_functions(store, events, client, function_prefix, timeout_s)
 
 
@@ -184,8 +199,8 @@ def profile_on_functions(model: str, store: ObjectStore, memory_sizes: Sequence[
                          client: Any = None, function_prefix: str = FUNCTION_PREFIX,
                          timeout_s: float = 960.0) -> dict[int, ModelProfile]:
     """Profiles `model` inside a function of each memory size; returns MB -> ModelProfile."""
-    events = {m: {"task": "profile", "model": model, "micro_batches": list(micro_batches),
-                  "repeats": repeats} for m in memory_sizes}
+    events = task_events(store, "profile", memory_sizes, model=model,
+                         micro_batches=tuple(micro_batches), repeats=repeats)
     results = run_on_functions(store, events, client, function_prefix, timeout_s)
     return {m: ModelProfile.from_dict(r["profile"]) for m, r in results.items()}
 

@@ -8,6 +8,7 @@ its CPU share (XLA's intra-op threads), and its link to storage (the worker wrap
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import resource
@@ -16,8 +17,9 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
+from jaxpipe.runtime.event import RankEvent
+from jaxpipe.runtime.platforms.base import Outcome
 from planners import Platform
 
 __all__ = ["LocalInvocation", "LocalPlatform"]
@@ -27,26 +29,42 @@ MIN_MEMORY_MB = 400  # a JAX process does not start with less RLIMIT_DATA than a
 
 @dataclass
 class LocalInvocation:
-    """A running rank: its process and where its output goes."""
+    """A running rank: its process and where its output goes.
+
+    Exit code 0 is `Outcome.FINISHED`; any other code (an exception, SIGKILL, the memory cap)
+    is `Outcome.FAILED`. A local worker never refuses a window: it has no deadline.
+    """
 
     rank: int
     process: subprocess.Popen
     log: Path
 
-    def poll(self) -> int | None:
-        return self.process.poll()
+    def poll(self) -> Outcome | None:
+        return _outcome(self.process.poll())
 
     def kill(self) -> None:
         if self.process.poll() is None:
             self.process.kill()
         self.process.wait(timeout=30)
 
-    def wait(self, timeout: float) -> int:
-        return self.process.wait(timeout=timeout)
+    def wait(self, timeout: float) -> Outcome:
+        try:
+            code = self.process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            return Outcome.SILENT
+        return Outcome.FINISHED if code == 0 else Outcome.FAILED
 
     def tail(self, lines: int = 15) -> str:
         text = self.log.read_text(errors="replace") if self.log.exists() else ""
-        return "\n".join(text.splitlines()[-lines:])
+        code = self.process.poll()
+        ended = f"exit code {code}" if code is not None else "still running"
+        return "\n".join([f"({ended}; log {self.log})", *text.splitlines()[-lines:]])
+
+
+def _outcome(code: int | None) -> Outcome | None:
+    if code is None:
+        return None
+    return Outcome.FINISHED if code == 0 else Outcome.FAILED
 
 
 class LocalPlatform:
@@ -59,7 +77,7 @@ class LocalPlatform:
         self.log_dir = Path(log_dir)
         self.log_dir.mkdir(parents=True, exist_ok=True)
 
-    def launch(self, event: dict[str, Any], memory_mb: int) -> LocalInvocation:
+    def launch(self, event: RankEvent, memory_mb: int) -> LocalInvocation:
         """Starts `python -m jaxpipe.runtime.worker` for one rank with its caps; returns at once."""
         cap = max(int(memory_mb), MIN_MEMORY_MB) * 2**20
         env = dict(os.environ)
@@ -70,15 +88,15 @@ class LocalPlatform:
         env.update(XLA_FLAGS=flags.strip(), JAX_PLATFORMS="cpu", OMP_NUM_THREADS="1",
                    PYTHONUNBUFFERED="1")
 
-        event = {**event, "launched_at": time.time()}
-        log = self.log_dir / f"rank{event['rank']}-{event['attempt']}-{event['invocation']}.log"
-        out = open(log, "w")  # noqa: SIM115 - the child owns it until it exits
-        process = subprocess.Popen(
-            [sys.executable, "-m", "jaxpipe.runtime.worker"], stdin=subprocess.PIPE, stdout=out,
-            stderr=subprocess.STDOUT, env=env)
+        event = dataclasses.replace(event, launched_at=time.time())
+        log = self.log_dir / f"rank{event.rank}-{event.attempt}-{event.invocation}.log"
+        with open(log, "w") as out:  # the child keeps its own descriptor until it exits
+            process = subprocess.Popen(
+                [sys.executable, "-m", "jaxpipe.runtime.worker"], stdin=subprocess.PIPE,
+                stdout=out, stderr=subprocess.STDOUT, env=env)
         # The cap applies from here on; the child is still starting Python, far below it.
         resource.prlimit(process.pid, resource.RLIMIT_DATA, (cap, cap))
-        process.stdin.write(json.dumps(event).encode())
+        assert process.stdin is not None  # stdin=PIPE
+        process.stdin.write(json.dumps(event.to_dict()).encode())
         process.stdin.close()
-        out.close()
-        return LocalInvocation(event["rank"], process, log)
+        return LocalInvocation(event.rank, process, log)

@@ -1,0 +1,38 @@
+"""`TrainOptions`: every knob of `jaxpipe train`, as one frozen value the CLI fills in."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from jaxpipe.runtime.driver import RunConfig
+from jaxpipe.runtime.platforms.aws import FUNCTION_PREFIX
+
+__all__ = ["TrainOptions"]
+
+
+@dataclass(frozen=True)
+class TrainOptions:
+    """Every knob of `jaxpipe train`, each with the default the CLI uses."""
+
+    model: str = "mlp"
+    model_overrides: dict[str, Any] = field(default_factory=dict)  # e.g. {"seq_len": 32}
+    platform: str = "local"
+    platform_file: str | None = None
+    plan_file: str | None = None
+    method: str = "miqp"
+    batch: int = 64
+    iterations: int = 60
+    optimizer: str = "adam"
+    learning_rate: float = 3e-3
+    seed: int = 0
+    store: str = ".jaxpipe/store"
+    endpoint_url: str | None = None
+    job_id: str | None = None
+    checkpoint_every: int = 10
+    max_functions: int = 4
+    allreduce: str = "pipelined"
+    profile_cache: str = ".jaxpipe/profiles"
+    wait_timeout_s: float = 120.0
+    function_prefix: str = FUNCTION_PREFIX  # aws-lambda: ranks run on <prefix>-<memory MB>
+    run: RunConfig = field(default_factory=RunConfig)
