@@ -95,8 +95,8 @@ class Box:
         return dataclasses.replace(self, fixed=more | self.fixed)
 
     def halves(self, k: Term, mid: float) -> tuple[Box, Box]:
-        """"P_k <= mid" and "P_k >= mid"; neither keeps fixings (reduced costs were for this
-        box's LP only)."""
+        """The halves P_k <= mid and P_k >= mid of this box; neither keeps its fixings
+        (reduced costs held for this box's LP only)."""
         below, above = list(self.ranges), list(self.ranges)
         below[k] = Range(self.ranges[k].lo, mid)
         above[k] = Range(mid, self.ranges[k].hi)

@@ -8,6 +8,8 @@ import pytest
 
 from planners import PlanError, platforms
 
+from .conftest import hand_platform
+
 
 def test_aws_cpu_share_is_proportional_to_memory_up_to_six() -> None:
     aws = platforms.get("aws-lambda")
@@ -42,3 +44,14 @@ def test_unknown_platform_or_field_is_rejected(tmp_path) -> None:
     bad.write_text('{"bandwith": 1}')
     with pytest.raises(PlanError, match="bandwith"):
         platforms.get("local", bad)
+
+
+def test_price_methods_by_hand() -> None:
+    plat = hand_platform(price_gb_second=1e-5, price_invocation=2e-7, price_put=5e-6,
+                         price_get=4e-7, timeout_s=900.0)
+    assert plat.compute_dollars(gigabytes=2.0, seconds=14.0) == pytest.approx(2.8e-4)
+    assert plat.function_dollars(memory_mb=3072, seconds=10.0) == pytest.approx(3e-4)
+    assert plat.invocation_dollars(5) == pytest.approx(1e-6)
+    # 4 functions running 450 s, each handed over every 900 s: 2 invocations' worth
+    assert plat.handover_invocation_dollars(4, 450.0) == pytest.approx(2 * 2e-7)
+    assert plat.request_dollars(puts=3, gets=10) == pytest.approx(1.5e-5 + 4e-6)
