@@ -27,7 +27,8 @@ from __future__ import annotations
 import json
 import struct
 import zlib
-from typing import Any
+from collections.abc import Sequence
+from typing import TypeGuard
 
 import numpy as np
 
@@ -40,6 +41,7 @@ _ALIGN = 64
 _NUMPY_KINDS = "biufc"
 
 Arrays = np.ndarray | list[np.ndarray] | dict[str, np.ndarray]
+"""One array, a flat list of arrays or a flat dict of str -> array: what `decode` returns."""
 
 
 class CodecError(ValueError):
@@ -64,15 +66,26 @@ def _dtype_from_name(name: str) -> np.dtype:
     try:
         import ml_dtypes  # optional: bfloat16 and float8 types
     except ImportError:
-        raise TypeError(f"dtype {name!r} needs the ml_dtypes package, which is not installed")
+        raise TypeError(f"dtype {name!r} needs the ml_dtypes package, which is not "
+                        "installed") from None
     kind = getattr(ml_dtypes, name, None)
     if kind is None or np.dtype(kind).name != name:
         raise TypeError(f"unsupported dtype {name!r}")
     return np.dtype(kind)
 
 
-def _wire_array(name: str | None, value: Any) -> np.ndarray:
-    if not isinstance(value, np.ndarray | np.generic):
+def _is_numpy(value: object) -> TypeGuard[np.ndarray | np.generic]:
+    return isinstance(value, np.ndarray | np.generic)
+
+
+def _entry_name(key: object) -> str:
+    if not isinstance(key, str):
+        raise TypeError(f"codec dict keys must be str, got {key!r}")
+    return key
+
+
+def _wire_array(name: str | None, value: object) -> np.ndarray:
+    if not _is_numpy(value):
         raise TypeError(f"codec entry {name!r} is a {type(value).__name__}, not a numpy array")
     arr = np.asarray(value)
     if arr.dtype.kind not in _NUMPY_KINDS:
@@ -82,11 +95,12 @@ def _wire_array(name: str | None, value: Any) -> np.ndarray:
     return arr if arr.flags.c_contiguous else arr.copy(order="C")  # keeps 0-d arrays 0-d
 
 
-def encode(arrays: Arrays) -> bytes:
+def encode(arrays: Arrays | tuple[np.ndarray, ...] | np.generic) -> bytes:
     """Returns `arrays` as one self-describing byte string (header + aligned raw bytes).
 
     Args:
-      arrays: a numpy array, a flat list/tuple of arrays, or a flat dict of str -> array.
+      arrays: a numpy array (or scalar), a flat list/tuple of arrays, or a flat dict of
+        str -> array.
 
     Raises:
       TypeError: an entry is not a numpy array, or its dtype is not supported.
@@ -97,20 +111,20 @@ def encode(arrays: Arrays) -> bytes:
       >>> out["w"].sum(), int(out["step"])
       (np.float32(6.0), 7)
     """
+    named: Sequence[tuple[str | None, object]]
     if isinstance(arrays, dict):
-        layout = "dict"
-        named = [(str(k), v) for k, v in arrays.items()]
-        if any(not isinstance(k, str) for k in arrays):
-            raise TypeError("codec dict keys must be str")
+        layout, named = "dict", [(_entry_name(k), v) for k, v in arrays.items()]
     elif isinstance(arrays, list | tuple):
         layout, named = "list", [(None, v) for v in arrays]
     else:
         layout, named = "array", [(None, arrays)]
     wire = [_wire_array(name, value) for name, value in named]
 
-    entries, pieces, crc, offset = [], [], 0, 0
+    entries: list[dict[str, object]] = []
+    pieces: list[bytes | memoryview] = []
+    crc, offset = 0, 0
     for (name, _), arr in zip(named, wire, strict=True):
-        raw = memoryview(arr.reshape(-1).view(np.uint8))
+        raw = arr.reshape(-1).view(np.uint8).data
         pad = _aligned(offset) - offset
         if pad:
             pieces.append(bytes(pad))
@@ -166,7 +180,7 @@ def decode(data: bytes | bytearray | memoryview, key: str | None = None) -> Arra
     if crc != header["payload_crc32"]:
         raise CodecError(f"{where} is corrupt: payload CRC-32 {crc:#010x} != "
                          f"{header['payload_crc32']:#010x} in its header")
-    arrays = []
+    arrays: list[np.ndarray] = []
     for entry in header["arrays"]:
         dtype = _dtype_from_name(entry["dtype"])
         count = entry["nbytes"] // dtype.itemsize

@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import os
 import uuid
+from collections.abc import Callable
 from typing import Any
 from urllib.parse import quote, unquote
 
@@ -55,7 +56,7 @@ class FileStore(ObjectStore):
     def __init__(self, root: str | os.PathLike[str], *, poll: Backoff | None = None,
                  retry: RetryPolicy | None = None) -> None:
         super().__init__(poll=poll, retry=retry)
-        self.root = os.path.abspath(os.fspath(root))
+        self.root: str = os.path.abspath(os.fspath(root))
         os.makedirs(self.root, exist_ok=True)
 
     def _path(self, key: str) -> str:
@@ -70,7 +71,8 @@ class FileStore(ObjectStore):
         # os.link is atomic and, unlike rename, refuses an existing name.
         return self._publish(key, data, os.link)
 
-    def _publish(self, key: str, data: bytes | memoryview, place) -> bool:
+    def _publish(self, key: str, data: bytes | memoryview,
+                 place: Callable[[str, str], None]) -> bool:
         """Writes `data` to a temporary file, then `place`s it at the key's path (atomically).
 
         Returns False if `place` found the key already there. A concurrent delete may prune the

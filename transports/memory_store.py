@@ -81,7 +81,7 @@ class MemoryStore(ObjectStore):
         objs = self._objects
         with objs.lock:
             start = bisect.bisect_left(objs.sorted_keys, prefix)
-            keys = []
+            keys: list[str] = []
             for key in objs.sorted_keys[start:]:
                 if not key.startswith(prefix):
                     break

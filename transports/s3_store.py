@@ -24,11 +24,14 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
-from typing import Any
+from collections.abc import Callable
+from typing import Any, Protocol
 
-import boto3
-import botocore.config
-import botocore.exceptions
+# boto3 and botocore ship no types: every call on them goes through `_S3Client` below, and a
+# botocore error's fields through `_error_fields`.
+import boto3  # pyright: ignore[reportMissingTypeStubs]
+import botocore.config  # pyright: ignore[reportMissingTypeStubs]
+import botocore.exceptions  # pyright: ignore[reportMissingTypeStubs]
 
 from transports.retry import Backoff, RetryPolicy
 from transports.store import KeyNotFound, ObjectStore, StoreError, TransientStoreError
@@ -46,11 +49,46 @@ _TRANSIENT_EXCEPTIONS = (botocore.exceptions.ConnectionError,
                          botocore.exceptions.ResponseStreamingError)
 
 
+class _ClientMeta(Protocol):
+    @property
+    def region_name(self) -> str | None: ...
+
+
+class _S3Client(Protocol):
+    """The calls S3Store makes on a boto3 S3 client (which boto3 builds at run time, untyped).
+
+    Each takes the S3 API's keyword arguments and returns its response as a dict.
+    """
+
+    @property
+    def meta(self) -> _ClientMeta: ...
+
+    def head_bucket(self, **kwargs: Any) -> dict[str, Any]: ...
+    def create_bucket(self, **kwargs: Any) -> dict[str, Any]: ...
+    def put_object(self, **kwargs: Any) -> dict[str, Any]: ...
+    def get_object(self, **kwargs: Any) -> dict[str, Any]: ...
+    def head_object(self, **kwargs: Any) -> dict[str, Any]: ...
+    def delete_object(self, **kwargs: Any) -> dict[str, Any]: ...
+    def delete_objects(self, **kwargs: Any) -> dict[str, Any]: ...
+    def list_objects_v2(self, **kwargs: Any) -> dict[str, Any]: ...
+    def create_multipart_upload(self, **kwargs: Any) -> dict[str, Any]: ...
+    def upload_part(self, **kwargs: Any) -> dict[str, Any]: ...
+    def complete_multipart_upload(self, **kwargs: Any) -> dict[str, Any]: ...
+    def abort_multipart_upload(self, **kwargs: Any) -> dict[str, Any]: ...
+
+
+def _error_fields(err: botocore.exceptions.ClientError) -> tuple[str, int]:
+    """Returns the S3 error code ('' if none) and HTTP status (0 if none) of `err`."""
+    response: dict[str, Any] = err.response  # pyright: ignore[reportUnknownMemberType]
+    code = str(response.get("Error", {}).get("Code", ""))
+    status = int(response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
+    return code, status
+
+
 def _translate(err: Exception, key: str) -> Exception:
     """Maps a botocore error onto KeyNotFound, TransientStoreError, or itself."""
     if isinstance(err, botocore.exceptions.ClientError):
-        code = str(err.response.get("Error", {}).get("Code", ""))
-        status = int(err.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
+        code, status = _error_fields(err)
         if code in _NOT_FOUND or status == 404:
             return KeyNotFound(key)
         if (code in _TRANSIENT_CODES or status >= 500 or status == 429
@@ -105,14 +143,14 @@ class S3Store(ObjectStore):
             # Checksums: the codec checks payloads itself; skip botocore's extra CRC pass.
             request_checksum_calculation="when_required",
             response_checksum_validation="when_required")
-        session = boto3.session.Session(aws_access_key_id=aws_access_key_id,
-                                        aws_secret_access_key=aws_secret_access_key,
-                                        region_name=region_name)
+        session: Any = boto3.Session(aws_access_key_id=aws_access_key_id,
+                                     aws_secret_access_key=aws_secret_access_key,
+                                     region_name=region_name)
         if session.region_name is None:
-            session = boto3.session.Session(aws_access_key_id=aws_access_key_id,
-                                            aws_secret_access_key=aws_secret_access_key,
-                                            region_name="us-east-1")
-        self.client = session.client("s3", endpoint_url=endpoint_url, config=config)
+            session = boto3.Session(aws_access_key_id=aws_access_key_id,
+                                    aws_secret_access_key=aws_secret_access_key,
+                                    region_name="us-east-1")
+        self.client: _S3Client = session.client("s3", endpoint_url=endpoint_url, config=config)
         if create_bucket:
             self.create_bucket()
 
@@ -130,20 +168,20 @@ class S3Store(ObjectStore):
         try:
             self.client.create_bucket(**kwargs)
         except botocore.exceptions.ClientError as err:
-            if err.response.get("Error", {}).get("Code") not in (
-                    "BucketAlreadyOwnedByYou", "BucketAlreadyExists"):
+            if _error_fields(err)[0] not in ("BucketAlreadyOwnedByYou", "BucketAlreadyExists"):
                 raise
 
-    def _s3(self, key: str, call: str, **kwargs: Any) -> Any:
+    def _s3(self, key: str, call: Callable[..., dict[str, Any]], **kwargs: Any) -> dict[str, Any]:
+        """Returns `call(Bucket=..., **kwargs)`'s response; errors translated for `key`."""
         try:
-            return getattr(self.client, call)(Bucket=self.bucket, **kwargs)
+            return call(Bucket=self.bucket, **kwargs)
         except Exception as err:  # re-raised, translated
             raise _translate(err, key) from err
 
     def _put(self, key: str, data: bytes | memoryview) -> None:
         full = self.prefix + key
         if len(data) <= self.multipart_threshold:
-            self._s3(key, "put_object", Key=full, Body=bytes(data) if isinstance(
+            self._s3(key, self.client.put_object, Key=full, Body=bytes(data) if isinstance(
                 data, memoryview) else data)
             return
         self._put_multipart(key, full, memoryview(data))
@@ -153,9 +191,8 @@ class S3Store(ObjectStore):
             self.client.put_object(Bucket=self.bucket, Key=self.prefix + key, IfNoneMatch="*",
                                    Body=bytes(data))
         except botocore.exceptions.ClientError as err:
-            error = err.response.get("Error", {})
-            status = err.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
-            if str(error.get("Code", "")) in _PRECONDITION or status == 412:
+            code, status = _error_fields(err)
+            if code in _PRECONDITION or status == 412:
                 return False
             raise _translate(err, key) from err
         except Exception as err:  # re-raised, translated
@@ -163,7 +200,7 @@ class S3Store(ObjectStore):
         return True
 
     def _put_multipart(self, key: str, full: str, data: memoryview) -> None:
-        upload = self._s3(key, "create_multipart_upload", Key=full)
+        upload = self._s3(key, self.client.create_multipart_upload, Key=full)
         upload_id = upload["UploadId"]
         step = self.multipart_chunksize
         spans = [(n + 1, off, min(off + step, len(data)))
@@ -171,25 +208,26 @@ class S3Store(ObjectStore):
 
         def send(part: tuple[int, int, int]) -> dict[str, Any]:
             number, lo, hi = part
-            resp = self._call(lambda: self._s3(key, "upload_part", Key=full, UploadId=upload_id,
-                                               PartNumber=number, Body=bytes(data[lo:hi])))
+            resp = self._call(lambda: self._s3(key, self.client.upload_part, Key=full,
+                                               UploadId=upload_id, PartNumber=number,
+                                               Body=bytes(data[lo:hi])))
             return {"PartNumber": number, "ETag": resp["ETag"]}
 
         try:
             with concurrent.futures.ThreadPoolExecutor(self.multipart_concurrency) as pool:
                 parts = list(pool.map(send, spans))
-            self._call(lambda: self._s3(key, "complete_multipart_upload", Key=full,
+            self._call(lambda: self._s3(key, self.client.complete_multipart_upload, Key=full,
                                         UploadId=upload_id,
                                         MultipartUpload={"Parts": parts}))
         except Exception as err:
             with contextlib.suppress(Exception):  # the original error is what matters
-                self._s3(key, "abort_multipart_upload", Key=full, UploadId=upload_id)
+                self._s3(key, self.client.abort_multipart_upload, Key=full, UploadId=upload_id)
             # Parts were already retried: do not let the outer put retry the whole object.
             raise StoreError(f"multipart upload of {key!r} failed: {err}") from err
         self._count(puts=len(spans) + 1)  # + create + complete, - the put the caller counts
 
     def _get(self, key: str) -> bytes:
-        resp = self._s3(key, "get_object", Key=self.prefix + key)
+        resp = self._s3(key, self.client.get_object, Key=self.prefix + key)
         try:
             return resp["Body"].read()
         except Exception as err:  # re-raised, translated
@@ -197,16 +235,16 @@ class S3Store(ObjectStore):
 
     def _exists(self, key: str) -> bool:
         try:
-            self._s3(key, "head_object", Key=self.prefix + key)
+            self._s3(key, self.client.head_object, Key=self.prefix + key)
         except KeyNotFound:
             return False
         return True
 
     def _delete(self, key: str) -> None:
-        self._s3(key, "delete_object", Key=self.prefix + key)
+        self._s3(key, self.client.delete_object, Key=self.prefix + key)
 
     def _delete_many(self, keys: list[str]) -> None:
-        resp = self._s3(keys[0], "delete_objects", Delete={
+        resp = self._s3(keys[0], self.client.delete_objects, Delete={
             "Objects": [{"Key": self.prefix + k} for k in keys], "Quiet": True})
         errors = [e for e in resp.get("Errors", []) if e.get("Code") != "NoSuchKey"]
         if errors:
@@ -218,7 +256,8 @@ class S3Store(ObjectStore):
         pages = 0
         token: dict[str, str] = {}
         while True:
-            resp = self._s3(prefix, "list_objects_v2", Prefix=self.prefix + prefix, **token)
+            resp = self._s3(prefix, self.client.list_objects_v2, Prefix=self.prefix + prefix,
+                            **token)
             pages += 1
             keys.extend(obj["Key"][len(self.prefix):] for obj in resp.get("Contents", []))
             if not resp.get("IsTruncated"):

@@ -14,7 +14,7 @@ it is safe to log. Specs nest: a ThrottledStore's spec holds the spec of the sto
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, cast
 
 from transports.faulty import FaultyStore
 from transports.file_store import FileStore
@@ -40,7 +40,8 @@ def store_to_spec(store: ObjectStore) -> dict[str, Any]:
       >>> spec["kind"], type(store_from_spec(spec)).__name__
       ('file', 'FileStore')
     """
-    return _finite(store._spec())
+    # The one reader of the backends' `_spec` outside the store classes.
+    return _finite(store._spec())  # pyright: ignore[reportPrivateUsage]
 
 
 def store_from_spec(spec: dict[str, Any], **s3_kwargs: Any) -> ObjectStore:
@@ -55,20 +56,20 @@ def store_from_spec(spec: dict[str, Any], **s3_kwargs: Any) -> ObjectStore:
       ValueError: unknown "kind"; the message lists the known ones.
     """
     kind = spec.get("kind")
-    timing = {k: cls(**spec[k]) for k, cls in (("poll", Backoff), ("retry", RetryPolicy))
-              if spec.get(k) is not None}
+    poll = Backoff(**spec["poll"]) if spec.get("poll") is not None else None
+    retry = RetryPolicy(**spec["retry"]) if spec.get("retry") is not None else None
     if kind == "file":
-        return FileStore(spec["root"], **timing)
+        return FileStore(spec["root"], poll=poll, retry=retry)
     if kind == "s3":
         fields = {k: v for k, v in spec.items() if k not in ("kind", "poll", "retry")}
-        return S3Store(**fields, **timing, **s3_kwargs)
+        return S3Store(**fields, poll=poll, retry=retry, **s3_kwargs)
     if kind == "throttled":
         return ThrottledStore(store_from_spec(spec["store"], **s3_kwargs),
                               _rate(spec["uplink_bps"]), _rate(spec["downlink_bps"]),
                               spec["latency_s"])
     if kind == "faulty":
         return FaultyStore(store_from_spec(spec["store"], **s3_kwargs), spec["failure_rate"],
-                           spec["seed"], **timing)
+                           spec["seed"], poll=poll, retry=retry)
     raise ValueError(f"unknown store kind {kind!r} in spec {spec}; known kinds: "
                      "'file', 's3', 'throttled', 'faulty'")
 
@@ -82,7 +83,7 @@ def _finite(spec: dict[str, Any]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for k, v in spec.items():
         if isinstance(v, dict):
-            v = _finite(v)
+            v = _finite(cast("dict[str, Any]", v))  # a nested store's spec
         elif isinstance(v, float) and math.isinf(v):
             v = None
         out[k] = v

@@ -16,10 +16,10 @@ other, so this is the only channel between them; three facts shape the contract:
   `TransientStoreError` (retry) or `KeyNotFound` (the key is absent); anything else propagates.
 
 Backends subclass `ObjectStore` and implement the private one-shot operations `_put`,
-`_put_if_absent`, `_get`, `_exists`, `_delete`, `_list` and `_spec`; the public methods add key checks, waiting, retries
-and counting. Keys are '/'-separated paths: non-empty, at most 1024 UTF-8 bytes, no leading
-'/', and no empty, '.' or '..' segment (S3 allows such keys; no JaxPipe key needs them and
-they cannot map to files).
+`_put_if_absent`, `_get`, `_exists`, `_delete`, `_list` and `_spec` (`_delete_many` too if
+they can batch); the public methods add key checks, waiting, retries and counting. Keys are
+'/'-separated paths: non-empty, at most 1024 UTF-8 bytes, no leading '/', and no empty, '.' or
+'..' segment (S3 allows such keys; no JaxPipe key needs them and they cannot map to files).
 """
 
 from __future__ import annotations
@@ -136,8 +136,14 @@ def _values(stats: StoreStats) -> tuple[int, ...]:
     return tuple(getattr(stats, f.name) for f in dataclasses.fields(stats))
 
 
-def check_key(key: str) -> str:
-    """Returns `key` if it is a valid store key, else raises ValueError saying which rule fails."""
+def check_key(key: object) -> str:
+    """Returns `key` if it is a valid store key; raises ValueError naming the rule it breaks
+    (TypeError if it is not a str).
+
+    Example:
+      >>> check_key("jobs/1/it/0")
+      'jobs/1/it/0'
+    """
     if not isinstance(key, str):
         raise TypeError(f"store key must be a str, got {key!r}")
     if not key:
@@ -148,7 +154,7 @@ def check_key(key: str) -> str:
     return key
 
 
-def check_prefix(prefix: str) -> str:
+def check_prefix(prefix: object) -> str:
     """Returns `prefix` if it is a valid key prefix ('' or the start of a valid key)."""
     if not isinstance(prefix, str):
         raise TypeError(f"store prefix must be a str, got {prefix!r}")
@@ -219,7 +225,7 @@ class ObjectStore(abc.ABC):
         """
         check_key(key)
         view = memoryview(data).cast("B") if not isinstance(data, bytes) else data
-        attempts = []
+        attempts: list[int] = []
 
         def attempt() -> bool:
             attempts.append(1)

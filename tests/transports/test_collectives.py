@@ -146,7 +146,7 @@ def test_processes_on_a_file_store_get_numpy_mean(tmp_path, world: int) -> None:
         cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         for k in range(world)]
     outputs = [p.communicate(timeout=90) for p in procs]
-    for p, (out, err) in zip(procs, outputs, strict=True):
+    for p, (_, err) in zip(procs, outputs, strict=True):
         assert p.returncode == 0, err
     expected = np.mean([rank_vector(7, k, length).astype(np.float64) for k in range(world)], 0)
     results = [decode(store.get(f"out/{group}/{k}")) for k in range(world)]

@@ -79,7 +79,8 @@ def test_a_claim_whose_reply_was_lost_is_still_reported_as_won() -> None:
     results = []
     for i in range(40):
         token = uuid.uuid4().hex.encode()
-        results.append((faulty.put_if_absent(f"claim/{i}", token), inner.get(f"claim/{i}") == token))
+        won = faulty.put_if_absent(f"claim/{i}", token)
+        results.append((won, inner.get(f"claim/{i}") == token))
     assert all(won == stored for won, stored in results)
     assert all(won for won, _ in results)  # nobody else claimed: every call must win
     assert faulty.injected > 0
