@@ -8,6 +8,8 @@ imports only the standard library, numpy and boto3 (never jax, jaxpipe or planne
   their requests; `KeyNotFound` and `GetTimeout` are the two ways a key can be missing.
 * `ThrottledStore` emulates a function's link (bandwidth each way, request latency);
   `FaultyStore` injects throttling errors for tests.
+* `Clock`: what the emulator and the all-reduce read the time from and wait on; real time by
+  default, a `VirtualClock` in tests.
 * `store_to_spec` / `store_from_spec` carry a store to another process as a small JSON dict.
 * `codec.encode` / `codec.decode`: arrays <-> bytes, with a checksum and no pickle.
 * `allreduce_mean`: FuncPipe's pipelined scatter-reduce (and LambdaML's baseline), with the
@@ -15,6 +17,7 @@ imports only the standard library, numpy and boto3 (never jax, jaxpipe or planne
 """
 
 from transports import codec
+from transports.clock import Clock, VirtualClock
 from transports.codec import CodecError, decode, encode
 from transports.collectives import (
     ALGORITHMS,
@@ -43,6 +46,7 @@ from transports.throttle import Link, ThrottledStore
 __all__ = [
     "ALGORITHMS",
     "Backoff",
+    "Clock",
     "CodecError",
     "FaultyStore",
     "FileStore",
@@ -58,6 +62,7 @@ __all__ = [
     "StoreStats",
     "ThrottledStore",
     "TransientStoreError",
+    "VirtualClock",
     "allreduce_mean",
     "allreduce_requests",
     "chunk_bounds",

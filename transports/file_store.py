@@ -47,9 +47,10 @@ class FileStore(ObjectStore):
 
     Example:
       >>> import tempfile
-      >>> store = FileStore(tempfile.mkdtemp())
-      >>> store.put("jobs/1/a", b"x"); store.put("jobs/1/a/b", b"y")
-      >>> store.list("jobs/1/a")
+      >>> with tempfile.TemporaryDirectory() as root:
+      ...     store = FileStore(root)
+      ...     store.put("jobs/1/a", b"x"); store.put("jobs/1/a/b", b"y")
+      ...     store.list("jobs/1/a")
       ['jobs/1/a', 'jobs/1/a/b']
     """
 

@@ -36,9 +36,10 @@ def store_to_spec(store: ObjectStore) -> dict[str, Any]:
 
     Example:
       >>> import tempfile
-      >>> spec = store_to_spec(FileStore(tempfile.mkdtemp()))
-      >>> spec["kind"], type(store_from_spec(spec)).__name__
-      ('file', 'FileStore')
+      >>> with tempfile.TemporaryDirectory() as root:
+      ...     spec = store_to_spec(FileStore(root))
+      ...     spec["kind"], spec["root"] == root, type(store_from_spec(spec)).__name__
+      ('file', True, 'FileStore')
     """
     # The one reader of the backends' `_spec` outside the store classes.
     return _finite(store._spec())  # pyright: ignore[reportPrivateUsage]

@@ -61,7 +61,7 @@ class Link:
         self.clock = clock
         self._cond = threading.Condition()
         self._virtual = 0.0                  # bytes received by each active transfer so far
-        self._clock = clock.now()            # when _virtual was last brought up to date
+        self._updated = clock.now()          # when _virtual was last brought up to date
         self._active: dict[int, float] = {}  # transfer id -> virtual finish tag
         self._next_id = 0
 
@@ -71,16 +71,16 @@ class Link:
         while self._active:
             share = self.rate_bps / len(self._active)
             tag = min(self._active.values())
-            at = self._clock + (tag - self._virtual) / share
+            at = self._updated + (tag - self._virtual) / share
             if at > now:
                 break
-            self._virtual, self._clock = tag, at
+            self._virtual, self._updated = tag, at
             for tid in [t for t, f in self._active.items() if f <= tag]:
                 del self._active[tid]
             retired = True
         if self._active:
-            self._virtual += (now - self._clock) * self.rate_bps / len(self._active)
-        self._clock = max(self._clock, now)
+            self._virtual += (now - self._updated) * self.rate_bps / len(self._active)
+        self._updated = max(self._updated, now)
         return retired
 
     def transfer(self, nbytes: int) -> None:

@@ -9,8 +9,13 @@ import numpy as np
 import pytest
 
 from tests.transports.conftest import FAST_POLL
-from transports import MemoryStore, allreduce_mean, pipeline_depth, pipeline_pieces
-from transports.clock import VirtualClock
+from transports import (
+    MemoryStore,
+    VirtualClock,
+    allreduce_mean,
+    pipeline_depth,
+    pipeline_pieces,
+)
 from transports.pacing import RequestTimes, not_before
 
 

@@ -13,8 +13,7 @@ from collections.abc import Callable
 
 import pytest
 
-from transports import KeyNotFound, Link, MemoryStore, ThrottledStore
-from transports.clock import VirtualClock
+from transports import KeyNotFound, Link, MemoryStore, ThrottledStore, VirtualClock
 
 MB = 1_000_000
 
