@@ -1,13 +1,21 @@
 """The runtime: a job in an object store, its ranks on functions, and the driver watching them.
 
     job.py         JobSpec and the key layout under jobs/<job-id>/
+    event.py       what a function is told (RankEvent, TaskEvent) and answers (RankStatus)
+    metrics.py     what a rank measured (RankMetrics: iterations, requests, timeline)
     dataset.py     dataset shards and which rows each micro-batch reads
     optim.py       optimizer programs, run per stage
     checkpoint.py  per-stage parameters and optimizer state in the store
-    worker.py      one rank: the handler a function runs
-    driver.py      launches the ranks, watches them, restarts and hands over
-    train.py       `jaxpipe train`: prepare a job (trace, plan, split, upload) and run it
-    platforms/     where ranks run: local processes or AWS Lambda
+    arrays.py      the store's array objects by layout (messages, named arrays)
+    worker.py      the handler a function runs: parse the event, run the rank, report
+    rank.py        one rank: its stage program, its lanes, one iteration
+    driver.py      launches the ranks, watches their Outcomes, restarts and hands over
+    billing.py     the platform's prices applied to the metrics; the cost guard
+    options.py     TrainOptions, every knob of `jaxpipe train`
+    planning.py    the planning problem (profile, cached) and the checks of a plan
+    train.py       `jaxpipe train`: prepare a job (validate, trace, plan, split, upload), run it
+    summary.py     the run's Summary, measured against the predictions
+    platforms/     where ranks run: local processes or AWS Lambda (base.py: Outcome, Launcher)
 
 The runtime may import `jaxpipe.staging`; never the other way round.
 """

@@ -133,15 +133,19 @@ def run_job(store: ObjectStore, spec: JobSpec, start: int = 0, config: RunConfig
             launcher: Launcher | None = None) -> Progress:
     """Runs iterations [start, spec.iterations) of a job whose objects are in `store`.
 
-        t ─(1) window [t, stop) ─(2) launch every rank ─(3) watch: losses of t .. stop-1,
-        ▲      time limit, budget,                          then every rank's Outcome
-        │      cap                                                │
-        │                                  all FINISHED ◄─────────┴─────► a RankDeath
-        │                                        │                            │
-        │   (4) charge the measured dollars;     │      (5) give up the attempt: kill, charge
-        ├── t = stop (a handover) ◄──────────────┘          its wall time; after max_restarts
-        │                                                   raise JobFailed
-        └── t = latest complete checkpoint, attempt + 1 ◄── (6) `recovery` (refused: cap / 2)
+        (1) window [t, stop)     as long as the time limit, the budget and the cap allow
+              |
+        (2) launch every rank    one RankEvent each, on `launcher`
+              |
+        (3) watch                the losses of t .. stop-1, then every rank's Outcome
+              |
+        all FINISHED -------------------------- a RankDeath (FAILED, REFUSED, SILENT)
+              |                                     |
+        (4) charge the measured dollars;       (5) kill the attempt's ranks, charge its
+            t = stop (a handover)                  wall time; JobFailed after max_restarts
+              |                                (6) `recovery`: t = the latest complete
+              |                                    checkpoint, attempt + 1 (refused: cap / 2)
+              +------------ back to (1) until t = spec.iterations ----------+
 
     Args:
       store: the job's store (`train.prepare` put the bundle, data and checkpoint 0 there).

@@ -58,7 +58,7 @@ __all__ = ["Prepared", "TrainOptions", "dataset_bytes", "first_rows", "open_stor
 
 RUNNABLE_PLATFORMS = ("local", "aws-lambda")
 
-TestSet = tuple[NDArray[Any], NDArray[Any]]
+HeldOut = tuple[NDArray[Any], NDArray[Any]]  # (inputs, labels) of the test set
 
 
 @dataclass(frozen=True)
@@ -76,7 +76,7 @@ class Prepared:
 
     spec: JobSpec
     store: ObjectStore
-    test_set: TestSet | None = None
+    test_set: HeldOut | None = None
     problem: Callable[[], Problem] | None = None
 
 
@@ -233,7 +233,7 @@ def trains_on_digits(model: models.ModelSpec) -> bool:
 
 
 def training_data(model: models.ModelSpec, options: TrainOptions,
-                  ) -> tuple[tuple[Any, Any], TestSet | None]:
+                  ) -> tuple[tuple[Any, Any], HeldOut | None]:
     """A job's training set (inputs, targets) and its test set, or None: scikit-learn's digits
     for the models that train on them (`trains_on_digits`), two global batches of the model's
     synthetic data otherwise."""
@@ -288,7 +288,7 @@ def _summarize(prepared: Prepared, progress: Progress, wall: float) -> Summary:
     return summarize(spec, metrics, progress, wall, problem, accuracy)
 
 
-def _accuracy(store: ObjectStore, spec: JobSpec, test_set: TestSet) -> float:
+def _accuracy(store: ObjectStore, spec: JobSpec, test_set: HeldOut) -> float:
     """Accuracy of the final checkpoint's parameters, run through the unsplit model."""
     from jaxpipe.tree import nest
 

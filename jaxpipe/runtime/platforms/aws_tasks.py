@@ -29,6 +29,7 @@ from typing import Any
 
 from jaxpipe.errors import LaunchError, UnknownTaskError
 from jaxpipe.runtime.event import TaskEvent
+from jaxpipe.runtime.job import Keys
 from jaxpipe.runtime.platforms.aws import FUNCTION_PREFIX, function_name, lambda_client
 from planners import ModelProfile, Platform
 from transports import ObjectStore, store_from_spec, store_to_spec
@@ -165,7 +166,7 @@ def task_events(store: ObjectStore, task: str, memory_sizes: Sequence[int],
                 **fields: Any) -> dict[int, TaskEvent]:
     """One `TaskEvent` per memory size, each with its own result key under a fresh
     `jobs/calibration-<time>-<id>/<task>/<MB>.json` (inside the worker role's prefix)."""
-    run = f"jobs/calibration-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}/"
+    run = Keys(f"calibration-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}").prefix
     spec = store_to_spec(store)
     return {m: TaskEvent(task=task, store=spec, key=f"{run}{task}/{m}.json", memory_mb=m,
                          **fields) for m in memory_sizes}
