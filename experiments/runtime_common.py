@@ -249,7 +249,7 @@ def _problem(workdir: Path, job: str, model: str, plan: Plan, batch: int,
     from jaxpipe import models
     from jaxpipe.runtime.planning import OPTIMIZER_SLOTS, profile_sizes
     from jaxpipe.runtime.train import TrainOptions, dataset_bytes, training_data
-    from planners import Platform, platforms
+    from planners import Platform, Problem, platforms
     from planners.profile import ModelProfile
 
     base, overrides = resolve(model)
