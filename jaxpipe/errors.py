@@ -27,7 +27,9 @@ __all__ = [
     "JobExistsError",
     "JobFailed",
     "LaunchError",
+    "LayersPatternError",
     "ModelConfigError",
+    "ModelKindError",
     "NoLayersError",
     "OptimizerStateError",
     "PartialBundleError",
@@ -70,8 +72,28 @@ class TraceError(InputError):
 class NoLayersError(TraceError):
     """The traced loss has no equation under a submodule, so there is nothing to cut at.
 
-    Fix: put each block of the network in a named submodule (`self.block0 = Block()` in `setup`,
-    or `Block(name="block0")` in a compact `__call__`).
+    Fix: put each block of the network in a named submodule (linen: `self.block0 = Block()` in
+    `setup`, or `Block(name="block0")` in a compact `__call__`; NNX: a child module attribute,
+    or an `nnx.List` of blocks). If the blocks are there but deeper than JaxPipe looked, name
+    them with `layers=` (a depth, or patterns such as `"decoder/block_*"`).
+    """
+
+
+class LayersPatternError(TraceError):
+    """`layers=` names no cut units: a depth below 1, or a scope pattern that matches no scope.
+
+    Fix: the message lists every scope of the model. Pass a depth (`layers=2`: the scopes two
+    levels below the model) or patterns that match some of them, one path component per `/`
+    (`layers="decoder/block_*"`, or a list such as `["decoder/embed", "decoder/block_*"]`).
+    """
+
+
+class ModelKindError(TraceError):
+    """The model is neither a `flax.linen.Module` nor a `flax.nnx.Module`.
+
+    Fix: pass the Flax module itself: a linen module with the variables `model.init` returned,
+    or an NNX module with `variables=None` (it holds its own). A function, a `TrainState` or a
+    bound module is not a model; an NNX model held in an `nnx.Optimizer` is `optimizer.model`.
     """
 
 

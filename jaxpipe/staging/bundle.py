@@ -3,7 +3,8 @@
 A bundle is a zip archive (no pickle anywhere):
 
     manifest.json          format, micro-batch size, every parameter/state path with its shape,
-                           the data leaves, and one `StageSpec` per stage
+                           the data leaves, the stacked leaves of unrolled scans (the user's
+                           paths and slice counts), and one `StageSpec` per stage
     stage<k>/forward       jax.export-serialised forward of stage k
     stage<k>/backward      jax.export-serialised backward of stage k
 
@@ -33,7 +34,8 @@ from jaxpipe.errors import (
 from jaxpipe.staging.batch import Batch, Rngs, batch_size_of, raw_key
 from jaxpipe.staging.reference import micro_batches, run_pipeline
 from jaxpipe.staging.stage import StageProgram, StageSpec
-from jaxpipe.tree import Array, PyTree, Variables, flatten_paths, nest
+from jaxpipe.staging.unroll import Unstacking
+from jaxpipe.tree import Array, Flat, PyTree, Variables, flatten_paths, nest
 
 if TYPE_CHECKING:  # split imports this module to export; at run time a bundle needs no split
     from jaxpipe.staging.split import Staged
@@ -67,6 +69,10 @@ def export_bundle(staged: Staged, micro_batch: int) -> bytes:
                  "rngs": list(traced.rng_names), "leaves": data},
         "layers": [layer.name for layer in traced.layers],
         "stages": [s.spec.to_dict() for s in stages],
+        "user_paths": {"params": list(traced.user_params.paths),
+                       "state": list(traced.user_state.paths)},
+        "stacked": {"params": traced.unstacking[0].to_dict(),
+                    "state": traced.unstacking[1].to_dict()},
     }
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_STORED) as archive:
@@ -111,6 +117,9 @@ class StageRunner:
 
         Gradients and state come back as nested dicts keyed like `variables`; `rngs` gives the
         PRNG keys the traced model took (derived per micro-batch as in `Staged.value_and_grad`).
+        Leaves the programs take as slices (scans unrolled) are sliced here and their gradients
+        and new state stacked back. An NNX model's variables are `{"params": ..., "state":
+        ...}` by attribute path, PRNG keys as raw key data.
         """
         stages = [s for s in self.stages if s is not None]
         if len(stages) != len(self.stages):
@@ -122,10 +131,11 @@ class StageRunner:
                 f"the bundle runs micro-batches of {self.micro_batch} samples; a batch of "
                 f"{size} does not divide into them"
             )
-        params = flatten_paths(variables["params"], "params")
-        state = flatten_paths({k: v for k, v in variables.items() if k != "params"})
-        if list(params.paths) != self.manifest["param_paths"]:
-            raise VariablesError("variables['params'] does not match the bundle's parameter paths")
+        p_un, s_un = self.unstacking
+        params = _user_leaves(flatten_paths(variables["params"], "params"), p_un,
+                              "variables['params']")
+        state = _user_leaves(flatten_paths({k: v for k, v in variables.items() if k != "params"}),
+                             s_un, "the state collections of variables")
         leaves = [*jax.tree.leaves(batch[0]), *jax.tree.leaves(batch[1])]
         info = self.manifest["data"]
         if len(leaves) != info["inputs"] + info["targets"]:
@@ -140,10 +150,32 @@ class StageRunner:
         keys = [raw_key(rngs[name]) for name in info["rngs"]]
         data = micro_batches(leaves, keys, size // self.micro_batch)
         loss, grads, new_state = run_pipeline(
-            stages, dict(zip(params.paths, params.leaves)),
-            dict(zip(state.paths, state.leaves)), data,
+            stages, dict(zip(p_un.program_paths, p_un.expand(params))),
+            dict(zip(s_un.program_paths, s_un.expand(state))), data,
         )
+        grads = dict(zip(p_un.paths, p_un.collapse([grads[p] for p in p_un.program_paths])))
+        new_state = dict(zip(s_un.paths, s_un.collapse([new_state[p] for p in s_un.program_paths])))
         return loss, nest(grads, strip="params"), nest(new_state)
+
+    @property
+    def unstacking(self) -> tuple[Unstacking, Unstacking]:
+        """How the user's parameter and state leaves map to the programs' (`staging.unroll`)."""
+        m = self.manifest
+        user = m.get("user_paths", {"params": m["param_paths"], "state": m["state_paths"]})
+        stacked = m.get("stacked", {"params": {}, "state": {}})
+        return (Unstacking.from_dict(user["params"], stacked["params"]),
+                Unstacking.from_dict(user["state"], stacked["state"]))
+
+
+def _user_leaves(flat: Flat, unstacking: Unstacking, what: str) -> list[Array]:
+    """The leaves of `flat` in the bundle's order of the user's paths (any nesting order)."""
+    given = dict(zip(flat.paths, flat.leaves))
+    if set(given) != set(unstacking.paths):
+        missing = sorted(set(unstacking.paths) - set(given))
+        extra = sorted(set(given) - set(unstacking.paths))
+        raise VariablesError(f"{what} does not match the bundle's paths: missing {missing[:5]}, "
+                             f"unexpected {extra[:5]}")
+    return [given[p] for p in unstacking.paths]
 
 
 def load_stages(blob: bytes, only: Sequence[int] | None = None) -> StageRunner:

@@ -18,7 +18,7 @@ from jaxpipe.tree import Array, PyTree, Variables, flatten_paths
 if TYPE_CHECKING:  # tracing imports this module to split; at run time split needs no tracing
     from jaxpipe.staging.tracing import Traced
 
-__all__ = ["Staged", "check_cuts"]
+__all__ = ["Staged", "check_cuts", "leaves_by_path"]
 
 
 def check_cuts(cuts: Iterable[int], num_layers: int) -> tuple[int, ...]:
@@ -82,27 +82,29 @@ class Staged:
         """Loss, parameter gradients and new state of one batch, run stage by stage.
 
         Args:
-          variables: `params` and state collections, structured as at trace time.
+          variables: `params` and state collections, structured as at trace time; for an NNX
+            model, the module itself (its current parameters and state are used).
           batch: `(inputs, targets)`, structured as at trace time, any batch size.
           micro_batches: M, which must divide the batch size.
 
         Returns:
           (loss, grads, new_state): the mean loss over the batch, gradients shaped like
-          `variables["params"]`, and the state collections after the M forward passes.
+          `variables["params"]`, and the state collections after the M forward passes (NNX:
+          `nnx.State`s shaped like `nnx.state(model, nnx.Param)` and the non-parameter state).
+          Stacked leaves of unrolled scans are stacked back (`staging.unroll`).
         """
         traced = self.traced
         batch_size_of(batch)  # a clear error if the leaves disagree, before any work
         data = micro_batches_of(traced, batch, micro_batches)
-        params = _by_path(variables["params"], "params", traced.params.paths, "variables['params']")
-        state = _by_path({k: v for k, v in variables.items() if k != "params"}, "",
-                         traced.state.paths, "the state collections of variables")
+        user_params, user_state = traced.user_leaves(variables)
+        p_unstack, s_unstack = traced.unstacking
+        params = dict(zip(traced.params.paths, p_unstack.expand(user_params)))
+        state = dict(zip(traced.state.paths, s_unstack.expand(user_state)))
         stages = self.stages(batch_size_of(batch) // micro_batches)
         loss, grads, new_state = run_pipeline(stages, params, state, data)
-        return (
-            loss,
-            traced.params.rebuild([grads[p] for p in traced.params.paths]),
-            traced.state.rebuild([new_state[p] for p in traced.state.paths]),
-        )
+        return (loss, *traced.user_trees(
+            p_unstack.collapse([grads[p] for p in traced.params.paths]),
+            s_unstack.collapse([new_state[p] for p in traced.state.paths])))
 
     def export(self, micro_batch: int | None = None) -> bytes:
         """The stage bundle (`jax.export`-ed programs plus a JSON manifest) as bytes.
@@ -120,7 +122,8 @@ def micro_batches_of(traced: Traced, batch: Batch, count: int) -> list[list[Arra
     return micro_batches([*inputs, *targets], traced.rng_keys, count)
 
 
-def _by_path(tree: PyTree, prefix: str, paths: tuple[str, ...], what: str) -> dict[str, Array]:
+def leaves_by_path(tree: PyTree, prefix: str, paths: tuple[str, ...], what: str) -> list[Array]:
+    """The leaves of `tree` (paths under `prefix`), which must be exactly `paths`, in order."""
     flat = flatten_paths(tree, prefix)
     if flat.paths != paths:
         missing = sorted(set(paths) - set(flat.paths))
@@ -129,7 +132,7 @@ def _by_path(tree: PyTree, prefix: str, paths: tuple[str, ...], what: str) -> di
             f"{what} does not match the traced model: missing {missing[:5]}, unexpected "
             f"{extra[:5]}; pass variables shaped like the ones given to jaxpipe.trace"
         )
-    return dict(zip(flat.paths, flat.leaves))
+    return list(flat.leaves)
 
 
 def _check_modes(modes: str | Sequence[str], count: int) -> tuple[str, ...]:

@@ -5,13 +5,16 @@ in order, the parameter leaves, the state leaves (collections other than `params
 BatchNorm's `batch_stats`), and the data leaves (inputs, targets, PRNG keys), and whose outputs
 are the loss followed by the new state leaves.
 
-A *layer* is a run of equations under one top-level submodule. Flax writes the module path into
-each equation's name stack (`Net/block0/Dense_0`): the first part, the one most equations share,
-is the model, and the second part names the layer. Consecutive equations with the same second part
-form one layer; a submodule that runs again after another one starts a new layer, `block0#2`.
-Equations outside any submodule (glue in the top-level `__call__`, the loss) are placed so:
-those before the first layer join the first, those after the last layer join the last, and the
-cut between two layers goes at the point in the glue between them where the fewest bytes are
+A *layer* is a run of equations under one cut unit, a scope of the model. Flax writes the module
+path into each equation's name stack (`Net/decoder/block0/Dense_0`; the first part, the one most
+equations share, is the model); JaxPipe writes NNX modules' attribute paths itself
+(`staging.nnx_trace`), and scans over layers are unrolled first (`staging.unroll`). Which scopes
+are units (the model's children, or deeper where they hold most of the work, or as `layers=`
+says) is `staging.units`' rule; a layer is named by its unit's path (`decoder/block3`).
+Consecutive equations of one unit form one layer; a unit that runs again after another one starts
+a new layer, `block0#2`. Equations outside any unit (glue in a `__call__`, the loss) are placed
+so: those before the first layer join the first, those after the last layer join the last, and
+the cut between two layers goes at the point in the glue between them where the fewest bytes are
 live (on a tie, the latest point, so the glue joins the layer before).
 
 Values flow between layers like this (layer index i, equation index e, boundary b_i after layer i):
@@ -26,6 +29,7 @@ connections, masks, targets and keys that later layers read.
 from __future__ import annotations
 
 import functools
+import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -35,9 +39,11 @@ import numpy as np
 from jax.typing import ArrayLike
 
 from jaxpipe import _jax_compat as jc
-from jaxpipe.errors import BatchError, NoLayersError, TraceError, VariablesError
+from jaxpipe.errors import BatchError, ModelKindError, TraceError, VariablesError
+from jaxpipe.staging import units
 from jaxpipe.staging.batch import Batch, Rngs, batch_size_of, raw_key
-from jaxpipe.staging.split import Staged
+from jaxpipe.staging.split import Staged, leaves_by_path
+from jaxpipe.staging.unroll import Unstacking, scan_notes, unroll_scans
 from jaxpipe.tree import Array, Flat, PyTree, Variables, flatten_paths
 
 if TYPE_CHECKING:  # only for types: running a stage bundle must not need flax
@@ -61,6 +67,7 @@ class Layer:
       boundary_bytes_per_sample: bytes of the values live across a cut placed right after this
         layer, per sample (values with a leading batch axis).
       boundary_bytes_fixed: bytes of such values without a batch axis (PRNG keys, scalars).
+      note: why a scan in it was kept whole (not cut between iterations), or "".
     """
 
     index: int
@@ -69,6 +76,7 @@ class Layer:
     param_bytes: int
     boundary_bytes_per_sample: float
     boundary_bytes_fixed: int
+    note: str = ""
 
 
 @dataclass(frozen=True, eq=False)
@@ -93,6 +101,8 @@ class Program:
     last_use: Mapping[jc.Var, int]
     differentiable: frozenset[jc.Var]  # float values that depend on parameters
     batch_size: int
+    notes: tuple[str, ...] = ()  # per layer: why a scan in it stays whole
+    units: tuple[tuple[str, ...], ...] = ()  # the cut units chosen (scope paths)
 
     @property
     def num_layers(self) -> int:
@@ -120,9 +130,9 @@ class Traced:
         batch: Batch,
         loss_fn: LossFn,
         rngs: Rngs | None,
+        layers: units.Layers = None,
     ):
-        if not isinstance(batch, tuple | list) or len(batch) != 2:
-            raise BatchError("batch must be a pair (inputs, targets); got " + type(batch).__name__)
+        _check_batch(batch)
         if "params" not in variables:
             raise VariablesError(
                 f"variables has no 'params' collection (it has {sorted(variables)}); pass the "
@@ -133,15 +143,46 @@ class Traced:
         self.params = flatten_paths(variables["params"], "params")
         self.state = flatten_paths({k: v for k, v in variables.items() if k != "params"})
         self.state_collections = tuple(sorted(k for k in variables if k != "params"))
-        self.inputs = flatten_paths(batch[0], "inputs")
-        self.targets = flatten_paths(batch[1], "targets")
-        self.batch_size = batch_size_of(batch)
         rngs = rngs or {}
         self.rng_names = tuple(sorted(rngs))
         self.rng_keys = tuple(raw_key(rngs[n]) for n in self.rng_names)
+        self._start(batch, layers)
+
+    strip_root = True  # linen name stacks start with the model's own name
+
+    def _start(self, batch: Batch, layers: units.Layers) -> None:
+        """Traces at the batch's size and finds the layers; `params`/`state` become the
+        program's leaves (stacked leaves as slices, `unstacking`), `user_params`/`user_state`
+        stay the user's."""
+        self.inputs = flatten_paths(batch[0], "inputs")
+        self.targets = flatten_paths(batch[1], "targets")
+        self.batch_size = batch_size_of(batch)
+        self.layer_rule = layers
+        self.user_params, self.user_state = self.params, self.state
+        self.unstacking = (Unstacking.whole(self.params.paths), Unstacking.whole(self.state.paths))
         self._programs: dict[int, Program] = {}
         program = self.program(self.batch_size)
+        self.params, self.state = (_program_leaves(flat, u) for flat, u in
+                                   zip((self.params, self.state), self.unstacking))
         self.layers = _describe_layers(program, self.params)
+
+    def user_leaves(self, variables: Variables) -> tuple[list[Array], list[Array]]:
+        """The user's parameter and state leaves in `variables`, checked against the trace."""
+        params = leaves_by_path(variables["params"], "params", self.user_params.paths,
+                                "variables['params']")
+        state = leaves_by_path({k: v for k, v in variables.items() if k != "params"}, "",
+                               self.user_state.paths, "the state collections of variables")
+        return params, state
+
+    def user_trees(self, grads: Sequence[Array], state: Sequence[Array]) -> tuple[PyTree, PyTree]:
+        """Gradients shaped like `variables["params"]`, new state like the state collections."""
+        return self.user_params.rebuild(grads), self.user_state.rebuild(state)
+
+    def _flat_fn(self) -> Callable[..., tuple[jax.Array, list[jax.Array]]]:
+        return functools.partial(
+            _flat_loss, self.model, self.loss_fn, self.user_params, self.user_state,
+            self.state_collections, self.inputs, self.targets, self.rng_names,
+        )
 
     # -- the traced program at any batch size --------------------------------------------------
 
@@ -168,18 +209,25 @@ class Traced:
         return specs + [jax.ShapeDtypeStruct(k.shape, k.dtype) for k in self.rng_keys]
 
     def _trace(self, batch_size: int) -> Program:
-        fn = functools.partial(
-            _flat_loss, self.model, self.loss_fn, self.params, self.state,
-            self.state_collections, self.inputs, self.targets, self.rng_names,
-        )
         data = self.data_specs(batch_size)
         n_in = len(self.inputs.leaves)
         n_tg = len(self.targets.leaves)
-        closed = jax.make_jaxpr(fn)(
-            _specs(self.params.leaves), _specs(self.state.leaves),
+        closed = jax.make_jaxpr(self._flat_fn())(
+            _specs(self.user_params.leaves), _specs(self.user_state.leaves),
             data[:n_in], data[n_in : n_in + n_tg], data[n_in + n_tg :],
         )
-        return _analyse(closed, len(self.params.leaves), len(self.state.leaves), batch_size)
+        unrolled = unroll_scans(closed, len(self.user_params.leaves), len(self.user_state.leaves))
+        if unrolled is not None:
+            closed, p_counts, s_counts = unrolled
+            found = (Unstacking(self.user_params.paths, p_counts),
+                     Unstacking(self.user_state.paths, s_counts))
+            if self._programs and found != self.unstacking:
+                raise TraceError(f"the model's scans change with the batch size (at {batch_size})")
+            self.unstacking = found
+        n_params, n_state = (len(u.program_paths) for u in self.unstacking)
+        # Units are chosen once, at the first trace: work shares shift a little with the size.
+        rule = next(iter(self._programs.values())).units if self._programs else self.layer_rule
+        return _analyse(closed, n_params, n_state, batch_size, rule, self.strip_root)
 
     # -- splitting -----------------------------------------------------------------------------
 
@@ -198,27 +246,54 @@ def trace(
     batch: Batch,
     loss_fn: LossFn,
     rngs: Rngs | None = None,
+    layers: units.Layers = None,
 ) -> Traced:
     """Traces `loss_fn(model.apply(variables, inputs), targets)` and finds its layers.
 
     Args:
-      model: a `flax.linen.Module` whose `__call__` takes the inputs pytree.
+      model: a `flax.linen.Module` whose `__call__` takes the inputs pytree, or a
+        `flax.nnx.Module` (called as `model(inputs)`; see `staging.nnx_trace`).
       variables: the dict from `model.init`: `params`, and state collections such as
-        `batch_stats`, which the forward pass updates (`mutable=True`).
+        `batch_stats`, which the forward pass updates (`mutable=True`); None for NNX.
       batch: `(inputs, targets)`, every leaf with the same leading batch size.
       loss_fn: `loss_fn(outputs, targets) -> scalar`, the mean over the batch.
-      rngs: optional PRNG keys by collection name (e.g. `{"dropout": key}`).
+      rngs: optional PRNG keys by collection name (e.g. `{"dropout": key}`); linen only.
+      layers: which scopes are cut units: None (automatic, `staging.units`), a depth (1: the
+        model's children), or scope patterns (`"decoder/block_*"`, or a list of them).
 
     Returns:
       Traced: with `.layers` (the cut units) and `.split(cuts)`.
 
     Raises:
-      NoLayersError: no equation lies under a top-level submodule (a `TraceError`).
+      NoLayersError: no equation lies under a submodule (a `TraceError`).
+      LayersPatternError: `layers` is a bad depth or a pattern matching no scope.
+      ModelKindError: `model` is neither a linen nor an NNX module.
       TraceError: the loss does not depend on the model.
       VariablesError: `variables` has no `params` collection.
       BatchError: `batch` is not a pair, or its leaves disagree on the batch size.
     """
-    return Traced(model, variables, batch, loss_fn, rngs)
+    nnx, linen = (sys.modules.get(m) for m in ("flax.nnx", "flax.linen"))
+    if nnx is not None and isinstance(model, nnx.Module):
+        from jaxpipe.staging.nnx_trace import NnxTraced
+
+        return NnxTraced(model, variables, batch, loss_fn, rngs, layers)
+    if linen is None or not isinstance(model, linen.Module):
+        raise ModelKindError(f"jaxpipe.trace needs a flax.linen or flax.nnx Module; got "
+                             f"{type(model).__module__}.{type(model).__qualname__}")
+    return Traced(model, variables, batch, loss_fn, rngs, layers)
+
+
+def _check_batch(batch: Batch) -> None:
+    if not isinstance(batch, tuple | list) or len(batch) != 2:
+        raise BatchError("batch must be a pair (inputs, targets); got " + type(batch).__name__)
+
+
+def _program_leaves(flat: Flat, unstacking: Unstacking) -> Flat:
+    """The program's leaves of `flat`: itself, or a flat list with stacked leaves sliced."""
+    if not any(unstacking.counts):
+        return flat
+    leaves = unstacking.expand(flat.leaves)
+    return Flat(unstacking.program_paths, tuple(leaves), jax.tree.structure(leaves))
 
 
 def _specs(leaves: Sequence[Array]) -> list[jax.ShapeDtypeStruct]:
@@ -244,16 +319,21 @@ def _flat_loss(
     return loss_fn(out, targets.rebuild(y)), new_leaves
 
 
-def _analyse(closed: jc.ClosedJaxpr, n_params: int, n_state: int, batch_size: int) -> Program:
+def _analyse(closed: jc.ClosedJaxpr, n_params: int, n_state: int, batch_size: int,
+             layers: units.Layers = None, strip_root: bool = True) -> Program:
     jaxpr = closed.jaxpr
     invars = jaxpr.invars
     params, state, data = (
         invars[:n_params], invars[n_params : n_params + n_state], invars[n_params + n_state :]
     )
-    bounds, names = _layer_runs(jaxpr)
+    paths = units.scope_paths(jaxpr.eqns, strip_root)
+    chosen = units.choose_units(paths, [units.equation_flops(e) for e in jaxpr.eqns], layers)
+    bounds, names = units.layer_runs(paths, chosen, units.live_bytes(jaxpr))
     eqn_layer = np.zeros(len(jaxpr.eqns), dtype=int)
     for i, (start, stop) in enumerate(bounds):
         eqn_layer[start:stop] = i
+    notes = ["; ".join(n for e, n in scan_notes(jaxpr, n_params).items() if start <= e < stop)
+             for start, stop in bounds]
 
     order: dict[jc.Var, int] = {}
     def_layer: dict[jc.Var, int] = {}
@@ -282,69 +362,8 @@ def _analyse(closed: jc.ClosedJaxpr, n_params: int, n_state: int, batch_size: in
         new_state_atoms=tuple(jaxpr.outvars[1:]), bounds=tuple(bounds), names=tuple(names),
         order=order, def_layer=def_layer, last_use=last_use,
         differentiable=frozenset(differentiable - set(params)), batch_size=batch_size,
+        notes=tuple(notes), units=tuple(chosen),
     )
-
-
-def _layer_runs(jaxpr: jc.Jaxpr) -> tuple[list[tuple[int, int]], list[str]]:
-    """Splits equations into runs under one top-level submodule (see the module docstring).
-
-    Glue between two layers goes to whichever side leaves the fewest bytes live across the cut.
-    """
-    eqns = jaxpr.eqns
-    paths = [jc.scope_path(e) for e in eqns]
-    roots = [p[0] for p in paths if len(p) >= 2]
-    if not roots:
-        raise NoLayersError(
-            "no equation of the traced loss lies under a submodule of the model, so there is "
-            "nothing to cut at; put each block of the network in a named submodule"
-        )
-    root = max(set(roots), key=roots.count)
-    keys = [p[1] if len(p) >= 2 and p[0] == root else None for p in paths]
-    live = _live_bytes(jaxpr)
-    starts: list[int] = []
-    names: list[str] = []
-    last_scoped = -1  # the last equation under a layer; set before any glue is placed
-    for e, key in enumerate(keys):
-        if key is None or (names and key == names[-1]):
-            last_scoped = e if key is not None else last_scoped
-            continue
-        if not starts:
-            starts.append(0)
-        else:  # the cut goes somewhere in the glue between the two runs
-            glue = range(last_scoped + 1, e + 1)
-            starts.append(min(glue, key=lambda point: (live[point], -point)))
-        names.append(key)
-        last_scoped = e
-    seen: dict[str, int] = {}
-    for i, name in enumerate(names):
-        seen[name] = seen.get(name, 0) + 1
-        if seen[name] > 1:
-            names[i] = f"{name}#{seen[name]}"
-    bounds = list(zip(starts, starts[1:] + [len(eqns)]))
-    return bounds, names
-
-
-def _live_bytes(jaxpr: jc.Jaxpr) -> np.ndarray:
-    """live[e]: bytes of the values defined before equation e and read at or after it."""
-    n = len(jaxpr.eqns)
-    defined = {v: 0 for v in jaxpr.invars}
-    last: dict[jc.Var, int] = {}
-    for e, eqn in enumerate(jaxpr.eqns):
-        for v in eqn.invars:
-            if isinstance(v, jc.Var):
-                last[v] = e
-        for v in eqn.outvars:
-            defined[v] = e + 1
-    for v in jaxpr.outvars:
-        if isinstance(v, jc.Var):
-            last[v] = n
-    diff = np.zeros(n + 2)
-    for v, start in defined.items():
-        if v in last and last[v] >= start:
-            nbytes = jc.nbytes(v)
-            diff[start] += nbytes
-            diff[last[v] + 1] -= nbytes
-    return np.cumsum(diff)[: n + 1]
 
 
 def _describe_layers(program: Program, params: Flat) -> tuple[Layer, ...]:
@@ -374,5 +393,6 @@ def _describe_layers(program: Program, params: Flat) -> tuple[Layer, ...]:
             param_bytes=sum(jc.nbytes(v) for v in ordered),
             boundary_bytes_per_sample=float(per_sample[i]) if i < program.num_layers - 1 else 0.0,
             boundary_bytes_fixed=int(fixed[i]) if i < program.num_layers - 1 else 0,
+            note=program.notes[i] if program.notes else "",
         ))
     return tuple(layers)
