@@ -190,6 +190,7 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def _add_cloud_arguments(parser: argparse.ArgumentParser, what: str) -> None:
+    from jaxpipe.deploy.cli import add_region_argument
     from jaxpipe.runtime.platforms.aws import FUNCTION_PREFIX
 
     parser.add_argument("--platform", default="local",
@@ -198,6 +199,7 @@ def _add_cloud_arguments(parser: argparse.ArgumentParser, what: str) -> None:
                         "(default: the platform's grid)")
     parser.add_argument("--bucket", help="aws-lambda: the bucket `jaxpipe deploy aws` set up")
     parser.add_argument("--endpoint-url", help="S3 API endpoint (default: AWS)")
+    add_region_argument(parser)
     parser.add_argument("--function-prefix", default=FUNCTION_PREFIX,
                         help="aws-lambda: functions are <prefix>-<memory MB>")
     parser.add_argument("--platform-file", default=None,
