@@ -44,6 +44,7 @@ __all__ = [
     "UnknownOptimizerError",
     "UnknownPlatformError",
     "UnknownTaskError",
+    "UnsupportedModelError",
     "VariablesError",
 ]
 
@@ -195,6 +196,15 @@ class OptimizerStateError(InputError):
     """A checkpoint's optimizer state does not fit the job's optimizer.
 
     Fix: resume the job with the optimizer it was started with.
+    """
+
+
+class UnsupportedModelError(InputError):
+    """The zoo model exists, but `jaxpipe train` cannot run it: the runtime trains Flax linen
+    models (their parameters checkpointed by path), not the NNX families.
+
+    Fix: train a linen model of the zoo, or trace and split the NNX model with `jaxpipe.trace`
+    in one process.
     """
 
 

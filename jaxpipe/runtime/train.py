@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import flax.linen as nn
 import jax
 import numpy as np
 import optax
@@ -31,6 +32,7 @@ from jaxpipe.errors import (
     PlatformError,
     UnknownModelError,
     UnknownPlatformError,
+    UnsupportedModelError,
 )
 from jaxpipe.runtime import checkpoint, dataset, optim
 from jaxpipe.runtime.arrays import decode_named
@@ -53,8 +55,8 @@ from jaxpipe.staging.tracing import Traced, trace
 from planners import Plan, Platform, Problem, platforms
 from transports import FileStore, ObjectStore, S3Store
 
-__all__ = ["Prepared", "TrainOptions", "dataset_bytes", "first_rows", "open_store", "prepare",
-           "train", "trains_on_digits", "training_data"]
+__all__ = ["Prepared", "TrainOptions", "dataset_bytes", "first_rows", "linen_module",
+           "open_store", "prepare", "train", "trains_on_digits", "training_data"]
 
 RUNNABLE_PLATFORMS = ("local", "aws-lambda")
 
@@ -84,6 +86,8 @@ class Prepared:
 class _Checked:
     """What `_validate` found: the inputs resolved, before any work."""
 
+    model: models.ModelSpec
+    module: nn.Module
     platform: Platform
     optimizer: optax.GradientTransformation
     store: ObjectStore
@@ -113,9 +117,9 @@ def prepare(options: TrainOptions) -> Prepared:
     """
     checked = _validate(options)  # 1
     given = _read_plan(options.plan_file)  # 2
-    model = models.get(options.model, **options.model_overrides)
+    model = checked.model
     data, test_set = training_data(model, options)
-    traced = _trace(model, data, options)  # 3
+    traced = _trace(model, checked.module, data, options)  # 3
     problem = functools.cache(functools.partial(
         planning_problem, traced, model.name, checked.platform, options, dataset_bytes(data)))
     plan = given if given is not None else plan_for(problem(), options.method, traced)  # 4
@@ -138,6 +142,8 @@ def _validate(options: TrainOptions) -> _Checked:
     """Every check that needs no tracing: names, the platform and its store, the job id."""
     if options.model not in models.names():
         raise UnknownModelError(f"unknown model {options.model!r}; choose one of {models.names()}")
+    model = models.get(options.model, **options.model_overrides)
+    module = linen_module(model)
     optimizer = optim.make(options.optimizer, options.learning_rate)
     if options.platform not in platforms.names():
         raise UnknownPlatformError(
@@ -156,18 +162,33 @@ def _validate(options: TrainOptions) -> _Checked:
     if store.exists(Keys(job).spec):
         raise JobExistsError(f"job {job} already exists in the store; resume it with "
                              f"--resume {job} or choose another --job-id")
-    return _Checked(platform, optimizer, store, job)
+    return _Checked(model, module, platform, optimizer, store, job)
 
 
 def _read_plan(path: str | None) -> Plan | None:
     return Plan.from_dict(json.loads(Path(path).read_text())) if path else None
 
 
-def _trace(model: models.ModelSpec, data: tuple[Any, Any], options: TrainOptions) -> Traced:
+def _trace(model: models.ModelSpec, module: nn.Module, data: tuple[Any, Any],
+           options: TrainOptions) -> Traced:
     variables = model.init(jax.random.PRNGKey(options.seed))
+    assert isinstance(variables, dict), "a linen model's init returns its variables"
     batch = tuple(first_rows(part, options.batch) for part in data)
     rngs = model.rngs(jax.random.PRNGKey(options.seed))
-    return trace(model.module, variables, batch, model.loss_fn, rngs=rngs)
+    return trace(module, variables, batch, model.loss_fn, rngs=rngs)
+
+
+def linen_module(model: models.ModelSpec) -> nn.Module:
+    """The zoo model's Flax linen module, the kind of model the runtime trains.
+
+    Raises:
+      UnsupportedModelError: the model is of an NNX family.
+    """
+    if not isinstance(model.module, nn.Module):
+        raise UnsupportedModelError(
+            f"model {model.name!r} is an NNX model; `jaxpipe train` runs the linen models of "
+            "the zoo (trace and split NNX models in one process with `jaxpipe.trace`)")
+    return model.module
 
 
 def _upload(store: ObjectStore, job: JobSpec, staged: Staged, stages: Sequence[StageProgram],
@@ -297,7 +318,7 @@ def _accuracy(store: ObjectStore, spec: JobSpec, test_set: HeldOut) -> float:
         key = spec.keys.checkpoint(spec.iterations, k, "params")
         params.update(decode_named(store.get(key, timeout=10), key))
     model = models.get(spec.model, **spec.meta.get("model_overrides", {}))
-    module = dataclasses.replace(model.module, train=False)
+    module = dataclasses.replace(linen_module(model), train=False)
     logits = module.apply({"params": nest(params, strip="params")}, test_set[0])
     return float(np.mean(np.argmax(np.asarray(logits), -1) == test_set[1]))
 

@@ -8,6 +8,7 @@ implementations of one Adam run agree to 1e-5.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import jax
@@ -21,12 +22,13 @@ from jaxpipe.errors import (
     UnknownModelError,
     UnknownOptimizerError,
     UnknownPlatformError,
+    UnsupportedModelError,
 )
 from jaxpipe.runtime.dataset import batch_indices
 from jaxpipe.runtime.driver import RunConfig
 from jaxpipe.runtime.event import Fault
 from jaxpipe.runtime.summary import Summary
-from jaxpipe.runtime.train import TrainOptions, open_store, train
+from jaxpipe.runtime.train import TrainOptions, linen_module, open_store, train
 from jaxpipe.tree import nest
 from planners import Plan, StagePlan
 from tests.jaxpipe.helpers import max_relative_error, reference
@@ -155,3 +157,11 @@ def test_plans_that_cannot_run_are_refused(workdir, plan, message, tmp_path):
                            profile_cache=str(workdir / "profiles"))
     with pytest.raises(PlanMismatchError, match=message):
         train(options, show_progress=False)
+
+
+def test_a_model_the_runtime_cannot_train_is_refused_by_kind():
+    mlp = models.get("mlp-tiny")
+    assert linen_module(mlp) is mlp.module
+    builder = dataclasses.replace(mlp, module=lambda key: None)  # an NNX family's shape
+    with pytest.raises(UnsupportedModelError, match="'mlp-tiny' is an NNX model"):
+        linen_module(builder)

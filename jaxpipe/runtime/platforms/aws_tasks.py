@@ -114,13 +114,16 @@ def _profile_here(model: str, micro_batches: Sequence[int], repeats: int) -> dic
 
     import jaxpipe
     from jaxpipe import models
+    from jaxpipe.runtime.train import linen_module
     from jaxpipe.staging.profiling import profile
 
     spec = models.get(model)
+    module = linen_module(spec)
     variables = spec.init(jax.random.PRNGKey(0))
+    assert isinstance(variables, dict), "a linen model's init returns its variables"
     batch = spec.make_batch(jax.random.PRNGKey(1), max(micro_batches))
     rngs = {"dropout": jax.random.PRNGKey(2)} if spec.uses_dropout else None
-    traced = jaxpipe.trace(spec.module, variables, batch, spec.loss_fn, rngs=rngs)
+    traced = jaxpipe.trace(module, variables, batch, spec.loss_fn, rngs=rngs)
     began = time.perf_counter()
     result = profile(traced, list(micro_batches), repeats=repeats, name=spec.name)
     return {"profile": result.to_dict(), "seconds": time.perf_counter() - began}
