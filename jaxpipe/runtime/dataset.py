@@ -36,7 +36,7 @@ def micro_batch_keys(seed: int, t: int, micro_batch: int, count: int,
                      names: Sequence[str]) -> list[jax.Array]:
     """Raw PRNG keys of micro-batch m of iteration t, one per rng collection name.
 
-    Matches `jaxpipe.pipeline.micro_batches` fed with the iteration's key
+    Matches `jaxpipe.staging.reference.micro_batches` fed with the iteration's key
     `fold_in(PRNGKey(seed), t)`: the key itself for one micro-batch, `fold_in(key, m)` otherwise.
     """
     key = jax.random.fold_in(jax.random.PRNGKey(seed), t)

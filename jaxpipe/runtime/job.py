@@ -1,6 +1,6 @@
 """A training job as data: its spec, and where each of its objects lives in the store.
 
-Every key of a job lives under `jobs/<job-id>/` (DESIGN.md), laid out as:
+Every key of a job lives under `jobs/<job-id>/` (docs/design.md), laid out as:
 
     job.json                          the JobSpec (plan included)
     bundle.zip                        the exported stage programs
@@ -8,7 +8,7 @@ Every key of a job lives under `jobs/<job-id>/` (DESIGN.md), laid out as:
     ckpt/<t>/stage<k>/{params,opt,state,done}   stage k before iteration t
     run/<attempt>/it/<t>/act/<s>/<m>  activations of micro-batch m leaving stage s
     run/<attempt>/it/<t>/grad/<s>/<m> cotangents of micro-batch m leaving stage s (backwards)
-    run/<attempt>/it/<t>/sync/<s>/    the all-reduce group of stage s
+    run/<attempt>/it/<t>/sync/<s>     the all-reduce group of stage s (a prefix)
     metrics/loss/<t>/rank<r>          micro-batch losses of a last-stage rank
     metrics/rank<r>/<attempt>-<inv>.json   per-invocation metrics and timeline
     status/<attempt>/<inv>/rank<r>    how an invocation ended (`event.RankStatus`)

@@ -1,7 +1,7 @@
 """A rank's second iteration compiles nothing.
 
 Regression guard for the recompile bug the worker's comments describe (`grep -n -i compile
-jaxpipe/runtime/worker.py`): jit specialises on whether an array is committed to a device, and
+jaxpipe/runtime/rank.py`): jit specialises on whether an array is committed to a device, and
 the optimizer's and the stage programs' outputs are committed. Parameters, optimizer state and
 state loaded from a checkpoint, or BatchNorm state coming back from the replicas' all-reduce,
 left uncommitted, made every rank compile its stage programs (and the loaded ones, its
