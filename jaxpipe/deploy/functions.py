@@ -132,10 +132,12 @@ class FunctionsOutcome:
                  f"less than {self.skipped[0]} MB")
         fits = sorted({*self.deployed, *([self.limit_mb] if self.limit_mb else [])})
         return (f"skipped {', '.join(map(str, self.skipped))} MB: this account allows functions "
-                f"of {limit} (Lambda: {self.refusal!r}). Plan with the sizes that exist "
-                f"(e.g. --memory {','.join(map(str, fits))} here and in the platform file). To "
-                "raise the limit, open a case in the AWS Support Center (Create case > Service "
-                "limit increase > Lambda, function memory), then run deploy again.")
+                f"of {limit} (Lambda: {self.refusal!r}). Deploy sizes that fit (e.g. --memory "
+                f"{','.join(map(str, fits))}) and plan only with sizes that exist (a "
+                "--platform-file with {\"platform\": {\"memory_options_mb\": "
+                f"[{', '.join(map(str, fits))}]}}}}). To raise the limit, open a case in the AWS "
+                "Support Center (Create case > Service limit increase > Lambda, function "
+                "memory), then run deploy again.")
 
 
 def deploy_functions(lam: Any, config: FunctionConfig, logs: Any = None,
