@@ -33,7 +33,7 @@ from planners._scipy import (
     vstack,
     zeros,
 )
-from planners.bounds import Band, CandidateArrays, FloatArray, Term
+from planners.bounds import Band, CandidateArrays, FloatArray, IntArray, Term
 from planners.problem import Problem
 
 __all__: list[str] = []  # internal to planners.bands and planners.miqp
@@ -56,6 +56,7 @@ class Row(Enum):
     LEVEL_SUM = "(2') P_k >= sum_t (theta_t - theta_t-1) u_kt"
     BUDGET = "cost <= budget"
     CUTOFF = "objective <= incumbent"
+    NO_GOOD = "sum_{v in plan} x_v <= |plan| - 1, one row per plan already scored"
 
 
 class Block(NamedTuple):
@@ -244,16 +245,18 @@ def _objective(problem: Problem, lay: _Layout, c: CandidateArrays,
         cost = np.zeros(2 * V + 4 + U)
         cost[Col(V).T] = 1.0
         rows = [] if obj.budget is None else [
-            Block(Row.BUDGET, dense(money[None, :]), -np.inf, obj.budget / c0)]
+            Block(Row.BUDGET, dense(money[None, :]), -np.inf, obj.budget_limit / c0)]
         return cost, t0, rows
     return cost, c0, []
 
 
 def band_milp(problem: Problem, L: int, c: CandidateArrays, t_lb: FloatArray,
-              t_max: FloatArray, band: Band, cutoff: float = math.inf) -> BandMilp:
+              t_max: FloatArray, band: Band, cutoff: float = math.inf,
+              no_good: Sequence[IntArray] = ()) -> BandMilp:
     """The MILP of ``planners.miqp``'s docstring over candidates ``c`` (already pruned), with
-    ``band.lo <= T <= band.hi``, the level sets (2') and, when ``cutoff`` is finite, objective
-    <= cutoff; as scipy.optimize.milp arrays."""
+    ``band.lo <= T <= band.hi``, the level sets (2'), when ``cutoff`` is finite objective
+    <= cutoff, and one no-good row per entry of ``no_good`` (positions in ``c`` of a plan that
+    has been scored already: the MILP must find another); as scipy.optimize.milp arrays."""
     lay = _layout(L, c, t_lb, band)
     V, t0 = lay.V, lay.t0
     levels, U = _level_blocks(lay, c)
@@ -262,6 +265,11 @@ def band_milp(problem: Problem, L: int, c: CandidateArrays, t_lb: FloatArray,
                     b.lower, b.upper)
               for b in _core_blocks(problem, lay, c, t_lb, t_max, band)]
     blocks += levels + budget
+    width = Col(V).u + U
+    for plan in no_good:  # a plan is a path, so no other plan holds all of its candidates
+        r = np.zeros((1, width))
+        r[0, plan] = 1.0
+        blocks.append(Block(Row.NO_GOOD, dense(r), -np.inf, float(len(plan) - 1)))
     if np.isfinite(cutoff):  # only plans better than the incumbent
         blocks.append(Block(Row.CUTOFF, dense(cost[None, :]), -np.inf,
                             cutoff / scale + 1e-7 * abs(cutoff / scale)))
@@ -271,9 +279,7 @@ def band_milp(problem: Problem, L: int, c: CandidateArrays, t_lb: FloatArray,
     var_lower, var_upper = np.zeros(width), np.full(width, np.inf)
     var_upper[:V] = 1.0
     var_upper[col.u:] = 1.0
-    hi = band.hi
-    if problem.objective.kind == "deadline" and problem.objective.deadline is not None:
-        hi = min(hi, problem.objective.deadline)
+    hi = min(band.hi, problem.objective.deadline_limit)  # the tolerance rule
     var_lower[col.T], var_upper[col.T] = band.lo / t0, hi / t0
     integrality = np.zeros(width)
     integrality[:V] = 1

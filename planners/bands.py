@@ -4,7 +4,7 @@ For each micro-batch size the range of iteration times [T_min, T_max] is cut int
 lo <= T <= hi, each solved as a band MILP (``planners.band_milp``). ``plan_bands`` examines the
 bands cheapest bound first, each in three ``Phase``s: prune and bound (``planners.bounds``) with
 heuristic paths; the LP relaxation with LP rounding and reduced-cost fixing; the MILP. A band
-whose MILP times out splits in T, then in its bottleneck ``Box`` (``split``).
+whose MILP times out splits in T, then in its bottleneck ``Box`` (``planners.boxes``).
 ``planners.miqp.plan_miqp`` calls it by default. The exactness argument is in
 planners/README.md.
 
@@ -20,7 +20,7 @@ import itertools
 import math
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from enum import IntEnum
 from typing import NamedTuple
 
@@ -34,13 +34,13 @@ from planners.bounds import (
     FloatArray,
     Incumbent,
     IntArray,
-    Term,
     band_bound,
     candidate_arrays,
     lagrange_plans,
     prune,
     shortest_path,
 )
+from planners.boxes import Box, boxed, split
 from planners.candidates import Candidate, candidates
 from planners.cost import score
 from planners.plans import Plan, StagePlan
@@ -48,7 +48,8 @@ from planners.problem import Problem
 
 __all__: list[str] = []  # internal to planners.miqp
 
-SPLIT = 0.004  # bands narrower than this (relative) get more time instead of a split
+RESOLVES = 8  # most re-solves of one band MILP after cutting off the plan it proposed
+CLOSE = 1e-7  # a band MILP's bound this close (relative) to the incumbent closes the band
 LIMIT = 4.0  # first HiGHS time limit of a band MILP, s (doubled when a band cannot split)
 BAND = 0.02  # initial width of an iteration-time band, relative to its lower end
 
@@ -62,45 +63,6 @@ class Phase(IntEnum):
     BOUND = 0  # prune, heuristic paths, cheap bound
     LP = 1  # LP relaxation, LP rounding, reduced-cost fixing
     MILP = 2  # the band MILP
-
-
-class Range(NamedTuple):
-    """lo <= P_k <= hi for one bottleneck term, in seconds."""
-
-    lo: float
-    hi: float
-
-
-_UNBOUNDED = (Range(0.0, math.inf), Range(0.0, math.inf), Range(0.0, math.inf))
-
-
-@dataclass(frozen=True, order=True)
-class Box:
-    """The part of a band a heap entry covers: a range of every bottleneck term, plus the
-    candidates reduced-cost fixing has fixed to 0 there.
-
-    Ordered as the flat tuple (PF_lo, PF_hi, PB_lo, PB_hi, Y_lo, Y_hi, fixed), so heap ties
-    break as before.
-
-    Attributes:
-      ranges: one ``Range`` per ``Term``, in ``Term`` order.
-      fixed: candidate indices (into the micro-batch's candidate list) fixed to 0.
-    """
-
-    ranges: tuple[Range, Range, Range] = _UNBOUNDED
-    fixed: frozenset[int] = field(default_factory=frozenset[int])
-
-    def fixing(self, more: frozenset[int]) -> Box:
-        """This box with the candidates ``more`` fixed to 0 as well."""
-        return dataclasses.replace(self, fixed=more | self.fixed)
-
-    def halves(self, k: Term, mid: float) -> tuple[Box, Box]:
-        """The halves P_k <= mid and P_k >= mid of this box; neither keeps its fixings
-        (reduced costs held for this box's LP only)."""
-        below, above = list(self.ranges), list(self.ranges)
-        below[k] = Range(self.ranges[k].lo, mid)
-        above[k] = Range(mid, self.ranges[k].hi)
-        return Box((below[0], below[1], below[2])), Box((above[0], above[1], above[2]))
 
 
 class BandEntry(NamedTuple):
@@ -132,50 +94,20 @@ class SearchStats:
     lps: int = 0
     milps: int = 0
     split: int = 0
+    resolved: int = 0  # band MILPs solved again after their plan was cut off
     lp_seconds: float = 0.0
     milp_seconds: float = 0.0
 
 
 class BandSearch(NamedTuple):
     """Result of ``plan_bands``: the best plan (None: none found), a proven lower bound on the
-    optimum, and the log (one dict per micro-batch size, then the ``SearchStats``)."""
+    optimum, the log (one dict per micro-batch size, then the ``SearchStats``), and whether the
+    search finished (False: the time limit stopped it, so ``best is None`` proves nothing)."""
 
     best: Plan | None
     lower: float
     log: list[dict[str, object]]
-
-
-# --- boxes ----------------------------------------------------------------------------------
-
-
-def boxed(c: CandidateArrays, box: Box) -> tuple[IntArray, CandidateArrays]:
-    """Candidates allowed in a bottleneck box (indices into ``c``, then their data), with each
-    term raised to the box's lower end: a plan's P^F is max(PF_lo, max_v aF_v) inside the box,
-    so aF_v -> max(aF_v, PF_lo) is exact there (likewise P^B, Y); candidates above a box's upper
-    end are removed."""
-    keep = np.ones(len(c), bool)
-    for k in Term:
-        keep &= c.term(k) <= box.ranges[k].hi
-    idx = np.flatnonzero(keep)
-    sub = c.take(idx)
-    raised = [np.maximum(sub.term(k), box.ranges[k].lo) for k in Term]
-    return idx, sub.with_terms(*raised)
-
-
-def split(band: Band, box: Box, sub: CandidateArrays) -> list[tuple[Band, Box]]:
-    """Children covering a band whose MILP did not finish: halve T if the band is wide, else
-    halve the widest bottleneck range [lo_k, max_v term_v] of the box (P^F, P^B or Y); none
-    when every range is already narrow."""
-    lo, hi = band
-    if hi - lo > SPLIT * hi:
-        mid = 0.5 * (lo + hi)
-        return [(Band(lo, mid), box), (Band(mid, hi), box)]
-    widths = [float(sub.term(k).max()) - box.ranges[k].lo for k in Term]
-    k = Term(int(np.argmax(widths)))
-    if widths[k] <= 1e-6 * max(hi, 1e-9):
-        return []
-    below, above = box.halves(k, box.ranges[k].lo + 0.5 * widths[k])
-    return [(band, below), (band, above)]
+    complete: bool
 
 
 # --- the search -----------------------------------------------------------------------------
@@ -187,9 +119,10 @@ def _to_plan(problem: Problem, b: int, chosen: list[Candidate]) -> Plan:
     return score(Plan(stages, b, problem.global_batch, "funcpipe"), problem)
 
 
-def _closed(bound: float, value: float) -> bool:
-    """Whether a lower bound proves that nothing beats the incumbent's objective ``value``."""
-    return bound >= value - 1e-9 * abs(value)
+def _closed(bound: float, value: float, rel: float = 1e-9) -> bool:
+    """Whether a lower bound proves that nothing beats the incumbent's objective ``value``
+    (to ``rel``)."""
+    return bound >= value - rel * abs(value)
 
 
 def _band_edges(lo: float, hi: float) -> list[float]:
@@ -214,6 +147,8 @@ class _Search:
         self.heap: list[BandEntry] = []
         self.log: list[dict[str, object]] = []
         self.stats = SearchStats()
+        self.scored: dict[int, list[frozenset[int]]] = {}  # per b: plans a MILP proposed
+        self.timed_out = False
 
     @property
     def incumbent(self) -> Incumbent | None:
@@ -263,6 +198,7 @@ class _Search:
             if _closed(entry.bound, self.value()):
                 break  # every remaining band is bounded by the incumbent
             if time.perf_counter() > self.t_end:
+                self.timed_out = True
                 break
             heapq.heappop(self.heap)
             idx, sub, t_lb, t_max = self._candidates(entry)
@@ -327,20 +263,42 @@ class _Search:
             box = box.fixing(frozenset(int(i) for i in fixed))
         self.push(entry._replace(bound=max(entry.bound, lp.value), phase=Phase.MILP, box=box))
 
+    def _no_good(self, b: int, idx: IntArray) -> list[IntArray]:
+        """Positions in ``idx`` of every plan of micro-batch ``b`` a MILP proposed before,
+        for the plans whose candidates are all still in ``idx``."""
+        where = {int(v): k for k, v in enumerate(idx)}
+        return [np.array([where[v] for v in sorted(plan)], dtype=np.int64)
+                for plan in self.scored.get(b, []) if all(v in where for v in plan)]
+
     def _milp(self, entry: BandEntry, idx: IntArray, sub: CandidateArrays, t_lb: FloatArray,
               t_max: FloatArray) -> None:
-        """Phase MILP: solve the band MILP; on a timeout split the band (or give it twice the
+        """Phase MILP: solve the band MILP. Every plan it proposes is scored by the cost model
+        and offered, then cut off (a no-good row), so a plan the cost model rejects (HiGHS's
+        tolerances let it break the budget or deadline by ~1e-7) never closes the band: the
+        band closes when the MILP is infeasible or its bound reaches the incumbent, else it is
+        solved again (up to RESOLVES times). On a timeout split the band (or give it twice the
         time when it cannot split)."""
-        m = band_milp(self.problem, self.L, sub, t_lb, t_max, entry.band, self.value())
-        t = time.perf_counter()
-        res = solve_band(m, min(entry.limit, self.t_end - t))
-        self.stats.milps += 1
-        self.stats.milp_seconds += time.perf_counter() - t
-        if res.x is not None:
-            self.offer(self._plan_of(entry, [int(i) for i, v in zip(idx, res.x, strict=True)
-                                             if v > 0.5]))
-        if res.status in (MilpStatus.OPTIMAL, MilpStatus.INFEASIBLE):
-            return
+        res = None
+        for attempt in range(RESOLVES + 1):
+            if attempt:
+                self.stats.resolved += 1
+            m = band_milp(self.problem, self.L, sub, t_lb, t_max, entry.band, self.value(),
+                          self._no_good(entry.micro_batch, idx))
+            t = time.perf_counter()
+            res = solve_band(m, min(entry.limit, self.t_end - t))
+            self.stats.milps += 1
+            self.stats.milp_seconds += time.perf_counter() - t
+            if res.x is not None:
+                chosen = [int(i) for i, v in zip(idx, res.x, strict=True) if v > 0.5]
+                self.offer(self._plan_of(entry, chosen))
+                self.scored.setdefault(entry.micro_batch, []).append(frozenset(chosen))
+            if res.status == MilpStatus.INFEASIBLE:
+                return
+            if res.status != MilpStatus.OPTIMAL:
+                break
+            if _closed(res.bound, self.value(), CLOSE):
+                return
+        assert res is not None
         bound = max(entry.bound, res.bound)
         self.stats.split += 1
         children = split(entry.band, entry.box, sub)
@@ -373,4 +331,4 @@ def plan_bands(problem: Problem, time_limit: float, best: Plan | None) -> BandSe
     search.run()
     lower = search.lower_bound()
     search.log.append(dataclasses.asdict(search.stats))
-    return BandSearch(search.best, lower, search.log)
+    return BandSearch(search.best, lower, search.log, not search.timed_out)

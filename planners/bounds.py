@@ -188,13 +188,18 @@ def time_caps(problem: Problem, L: int, c: CandidateArrays, incumbent: Incumbent
               band: Band | None = None) -> tuple[FloatArray, FloatArray]:
     """(T_lb_v, T_max_v): a lower bound on T for any plan using v, and an upper bound on T for
     any plan using v that beats the incumbent or meets budget/deadline, both in seconds.
-    With ``band`` only plans with lo <= T <= hi are considered."""
+    With ``band`` only plans with lo <= T <= hi are considered. T_lb_v is inf when every plan
+    through v needs more than max_functions functions (shortest path on d_v). Budgets and
+    deadlines enter as ``Objective.budget_limit`` / ``deadline_limit`` (the tolerance rule)."""
     obj = problem.objective
     f, j = c.first, c.last
-    w = np.stack([c.fill, c.rate, c.req, -c.fill], axis=1)  # (V, 4)
+    w = np.stack([c.fill, c.rate, c.req, -c.fill, c.replicas.astype(np.float64)],
+                 axis=1)  # (V, 5)
     pre, suf = shortest_paths(L, f, j, w)
     through = pre[f] + w + suf[j + 1]  # shortest path through v in each weighting
     t_lb = through[:, 0] + c.a_fwd + c.a_bwd + c.tail
+    # (5) functions: no plan through v uses fewer than through[:, 4] functions
+    t_lb = np.where(through[:, 4] <= problem.max_functions, t_lb, np.inf)
     p = through[:, 1]  # lower bound on the sum of rates ($/s) of a plan through v
     r_lb = through[:, 2]
     longest = -pre[L, 3]  # DAG longest path via negated weights
@@ -211,9 +216,10 @@ def time_caps(problem: Problem, L: int, c: CandidateArrays, incumbent: Incumbent
             if incumbent is not None:
                 t_max = np.minimum(t_max, incumbent.seconds)
             if obj.budget is not None:
-                t_max = np.minimum(t_max, np.where(p > 0, (obj.budget - r_lb) / p, np.inf))
+                t_max = np.minimum(t_max, np.where(p > 0, (obj.budget_limit - r_lb) / p,
+                                                   np.inf))
         if obj.kind == "deadline" and obj.deadline is not None:
-            t_max = np.minimum(t_max, obj.deadline)
+            t_max = np.minimum(t_max, obj.deadline_limit)
             if incumbent is not None:
                 t_max = np.minimum(t_max, np.where(p > 0, (incumbent.dollars - r_lb) / p,
                                                    np.inf))

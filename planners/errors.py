@@ -7,7 +7,7 @@ memory option is 3072 MB; add a larger memory option or coarsen less``.
 
 from __future__ import annotations
 
-__all__ = ["InfeasibleError", "PlanError"]
+__all__ = ["InfeasibleError", "PlanError", "TimeLimitError"]
 
 
 class PlanError(ValueError):
@@ -22,4 +22,13 @@ class InfeasibleError(PlanError):
 
     Fix: the message names the binding constraint and the closest value that would be feasible
     (for instance the smallest memory the largest layer needs, or the fastest achievable time).
+    """
+
+
+class TimeLimitError(PlanError):
+    """An exact planner's time limit expired before it found any plan meeting the problem's
+    constraints, or before it could prove that none exists. Nothing is known to be infeasible.
+
+    Fix: raise ``time_limit`` (``plan(problem, "miqp", time_limit=...)``), coarsen the profile,
+    or relax the budget or deadline; the message says how long the search ran.
     """

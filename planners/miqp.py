@@ -42,11 +42,16 @@ from planners._scipy import diags
 from planners.band_milp import incidence
 from planners.bands import plan_bands
 from planners.bounds import Incumbent, candidate_arrays, time_caps
-from planners.candidates import Candidate, candidates, explain_infeasible
+from planners.candidates import (
+    Candidate,
+    candidates,
+    explain_infeasible,
+    structural_infeasibility,
+)
 from planners.cost import score
-from planners.errors import InfeasibleError
+from planners.errors import InfeasibleError, TimeLimitError
 from planners.plans import Plan, StagePlan
-from planners.problem import Objective, Problem, inf_if_none
+from planners.problem import REL_TOL, Objective, Problem
 
 if TYPE_CHECKING:
     import cvxpy as cp
@@ -145,10 +150,10 @@ def build(problem: Problem, micro_batch: int, cands: list[Candidate],
     elif obj.kind == "budget":
         objective, scale = T, t0
         if obj.budget is not None:
-            cons.append(cost <= obj.budget / c0)
+            cons.append(cost <= obj.budget_limit / c0)
     else:
         objective, scale = cost, c0
-        cons.append(T <= inf_if_none(obj.deadline) / t0)
+        cons.append(T <= obj.deadline_limit / t0)
     return Milp(micro_batch, cands, cp.Problem(cp.Minimize(objective), cons), x, T, t0, c0,
                 scale)
 
@@ -203,16 +208,24 @@ def plan_miqp(problem: Problem, time_limit: float = 60.0, incumbent: Plan | None
       bands: search iteration-time bands (default); False solves one cvxpy MILP per size.
 
     Raises:
-      InfeasibleError: no plan satisfies memory, functions, budget or deadline; says which.
+      InfeasibleError: no plan satisfies memory, functions, budget or deadline (proven); says
+        which, and quotes the fastest (cheapest) plan only when that is proven too.
+      TimeLimitError: the time limit ran out before any feasible plan was found.
     """
     t_start = time.perf_counter()
     if incumbent is None:
         incumbent = _heuristic_incumbent(problem)
     if bands:
-        best, lower, log = plan_bands(problem, time_limit, incumbent)
+        best, lower, log, complete = plan_bands(problem, time_limit, incumbent)
     else:
-        best, lower, log = _plan_single_milps(problem, time_limit, incumbent)
+        best, lower, log, complete = _plan_single_milps(problem, time_limit, incumbent)
     if best is None:
+        if not complete:
+            raise TimeLimitError(
+                f"miqp: the time limit of {time_limit:g} s per micro-batch size ran out after "
+                f"{time.perf_counter() - t_start:.1f} s before any plan meeting "
+                f"'{problem.objective.describe()}' was found or its infeasibility proven; fix: "
+                "raise time_limit, coarsen the profile, or relax the budget or deadline")
         raise _objective_infeasible(problem, time_limit)
     gap = _gap(best.objective_or_inf, lower)
     return score(best, problem, method="miqp", solve_seconds=time.perf_counter() - t_start,
@@ -228,12 +241,14 @@ def _gap(value: float, lower: float) -> float:
 
 
 def _plan_single_milps(problem: Problem, time_limit: float, incumbent: Plan | None,
-                       ) -> tuple[Plan | None, float, list[dict[str, object]]]:
+                       ) -> tuple[Plan | None, float, list[dict[str, object]], bool]:
     """One cvxpy MILP per micro-batch size (the incumbent's first), after LP reduced-cost
-    fixing. Returns (best plan, proven lower bound on the optimum, log)."""
+    fixing. Returns (best plan, proven lower bound on the optimum, log, whether every MILP
+    finished)."""
     inc = _incumbent_of(incumbent)
     best = incumbent
     lower = np.inf
+    complete = True
     log: list[dict[str, object]] = []
     first = best.micro_batch if best is not None else 0
     for b in sorted(problem.valid_micro_batches, key=lambda b: b != first):
@@ -255,6 +270,7 @@ def _plan_single_milps(problem: Problem, time_limit: float, incumbent: Plan | No
         res = solve(milp, time_limit)
         entry.update(status=res.status, variables=len(milp.cands), seconds=round(res.seconds, 4))
         lower = min(lower, max(res.bound, z_lp))  # the LP bound holds when HiGHS has none
+        complete &= res.status in ("optimal", "infeasible")
         if res.chosen is None:
             continue
         stages = tuple(StagePlan(c.first, c.last, c.memory_mb, c.replicas, c.mode)
@@ -263,7 +279,7 @@ def _plan_single_milps(problem: Problem, time_limit: float, incumbent: Plan | No
         if best is None or plan.objective_or_inf < best.objective_or_inf:
             best = plan
             inc = _incumbent_of(plan)
-    return best, lower, log
+    return best, lower, log, complete
 
 
 def _incumbent_of(plan: Plan | None) -> Incumbent | None:
@@ -287,19 +303,34 @@ def _heuristic_incumbent(problem: Problem) -> Plan | None:
 
 
 def _objective_infeasible(problem: Problem, time_limit: float) -> InfeasibleError:
+    """Why a finished search found no plan: a structural limit (memory, replicas, functions),
+    else the budget or deadline, quoting the cheapest or fastest plan when that is proven."""
+    structural = structural_infeasibility(problem)
     obj = problem.objective
+    if structural is not None or obj.kind == "weighted":
+        return structural or explain_infeasible(problem)
     if obj.kind == "deadline":
-        fastest = plan_miqp(replace(problem, objective=Objective("budget")), time_limit)
-        return InfeasibleError(
-            f"no plan meets the deadline of {obj.deadline:g} s per iteration; the fastest plan "
-            f"takes {fastest.iteration_seconds:.4g} s; fix: raise the deadline to at least that")
-    if obj.kind == "budget":
-        cheapest = plan_miqp(replace(problem, objective=Objective("weighted", weight=0.0)),
-                             time_limit)
-        return InfeasibleError(
-            f"no plan costs at most the budget of {obj.budget:g} per iteration; the cheapest "
-            f"plan costs {cheapest.iteration_dollars:.4g}; fix: raise the budget to at least that")
-    return explain_infeasible(problem)
+        limit, relaxed, what = f"the deadline of {obj.deadline:.10g} s", Objective.min_time(), \
+            "fastest plan takes"
+    else:
+        limit, relaxed, what = f"the budget of {obj.budget:.10g}", Objective.weighted(0.0), \
+            "cheapest plan costs"
+    head = f"no plan meets {limit} per iteration (within the relative tolerance {REL_TOL:g})"
+    try:
+        best = plan_miqp(replace(problem, objective=relaxed), time_limit)
+    except TimeLimitError:
+        return InfeasibleError(f"{head}; the time limit ran out before the {what.split()[0]} "
+                               "plan was found; fix: relax the limit or raise time_limit")
+    value = best.objective_or_inf
+    unit = " s" if obj.kind == "deadline" else ""
+    if best.status == "optimal":
+        quote = f"the {what} {value:.10g}{unit}"
+    else:
+        quote = (f"every plan is at least {value * (1 - (best.gap or 0.0)):.10g}{unit} (the "
+                 f"time limit stopped the proof; the best found is {value:.10g}{unit})")
+    return InfeasibleError(f"{head}; {quote}; fix: raise the "
+                           f"{'deadline' if obj.kind == 'deadline' else 'budget'} to at least "
+                           "that")
 
 
 def reduce(problem: Problem, micro_batch: int, cands: list[Candidate],

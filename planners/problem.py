@@ -11,11 +11,17 @@ from planners.errors import PlanError
 from planners.platforms import Platform
 from planners.profile import ModelProfile
 
-__all__ = ["MODES", "SCHEDULES", "Objective", "Problem"]
+__all__ = ["MODES", "REL_TOL", "SCHEDULES", "Objective", "Problem"]
 
 SCHEDULES = ("funcpipe", "1f1b")
 MODES = ("stash", "recompute")
 _KINDS = ("weighted", "budget", "deadline")
+# The one tolerance rule of the library: a plan meets a budget (deadline) X when its predicted
+# dollars (seconds) are <= X * (1 + REL_TOL). ``Objective.feasible`` applies it to scored plans;
+# every bound and solver row uses ``Objective.budget_limit`` / ``deadline_limit``, the same X *
+# (1 + REL_TOL), so a deadline 5e-10 below a plan's time still admits it everywhere and a
+# deadline 2e-9 below excludes it everywhere.
+REL_TOL = 1e-9
 
 
 @dataclass(frozen=True)
@@ -69,13 +75,33 @@ class Objective(JsonMixin):
             return dollars + self.weight * seconds
         return seconds if self.kind == "budget" else dollars
 
-    def feasible(self, seconds: float, dollars: float, rel_tol: float = 1e-9) -> bool:
-        """Whether the budget or deadline holds (always True for ``weighted``)."""
+    @property
+    def budget_limit(self) -> float:
+        """The most dollars a plan may cost under the tolerance rule, budget * (1 + REL_TOL)
+        (inf without a budget, and for other kinds)."""
         if self.kind == "budget" and self.budget is not None:
-            return dollars <= self.budget * (1 + rel_tol)
+            return self.budget * (1 + REL_TOL)
+        return math.inf
+
+    @property
+    def deadline_limit(self) -> float:
+        """The most seconds a plan may take under the tolerance rule, deadline * (1 + REL_TOL)
+        (inf for other kinds)."""
         if self.kind == "deadline":
-            return seconds <= inf_if_none(self.deadline) * (1 + rel_tol)
-        return True
+            return inf_if_none(self.deadline) * (1 + REL_TOL)
+        return math.inf
+
+    def feasible(self, seconds: float, dollars: float) -> bool:
+        """Whether the budget or deadline holds under the tolerance rule (``REL_TOL``): dollars
+        <= ``budget_limit`` and seconds <= ``deadline_limit``; always True for ``weighted``.
+
+        Example:
+          >>> Objective.min_cost(10.0).feasible(10.0 * (1 + 5e-10), 1.0)
+          True
+          >>> Objective.min_cost(10.0).feasible(10.0 * (1 + 2e-9), 1.0)
+          False
+        """
+        return dollars <= self.budget_limit and seconds <= self.deadline_limit
 
     def describe(self) -> str:
         """One-line human description."""

@@ -10,8 +10,8 @@ import pytest
 
 from planners import Objective, Plan, Problem, StagePlan, cost, plan
 from planners.band_milp import MilpStatus, Row, band_milp, solve_band
-from planners.bands import Box, Range
 from planners.bounds import Band, Term, candidate_arrays, prune
+from planners.boxes import Box, Range
 from planners.candidates import candidates
 
 from .conftest import small_problem
