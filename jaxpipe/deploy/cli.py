@@ -104,8 +104,8 @@ def deploy_aws(args: argparse.Namespace, session: Any = None,
     print(f"region {region}")
     session = session or boto3.session.Session(region_name=region.name)
 
-    def client(service: str) -> Any:
-        return session.client(service, region_name=region.name)
+    def client(service: str, **kwargs: Any) -> Any:
+        return session.client(service, region_name=region.name, **kwargs)
 
     platform = platforms.get("aws-lambda", args.platform_file)
     plan = json.loads(Path(args.plan).read_text()) if args.plan else None
@@ -167,7 +167,8 @@ def deploy_aws(args: argparse.Namespace, session: Any = None,
     _show(outcome.changes)
     _show([functions.ensure_log_group(logs, probe.probe_function(prefix),
                                       args.log_retention_days)])
-    _show(probe.run_probe(lam, image_uri, role_arn, args.bucket, prefix, sleep))
+    _show(probe.run_probe(client("lambda", config=probe.client_config()), image_uri, role_arn,
+                          args.bucket, prefix, sleep))
     if outcome.skipped:
         print(outcome.skipped_message(), file=sys.stderr)
     print(f"ready: {', '.join(map(str, outcome.deployed))} MB in {region.name}: "

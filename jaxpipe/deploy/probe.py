@@ -31,12 +31,13 @@ from jaxpipe.deploy.errors import ProbeFailed
 from jaxpipe.deploy.functions import ensure_function
 from jaxpipe.runtime.platforms.aws import FUNCTION_PREFIX
 
-__all__ = ["PROBE_DELAYS_S", "handler", "probe_function", "probe_wanted", "read_missing_key",
-           "run_probe"]
+__all__ = ["PROBE_DELAYS_S", "client_config", "handler", "probe_function", "probe_wanted",
+           "read_missing_key", "run_probe"]
 
 HANDLER = "jaxpipe.deploy.probe.handler"
 PROBE_DELAYS_S = (5.0, 10.0, 15.0, 30.0)  # a policy written seconds ago may not apply yet
-PROBE_MEMORY_MB = 512
+PROBE_MEMORY_MB = 1024  # its cold start imports jax (through `jaxpipe`): give it a CPU share
+PROBE_TIMEOUT_S = 120
 
 
 # -- inside the function -----------------------------------------------------------------------
@@ -67,9 +68,19 @@ def probe_function(function_prefix: str = FUNCTION_PREFIX) -> str:
     return f"{function_prefix}-probe"
 
 
+def client_config() -> Any:
+    """The Lambda client config of the probe's synchronous Invoke: a read timeout beyond the
+    function's own (a first invocation pulls the image and imports jax), and one attempt only,
+    so a slow answer is not retried into a second invocation."""
+    import botocore.config
+
+    return botocore.config.Config(read_timeout=PROBE_TIMEOUT_S + 30,
+                                  retries={"total_max_attempts": 1, "mode": "standard"})
+
+
 def probe_wanted(role_arn: str) -> dict[str, Any]:
     """The probe function's configuration: the worker image with the probe as its command."""
-    return {"Role": role_arn, "MemorySize": PROBE_MEMORY_MB, "Timeout": 120,
+    return {"Role": role_arn, "MemorySize": PROBE_MEMORY_MB, "Timeout": PROBE_TIMEOUT_S,
             "EphemeralStorage": {"Size": 512}, "Environment": {"Variables": {}},
             "ImageConfig": {"Command": [HANDLER]}}
 
@@ -78,6 +89,8 @@ def run_probe(lam: Any, image_uri: str, role_arn: str, bucket: str,
               function_prefix: str = FUNCTION_PREFIX,
               sleep: Callable[[float], None] = time.sleep) -> list[Change]:
     """Deploys `<prefix>-probe` and reads a missing key under `jobs/` with it.
+
+    `lam` should be made with `client_config()`.
 
     Raises:
       ProbeFailed: the read answered anything but 404 (a 403 after PROBE_DELAYS_S of retries),

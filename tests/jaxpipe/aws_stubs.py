@@ -53,7 +53,7 @@ class FakeSession:
             self.clients[service], self.stubs[service] = stubbed(service, self.region, self.calls)
         return self.stubs[service]
 
-    def client(self, service: str, region_name: str | None = None) -> Any:
+    def client(self, service: str, region_name: str | None = None, config: Any = None) -> Any:
         self.regions[service] = region_name
         self.stub(service).activate()
         return self.clients[service]

@@ -383,6 +383,12 @@ def test_the_probe_fails_loudly_when_a_missing_key_reads_as_403():
     assert f"s3:ListBucket on arn:aws:s3:::{BUCKET} with no condition" in message
 
 
+def test_the_probes_invoke_waits_longer_than_the_probe_and_is_sent_once():
+    config = probe.client_config()
+    assert config.read_timeout > probe.probe_wanted(ROLE)["Timeout"]
+    assert config.retries["total_max_attempts"] == 1
+
+
 def test_a_403_that_clears_while_iam_propagates_passes():
     lam, stub = stubbed("lambda")
     expect_probe(stub, IMAGE, new=False, statuses=(403, 404))
