@@ -35,16 +35,15 @@ from planners.bounds import (
     Incumbent,
     IntArray,
     band_bound,
-    candidate_arrays,
     lagrange_plans,
     prune,
     shortest_path,
 )
 from planners.boxes import Box, boxed, split
-from planners.candidates import Candidate, candidates
 from planners.cost import score
-from planners.plans import Plan, StagePlan
+from planners.plans import Plan
 from planners.problem import Problem
+from planners.stage_grid import CandidateGrid, candidate_grid
 
 __all__: list[str] = []  # internal to planners.miqp
 
@@ -77,13 +76,6 @@ class BandEntry(NamedTuple):
     box: Box
 
 
-class Chain(NamedTuple):
-    """The candidates of one micro-batch size and their MILP data (same order)."""
-
-    candidates: list[Candidate]
-    arrays: CandidateArrays
-
-
 @dataclass
 class SearchStats:
     """Counters of one band search, logged in ``Plan.meta["milps"]``."""
@@ -113,10 +105,10 @@ class BandSearch(NamedTuple):
 # --- the search -----------------------------------------------------------------------------
 
 
-def _to_plan(problem: Problem, b: int, chosen: list[Candidate]) -> Plan:
-    stages = tuple(StagePlan(k.first, k.last, k.memory_mb, k.replicas, k.mode)
-                   for k in sorted(chosen, key=lambda k: k.first))
-    return score(Plan(stages, b, problem.global_batch, "funcpipe"), problem)
+def _to_plan(problem: Problem, b: int, grid: CandidateGrid, chosen: Sequence[int]) -> Plan:
+    """The plan of candidates ``chosen`` of ``grid`` (micro-batch b), scored."""
+    stages = sorted((grid.stage(v) for v in chosen), key=lambda st: st.first_layer)
+    return score(Plan(tuple(stages), b, problem.global_batch, "funcpipe"), problem)
 
 
 def _closed(bound: float, value: float, rel: float = 1e-9) -> bool:
@@ -143,7 +135,7 @@ class _Search:
         self.L = problem.profile.num_layers
         self.t_end = time.perf_counter() + time_limit * len(problem.valid_micro_batches)
         self.best = best
-        self.chains: dict[int, Chain] = {}
+        self.chains: dict[int, CandidateGrid] = {}  # per b
         self.heap: list[BandEntry] = []
         self.log: list[dict[str, object]] = []
         self.stats = SearchStats()
@@ -172,17 +164,17 @@ class _Search:
     def seed(self) -> None:
         """Candidates of every micro-batch size, pruned globally, and their bands on the heap."""
         for b in self.problem.valid_micro_batches:
-            cands = candidates(self.problem, b)
-            entry: dict[str, object] = {"micro_batch": b, "candidates": len(cands)}
+            grid = candidate_grid(self.problem, b)
+            entry: dict[str, object] = {"micro_batch": b, "candidates": len(grid)}
             self.log.append(entry)
-            if not cands:
+            if not len(grid):
                 continue
-            c = candidate_arrays(self.problem, cands)
+            c = grid.arrays
             kept = prune(self.problem, self.L, c, self.incumbent, None)
             entry["after_bounds"] = len(kept.idx)
             if len(kept.idx) == 0:
                 continue
-            self.chains[b] = Chain(cands, c)
+            self.chains[b] = grid
             lo = float(kept.t_lb.min())
             finite = kept.t_max[np.isfinite(kept.t_max)]
             hi = max(float(finite.max(initial=kept.t_lb.max())), lo)
@@ -223,8 +215,7 @@ class _Search:
         return idx0[kept.idx], c_box.take(kept.idx), kept.t_lb, kept.t_max
 
     def _plan_of(self, entry: BandEntry, chosen: Sequence[int]) -> Plan:
-        cands = self.chains[entry.micro_batch].candidates
-        return _to_plan(self.problem, entry.micro_batch, [cands[i] for i in chosen])
+        return _to_plan(self.problem, entry.micro_batch, self.chains[entry.micro_batch], chosen)
 
     def _bound(self, entry: BandEntry, idx: IntArray, sub: CandidateArrays,
                t_lb: FloatArray) -> None:

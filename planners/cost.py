@@ -155,6 +155,24 @@ class StageModel:
         return self._stash[last + 1] - self._stash[first]
 
     @property
+    def prefix_fwd(self) -> list[float]:
+        """sum_{l < k} fwd_l(b) for k = 0..L, s (``prefix_bwd``: backward; ``prefix_params``:
+        parameter bytes; ``prefix_stash``: stash bytes per sample)."""
+        return self._fwd
+
+    @property
+    def prefix_bwd(self) -> list[float]:
+        return self._bwd
+
+    @property
+    def prefix_params(self) -> list[float]:
+        return self._par
+
+    @property
+    def prefix_stash(self) -> list[float]:
+        return self._stash
+
+    @property
     def fixed_mb(self) -> float:
         """Memory every function spends before the model: runtime base + safety margin, MB."""
         return self._fixed_mb
