@@ -26,6 +26,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from planners.band_dp import BEST, solve_band_dp
 from planners.band_milp import MilpStatus, band_milp, solve_band, solve_lp
 from planners.bounds import (
     Band,
@@ -87,8 +88,28 @@ class SearchStats:
     milps: int = 0
     split: int = 0
     resolved: int = 0  # band MILPs solved again after their plan was cut off
+    dps: int = 0  # bands solved by dynamic programming
+    dp_seconds: float = 0.0
     lp_seconds: float = 0.0
     milp_seconds: float = 0.0
+
+
+class Chain(NamedTuple):
+    """The candidates of one micro-batch size that survived the global pruning: positions in
+    its grid, their MILP data and global time caps T_lb, T_max (valid for the whole search,
+    since the incumbent only improves). Candidate indices everywhere else in the search are
+    positions in ``arrays``."""
+
+    grid: CandidateGrid
+    pos: IntArray
+    arrays: CandidateArrays
+    t_lb: FloatArray
+    t_max: FloatArray
+
+    def near(self, band: Band) -> IntArray:
+        """Candidates whose global caps allow T in ``band`` (lo <= T_max, T_lb <= hi)."""
+        return np.flatnonzero((self.t_lb <= band.hi * (1 + 1e-9))
+                              & (self.t_max >= band.lo * (1 - 1e-9)))
 
 
 class BandSearch(NamedTuple):
@@ -130,12 +151,14 @@ def _band_edges(lo: float, hi: float) -> list[float]:
 class _Search:
     """State of one band search: the incumbent, the heap of band boxes and the counters."""
 
-    def __init__(self, problem: Problem, time_limit: float, best: Plan | None) -> None:
+    def __init__(self, problem: Problem, time_limit: float, best: Plan | None,
+                 dp: bool) -> None:
         self.problem = problem
+        self.dp = dp
         self.L = problem.profile.num_layers
         self.t_end = time.perf_counter() + time_limit * len(problem.valid_micro_batches)
         self.best = best
-        self.chains: dict[int, CandidateGrid] = {}  # per b
+        self.chains: dict[int, Chain] = {}  # per b
         self.heap: list[BandEntry] = []
         self.log: list[dict[str, object]] = []
         self.stats = SearchStats()
@@ -174,7 +197,7 @@ class _Search:
             entry["after_bounds"] = len(kept.idx)
             if len(kept.idx) == 0:
                 continue
-            self.chains[b] = grid
+            self.chains[b] = Chain(grid, kept.idx, c.take(kept.idx), kept.t_lb, kept.t_max)
             lo = float(kept.t_lb.min())
             finite = kept.t_max[np.isfinite(kept.t_max)]
             hi = max(float(finite.max(initial=kept.t_lb.max())), lo)
@@ -207,15 +230,24 @@ class _Search:
                     ) -> tuple[IntArray, CandidateArrays, FloatArray, FloatArray]:
         """Candidates of a band box after fixings and pruning: indices into the micro-batch's
         candidate list, their data and time caps."""
-        idx0, c_box = boxed(self.chains[entry.micro_batch].arrays, entry.box)
+        idx0, c_box = self._boxed(entry)
         if entry.box.fixed:  # candidates fixed to 0 by reduced costs in this band
             free: BoolArray = np.array([i not in entry.box.fixed for i in idx0], bool)
             idx0, c_box = idx0[free], c_box.take(free)
         kept = prune(self.problem, self.L, c_box, self.incumbent, entry.band)
         return idx0[kept.idx], c_box.take(kept.idx), kept.t_lb, kept.t_max
 
+    def _boxed(self, entry: BandEntry) -> tuple[IntArray, CandidateArrays]:
+        """``boxes.boxed`` over the chain's candidates near the entry's band."""
+        chain = self.chains[entry.micro_batch]
+        near = chain.near(entry.band)
+        idx, c_box = boxed(chain.arrays.take(near), entry.box)
+        return near[idx], c_box
+
     def _plan_of(self, entry: BandEntry, chosen: Sequence[int]) -> Plan:
-        return _to_plan(self.problem, entry.micro_batch, self.chains[entry.micro_batch], chosen)
+        chain = self.chains[entry.micro_batch]
+        return _to_plan(self.problem, entry.micro_batch, chain.grid,
+                        [int(chain.pos[v]) for v in chosen])
 
     def _bound(self, entry: BandEntry, idx: IntArray, sub: CandidateArrays,
                t_lb: FloatArray) -> None:
@@ -232,8 +264,11 @@ class _Search:
 
     def _lp(self, entry: BandEntry, idx: IntArray, sub: CandidateArrays, t_lb: FloatArray,
             t_max: FloatArray) -> None:
-        """Phase LP: solve the LP relaxation, round it to a plan, fix candidates by reduced
-        cost; on to the MILP unless the LP closes the band."""
+        """Phase LP: solve the band by dynamic programming (``planners.band_dp``) when its
+        labels stay few, which closes it; else solve the LP relaxation, round it to a plan, fix
+        candidates by reduced cost; on to the MILP unless the LP closes the band."""
+        if self.dp and self._dp(entry, idx, sub):
+            return
         m = band_milp(self.problem, self.L, sub, t_lb, t_max, entry.band, self.value())
         t = time.perf_counter()
         lp = solve_lp(m, self.t_end - t)
@@ -253,6 +288,23 @@ class _Search:
             fixed = idx[lp.value + lp.reduced > value + 1e-7 * abs(value)]
             box = box.fixing(frozenset(int(i) for i in fixed))
         self.push(entry._replace(bound=max(entry.bound, lp.value), phase=Phase.MILP, box=box))
+
+    def _dp(self, entry: BandEntry, idx: IntArray, sub: CandidateArrays) -> bool:
+        """Whether the band DP solved the band: its paths are scored best first until the cost
+        model accepts one (the band's optimum, offered); all rejected closes the band too,
+        unless the DP returned as many paths as it may (then the LP and MILP decide)."""
+        t = time.perf_counter()
+        paths = solve_band_dp(self.problem, self.L, sub, entry.band, self.value())
+        self.stats.dp_seconds += time.perf_counter() - t
+        if paths is None:
+            return False
+        self.stats.dps += 1
+        for path in paths:
+            plan = self._plan_of(entry, [int(idx[k]) for k in path])
+            self.offer(plan)
+            if math.isfinite(plan.objective_or_inf):
+                return True
+        return len(paths) < BEST
 
     def _no_good(self, b: int, idx: IntArray) -> list[IntArray]:
         """Positions in ``idx`` of every plan of micro-batch ``b`` a MILP proposed before,
@@ -304,7 +356,7 @@ class _Search:
         for entry in self.heap:
             bound = entry.bound
             if bound == -math.inf and lower > -math.inf:
-                _, c_box = boxed(self.chains[entry.micro_batch].arrays, entry.box)
+                _, c_box = self._boxed(entry)
                 kept = prune(self.problem, self.L, c_box, self.incumbent, entry.band)
                 bound = (band_bound(self.problem, self.L, c_box.take(kept.idx), kept.t_lb,
                                     entry.band) if len(kept.idx) else math.inf)
@@ -312,12 +364,15 @@ class _Search:
         return lower
 
 
-def plan_bands(problem: Problem, time_limit: float, best: Plan | None) -> BandSearch:
-    """Best-first search over (micro-batch, time band) MILPs, starting from incumbent ``best``.
+def plan_bands(problem: Problem, time_limit: float, best: Plan | None,
+               dp: bool = True) -> BandSearch:
+    """Best-first search over (micro-batch, time band) boxes, starting from incumbent ``best``;
+    each band is solved by the band DP (``dp``) or, when its labels grow too many or ``dp`` is
+    False, by its LP and MILP.
 
     Stops when every band is closed (the result is optimal) or after ``time_limit`` seconds per
     micro-batch size."""
-    search = _Search(problem, time_limit, best)
+    search = _Search(problem, time_limit, best, dp)
     search.seed()
     search.run()
     lower = search.lower_bound()

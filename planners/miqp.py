@@ -196,7 +196,7 @@ def _solve_on_highs(problem: cp.Problem, **options: float | bool) -> float:
 
 
 def plan_miqp(problem: Problem, time_limit: float = 60.0, incumbent: Plan | None = None,
-              bands: bool = True) -> Plan:
+              bands: bool = True, dp: bool = True) -> Plan:
     """Optimal plan over every micro-batch size (FuncPipe's MIQP, linearised exactly).
 
     Args:
@@ -206,6 +206,9 @@ def plan_miqp(problem: Problem, time_limit: float = 60.0, incumbent: Plan | None
         the plan is ``feasible`` and ``gap`` holds the proven relative gap.
       incumbent: a feasible plan (e.g. from a heuristic) used to prune and bound.
       bands: search iteration-time bands (default); False solves one cvxpy MILP per size.
+      dp: solve each band by dynamic programming over the chain (default; ``planners.band_dp``,
+        its LP and MILP only when its labels grow too many); False: by its LP and MILP, the
+        stated model, kept as the cross-check.
 
     Raises:
       InfeasibleError: no plan satisfies memory, functions, budget or deadline (proven); says
@@ -216,7 +219,7 @@ def plan_miqp(problem: Problem, time_limit: float = 60.0, incumbent: Plan | None
     if incumbent is None:
         incumbent = _heuristic_incumbent(problem)
     if bands:
-        best, lower, log, complete = plan_bands(problem, time_limit, incumbent)
+        best, lower, log, complete = plan_bands(problem, time_limit, incumbent, dp)
     else:
         best, lower, log, complete = _plan_single_milps(problem, time_limit, incumbent)
     if best is None:

@@ -60,7 +60,11 @@ def best_homogeneous(problem: Problem, rule: Callable[[ModelProfile, int, int], 
                 if S * d > problem.max_functions:
                     break
                 for m in problem.platform.memory_options_mb:
-                    fits = [f for i, j in parts if (f := model.fit(i, j, m, d)) is not None]
+                    fits: list[tuple[str, StageTerms]] = []
+                    for i, j in parts:  # stop at the first stage that does not fit
+                        if (f := model.fit(i, j, m, d)) is None:
+                            break
+                        fits.append(f)
                     if len(fits) < len(parts):
                         continue
                     terms: list[StageTerms] = [f[1] for f in fits]

@@ -1,0 +1,165 @@
+"""One band's plans by dynamic programming over the layer chain (exact, no solver).
+
+After pruning, a band of the search (``planners.bands``) keeps a few hundred candidates. Their
+plans are the paths 0 -> L of the candidate DAG, and a path's objective is a function of seven
+sums and maxima along it, each the same for every continuation:
+
+  F = sum fill_v   R = sum rate_v   Q = sum req_v   n = sum d_v
+  mF = max aF_v    mB = max aB_v    mY = max y_v
+  T = F + mF + mB + mY,   dollars = R T + Q,   objective = f(T, dollars)
+
+f is non-decreasing in all seven for every objective kind, and so are the budget, deadline and
+functions limits. So a partial path (a *label* at chain node k) is dropped when another label
+at k is no larger in all seven (dominance), or when a lower bound on any of its completions is
+worse than the incumbent or leaves the band (T above ``band.hi``: those plans belong to a later
+band, which covers them). What survives at node L contains an optimal plan of the band, and
+every label there is a real plan, priced exactly: the band is solved, not bounded.
+
+``solve_band_dp`` returns the best few complete paths (the caller scores them with the cost
+model, which decides feasibility), or None when a node holds more than ``max_labels`` labels
+(the caller then falls back to the band's LP and MILP).
+
+Notation: L layers; V candidates (the band's, positions into its ``CandidateArrays``); a label
+is a row of seven floats in the column order above (``_COLS``).
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import numpy as np
+
+from planners.bounds import Band, BoolArray, CandidateArrays, FloatArray, IntArray, shortest_paths
+from planners.problem import Problem
+
+__all__: list[str] = []  # internal to planners.bands
+
+MAX_LABELS = 20_000  # labels at one chain node before the DP gives up (the caller falls back)
+BEST = 64  # most complete paths returned, best first
+_COLS = ("F", "R", "Q", "n", "mF", "mB", "mY")
+_MARGIN = 1e-9  # relative slack on every pruning test: the cost model, not the DP, decides
+
+
+class Labels(NamedTuple):
+    """The labels of one chain node: values (K, 7), and how each was reached: the candidate
+    of its last stage (K,) and the label it extended at that candidate's first node (K,)."""
+
+    values: FloatArray
+    cand: IntArray
+    parent: IntArray
+
+
+def dominates(a: FloatArray, b: FloatArray) -> BoolArray:
+    """[i, o]: label a[o] dominates label b[i] (a (K, 7), b (C, 7)): no more R, Q and n, and
+    F_a + sum_k max(0, m_k,a - m_k,b) <= F_b. Then every completion of a is no slower than the
+    same completion of b, since max(m_a, x) <= max(m_b, x) + max(0, m_a - m_b) for each
+    bottleneck term, and no dearer, so a is at least as good for every objective."""
+    ok = (a[None, :, 1] <= b[:, None, 1]) & (a[None, :, 2] <= b[:, None, 2])
+    ok &= a[None, :, 3] <= b[:, None, 3]
+    excess = np.maximum(a[None, :, 4:] - b[:, None, 4:], 0.0).sum(axis=2)
+    return ok & (a[None, :, 0] + excess <= b[:, None, 0])
+
+
+def pareto(values: FloatArray) -> IntArray:
+    """Indices of the rows of ``values`` (K, 7) no other row ``dominates``, one of each set
+    of rows dominating each other; ascending in F (a dominator never has a larger F)."""
+    order = np.lexsort(values.T[::-1])
+    x = values[order]
+    kept: list[int] = []
+    front = np.zeros((0, values.shape[1]))
+    step = 128
+    for s in range(0, len(x), step):
+        chunk = x[s:s + step]
+        dominated = dominates(front, chunk).any(axis=-1)
+        inner = dominates(chunk, chunk) & np.tri(len(chunk), k=-1, dtype=bool)
+        ok = ~dominated & ~inner.any(axis=-1)
+        kept += (s + np.flatnonzero(ok)).tolist()
+        front = np.concatenate([front, chunk[ok]])
+    return order[np.array(kept, dtype=np.int64)]
+
+
+def _objective(problem: Problem, t: FloatArray, dollars: FloatArray) -> FloatArray:
+    obj = problem.objective
+    if obj.kind == "weighted":
+        return dollars + obj.weight * t
+    return t if obj.kind == "budget" else dollars
+
+
+def solve_band_dp(problem: Problem, L: int, c: CandidateArrays, band: Band, cutoff: float,
+                  best: int = BEST, max_labels: int | None = None) -> list[list[int]] | None:
+    """The complete paths over ``c`` with T <= band.hi that may beat ``cutoff`` and meet the
+    budget, deadline and functions limits (pruning with a 1e-9 relative slack; the final
+    limits with 1e-12), best objective first, at most ``best`` of them (candidate positions in
+    ``c``, in layer order); [] when there is none; None when a node needs more than
+    ``max_labels`` labels (None: ``MAX_LABELS``). The caller scores them in order: the first
+    the cost model accepts is the band's optimum, and when all of fewer than ``best`` are
+    rejected the band has no plan."""
+    obj = problem.objective
+    max_labels = MAX_LABELS if max_labels is None else max_labels
+    slack = 1 + _MARGIN
+    t_cap = min(band.hi, obj.deadline_limit) * slack
+    data = np.stack([c.fill, c.rate, c.req, c.replicas.astype(np.float64), c.a_fwd, c.a_bwd,
+                     c.tail], axis=1)  # (V, 7)
+    suf = shortest_paths(L, c.first, c.last, data[:, :4])[1]  # (L+1, 4): F, R, Q, n to go
+    nodes: list[Labels | None] = [None] * (L + 1)
+    nodes[0] = Labels(np.zeros((1, 7)), np.full(1, -1, np.int64), np.full(1, -1, np.int64))
+    ends = [np.flatnonzero(c.last == k - 1) for k in range(L + 1)]
+    for k in range(1, L + 1):
+        values: list[FloatArray] = []
+        cands: list[IntArray] = []
+        parents: list[IntArray] = []
+        for v in ends[k].tolist():
+            src = nodes[int(c.first[v])]
+            if src is None or not len(src.values):
+                continue
+            new = src.values + data[v]
+            new[:, 4:] = np.maximum(src.values[:, 4:], data[v, 4:])
+            values.append(new)
+            cands.append(np.full(len(new), v, np.int64))
+            parents.append(np.arange(len(new), dtype=np.int64))
+        if not values:
+            nodes[k] = None
+            continue
+        x = np.concatenate(values)
+        t_lb = x[:, 0] + suf[k, 0] + x[:, 4] + x[:, 5] + x[:, 6]
+        r_lb, q_lb = x[:, 1] + suf[k, 1], x[:, 2] + suf[k, 2]
+        # plans faster than band.lo lie in an earlier band, which covers them
+        t_in = np.maximum(t_lb, band.lo)
+        cost_lb = r_lb * t_in + q_lb
+        ok = (t_lb <= t_cap) & (x[:, 3] + suf[k, 3] <= problem.max_functions)
+        ok &= cost_lb <= obj.budget_limit * slack
+        ok &= _objective(problem, t_in, cost_lb) <= cutoff * slack
+        keep = np.flatnonzero(ok)
+        if len(keep) > 8 * max_labels:
+            return None
+        front = keep[pareto(x[keep])]
+        if len(front) > max_labels:
+            return None
+        nodes[k] = Labels(x[front], np.concatenate(cands)[front],
+                          np.concatenate(parents)[front])
+    last = nodes[L]
+    if last is None or not len(last.values):
+        return []
+    x = last.values
+    t = (x[:, 0] + (x[:, 4] + x[:, 5])) + x[:, 6]  # as cost.aggregate adds them
+    dollars = x[:, 1] * t + x[:, 2]
+    near = 1 + 1e-12  # the DP's sums differ from the cost model's by rounding only
+    feasible = np.flatnonzero((t <= obj.deadline_limit * near)
+                              & (dollars <= obj.budget_limit * near))
+    value = _objective(problem, t[feasible], dollars[feasible])
+    order = feasible[np.argsort(value, kind="stable")]
+    return [_path(nodes, c, int(i)) for i in order[:best]]
+
+
+def _path(nodes: list[Labels | None], c: CandidateArrays, label: int) -> list[int]:
+    """The candidates of the path ending in label ``label`` of node L, in layer order."""
+    path: list[int] = []
+    k = len(nodes) - 1
+    while k > 0:
+        here = nodes[k]
+        assert here is not None
+        v = int(here.cand[label])
+        path.append(v)
+        label = int(here.parent[label])
+        k = int(c.first[v])
+    return path[::-1]

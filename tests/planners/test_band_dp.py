@@ -1,0 +1,107 @@
+"""The band DP: dominance by hand, one band over all times against enumeration, and the band
+search with the DP against the same search with band LPs and MILPs (the stated model)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from planners import InfeasibleError, band_dp, plan
+from planners.band_dp import dominates, pareto, solve_band_dp
+from planners.bounds import Band, prune
+from planners.cost import score
+from planners.miqp import plan_miqp
+from planners.plans import Plan
+from planners.stage_grid import candidate_grid
+
+from .conftest import small_problem
+from .test_bands import KINDS, with_objective
+from .test_limits import BELOW, limited
+
+
+def label(F: float, R: float = 1.0, Q: float = 1.0, n: float = 1.0, mF: float = 0.0,
+          mB: float = 0.0, mY: float = 0.0) -> list[float]:
+    return [F, R, Q, n, mF, mB, mY]
+
+
+def test_a_faster_fill_pays_for_a_larger_bottleneck() -> None:
+    # a: F = 1, mF = 2; b: F = 3, mF = 1. For any continuation with bottleneck x,
+    # 1 + max(2, x) <= 3 + max(1, x), so a dominates b although its mF is larger.
+    a, b = np.array([label(1.0, mF=2.0)]), np.array([label(3.0, mF=1.0)])
+    assert dominates(a, b)[0, 0] and not dominates(b, a)[0, 0]
+    c = np.array([label(1.5, mF=2.0)])  # 1.5 + (2 - 1) = 2.5 <= 3: c dominates b too
+    assert dominates(c, b)[0, 0]
+    d = np.array([label(2.5, mF=2.0)])  # 2.5 + 1 > 3: not for x < 2
+    assert not dominates(d, b)[0, 0]
+    e = np.array([label(1.0, R=2.0)])  # dearer per second: never dominates b
+    assert not dominates(e, b)[0, 0]
+    rows = np.concatenate([b, a, d, e, a])
+    assert sorted(pareto(rows).tolist()) == [1, 3]  # a once (equal rows), and e
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("seed,layers", [(0, 2), (5, 3), (8, 4), (3, 1)])
+def test_one_band_over_all_times_solved_by_dp_is_the_exhaustive_optimum(
+        kind: str, seed: int, layers: int) -> None:
+    prob = with_objective(small_problem(seed, layers, micro_batches=(2,)), kind)
+    L = prob.profile.num_layers
+    grid = candidate_grid(prob, 2)
+    kept = prune(prob, L, grid.arrays, None, None)
+    sub = grid.arrays.take(kept.idx)
+    band = Band(0.0, float(np.max(kept.t_max[np.isfinite(kept.t_max)], initial=1e9)) * 2)
+    paths = solve_band_dp(prob, L, sub, band, np.inf)
+    assert paths is not None
+    plans = [score(Plan(tuple(grid.stage(int(kept.idx[v])) for v in path), 2, 4), prob)
+             for path in paths]
+    best = next(p for p in plans if np.isfinite(p.objective_or_inf))
+    assert best.objective_value == pytest.approx(plan(prob, "exhaustive").objective_value,
+                                                 rel=1e-9)
+
+
+def test_a_band_with_too_many_labels_falls_back_to_its_lp_and_milp(monkeypatch) -> None:
+    prob = small_problem(seed=7, layers=4)
+    monkeypatch.setattr(band_dp, "MAX_LABELS", 0)  # every band with a label gives up
+    got = plan_miqp(prob)
+    assert got.meta["milps"][-1]["lps"] > 0
+    monkeypatch.undo()
+    want = plan_miqp(prob)
+    assert want.meta["milps"][-1]["dps"] > 0 and want.meta["milps"][-1]["milps"] == 0
+    assert got.objective_value == pytest.approx(want.objective_value, rel=1e-6)
+
+
+@settings(max_examples=25, deadline=None, derandomize=True,
+          suppress_health_check=list(HealthCheck))
+@given(seed=st.integers(0, 10_000), layers=st.integers(3, 6),
+       kind=st.sampled_from(["weighted0", "weighted", "time", "budget", "deadline"]),
+       rank=st.integers(0, 40), below=st.sampled_from(BELOW), functions=st.integers(2, 6))
+def test_the_band_dp_equals_the_band_milp(seed: int, layers: int, kind: str, rank: int,
+                                          below: float, functions: int) -> None:
+    prob = small_problem(seed, layers, max_functions=functions, replica_options=(1, 2),
+                         micro_batches=(1, 2))
+    prob = limited(prob, kind, rank, below) if layers <= 4 else with_objective(
+        prob, "weighted" if kind in ("budget", "deadline") else kind)
+    try:
+        milp = plan_miqp(prob, dp=False)
+    except InfeasibleError as err:
+        with pytest.raises(InfeasibleError) as again:
+            plan_miqp(prob)
+        assert str(again.value) == str(err)
+        return
+    got = plan_miqp(prob)
+    assert got.status == milp.status == "optimal"
+    assert got.objective_value == pytest.approx(milp.objective_value, rel=1e-6)
+
+
+def test_dp_search_solves_every_band_without_a_solver_on_a_benchmark_shape() -> None:
+    from planners import coarsen, platforms, synthetic
+    from planners.problem import Problem
+    prob = Problem(coarsen(synthetic.resnet101_like(), 10), platforms.get("aws-lambda"), 64)
+    got, milp = plan_miqp(prob), plan_miqp(prob, dp=False)
+    stats = got.meta["milps"][-1]
+    assert stats["lps"] == stats["milps"] == 0 and got.status == "optimal"
+    assert got.objective_value == pytest.approx(milp.objective_value, rel=1e-6)
+    assert dataclasses.replace(got, meta={}).stages == got.stages
