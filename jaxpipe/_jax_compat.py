@@ -42,6 +42,7 @@ __all__ = [
     "scan_parts",
     "scope_path",
     "sub_jaxprs",
+    "traced_at",
     "under_name_stack",
 ]
 
@@ -172,3 +173,13 @@ def bind_equation(eqn: JaxprEqn, args: Sequence[ArrayLike], stack: NameStack) ->
           eqn.ctx.manager):
         ans = eqn.primitive.bind(*args, **params)
     return list(ans) if eqn.primitive.multiple_results else [ans]
+
+
+# -- where an equation came from (`runtime.optimizer`'s coupling errors) --------------------------
+
+def traced_at(eqn: JaxprEqn) -> str:
+    """Where `eqn` was traced: its innermost user frame as `file:line (qualified function)`,
+    e.g. `opt.py:12:8 (scale_by_max.<locals>.update_fn)`, with its name stack if it has one."""
+    where = source_info_util.summarize(eqn.source_info)
+    stack = str(eqn.source_info.name_stack)
+    return f"{where} under {stack}" if stack else where

@@ -19,6 +19,7 @@ __all__ = [
     "BatchError",
     "BudgetExceeded",
     "BundleError",
+    "CouplingError",
     "CutError",
     "DatasetError",
     "EventTooLargeError",
@@ -286,4 +287,18 @@ class LaunchError(JaxPipeError, RuntimeError):
 
     Fix: the message quotes the platform's answer (on AWS: check that `jaxpipe deploy aws` ran
     in this region and account).
+    """
+
+class CouplingError(InputError):
+    """The optimizer's update couples parameters that live on different stages in a way the
+    stages cannot compute exactly apart.
+
+    Couplings the runtime makes exact: none (element-wise optimizers, masks, schedules and
+    step counts), and scalars that are sums of per-stage terms, such as global-norm clipping's
+    sum of squares, which the stages exchange within the iteration. Anything else (a maximum
+    over every leaf, a sum another sum's result feeds, a leaf updated from another stage's
+    leaf) is refused; the message names the leaves affected and where the coupling was traced.
+
+    Fix: make the transformation act leaf by leaf, or couple leaves only through sums of
+    per-leaf scalars; or cut the model so the coupled parameters share a stage.
     """

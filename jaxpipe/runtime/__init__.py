@@ -4,7 +4,9 @@
     event.py       what a function is told (RankEvent, TaskEvent) and answers (RankStatus)
     metrics.py     what a rank measured (RankMetrics: iterations, requests, timeline)
     dataset.py     dataset shards and which rows each micro-batch reads
-    optim.py       optimizer programs, run per stage
+    optim.py       optimizers by name (a convenience that makes the optax object)
+    optimizer.py   any optax optimizer as exported per-stage init/update (+ partials) programs
+    coupling.py    which stages the traced update couples: leaf-local, sums to exchange, refused
     checkpoint.py  per-stage parameters and optimizer state in the store
     arrays.py      the store's array objects by layout (messages, named arrays)
     worker.py      the handler a function runs: parse the event, run the rank, report

@@ -4,11 +4,13 @@ Every key of a job lives under `jobs/<job-id>/` (docs/design.md), laid out as:
 
     job.json                          the JobSpec (plan included)
     bundle.zip                        the exported stage programs
+    optimizer.zip                     the exported optimizer programs (`runtime.optimizer`)
     data/<shard>                      dataset shards (codec: {"leaf0": ..., "leaf1": ...})
     ckpt/<t>/stage<k>/{params,opt,state,done}   stage k before iteration t
     run/<attempt>/it/<t>/act/<s>/<m>  activations of micro-batch m leaving stage s
     run/<attempt>/it/<t>/grad/<s>/<m> cotangents of micro-batch m leaving stage s (backwards)
     run/<attempt>/it/<t>/sync/<s>     the all-reduce group of stage s (a prefix)
+    run/<attempt>/it/<t>/opt/<s>      stage s's partial sums for the optimizer (`partials`)
     metrics/loss/<t>/rank<r>          micro-batch losses of a last-stage rank
     metrics/rank<r>/<attempt>-<inv>.json   per-invocation metrics and timeline
     status/<attempt>/<inv>/rank<r>    how an invocation ended (`event.RankStatus`)
@@ -40,7 +42,10 @@ class JobSpec:
       plan: the plan: stages, micro-batch, replicas (`Plan.to_dict()` in the JSON).
       platform: the platform: bandwidth, latency, prices (`Platform.to_dict()` in the JSON).
       iterations: total iterations of the job.
-      optimizer: optax optimizer name (`jaxpipe.runtime.optim.OPTIMIZERS`), with `learning_rate`.
+      optimizer: optax optimizer name (`jaxpipe.runtime.optim.OPTIMIZERS`), with `learning_rate`
+        (informational when `optimizer_programs`).
+      optimizer_programs: the optimizer is the exported programs at `Keys.optimizer` (every new
+        job); False for a job written before them, whose ranks compile `optimizer` by name.
       seed: seeds the data order and the dropout keys.
       num_samples, shard_size: the training set in the store.
       rng_names: PRNG collections the model takes (e.g. ["dropout"]).
@@ -68,9 +73,12 @@ class JobSpec:
     wait_timeout_s: float = 120.0
     allreduce: str = "pipelined"
     meta: dict[str, Any] = field(default_factory=dict, compare=False)
+    optimizer_programs: bool = True
 
     def to_json(self) -> bytes:
         data = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        if not self.optimizer_programs:  # a spec written before them keeps its bytes
+            del data["optimizer_programs"]
         data.update(plan=self.plan.to_dict(), platform=self.platform.to_dict(),
                     rng_names=list(self.rng_names))
         return json.dumps(data, indent=1).encode()
@@ -78,6 +86,7 @@ class JobSpec:
     @classmethod
     def from_json(cls, data: bytes | str) -> JobSpec:
         d = json.loads(data)
+        d.setdefault("optimizer_programs", False)  # absent: written before the programs
         d.update(plan=Plan.from_dict(d["plan"]), platform=Platform.from_dict(d["platform"]),
                  rng_names=tuple(d.get("rng_names", ())))
         return cls(**d)
@@ -109,6 +118,10 @@ class Keys:
     def bundle(self) -> str:
         return self.prefix + "bundle.zip"
 
+    @property
+    def optimizer(self) -> str:
+        return self.prefix + "optimizer.zip"
+
     def shard(self, index: int) -> str:
         return f"{self.prefix}data/{index:06d}"
 
@@ -126,6 +139,9 @@ class Keys:
 
     def sync_group(self, attempt: int, t: int, stage: int) -> str:
         return f"{self.run(attempt)}it/{t}/sync/{stage}"
+
+    def partials(self, attempt: int, t: int, stage: int) -> str:
+        return f"{self.run(attempt)}it/{t}/opt/{stage}"
 
     def loss(self, t: int, rank: int) -> str:
         return f"{self.prefix}metrics/loss/{t:08d}/rank{rank}"

@@ -1,7 +1,8 @@
 """Optimizers by name, and their state as flat path-named leaves for checkpoints.
 
-Every optimizer here acts element-wise, so updating each stage's parameters separately gives
-exactly the update of the whole model (global-norm clipping would not, and is not offered).
+A name is a convenience that makes the optax object; every job's optimizer, named or not, runs
+in the workers as the programs `jaxpipe.runtime.optimizer.compile_optimizer` exports (`make_step`
+remains for running an optax object in-process).
 """
 
 from __future__ import annotations

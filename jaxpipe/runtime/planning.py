@@ -3,6 +3,7 @@
     profile_sizes        the micro-batch sizes profiled (and planned over) for a global batch
     profile_cache_path   where a model config's profile is cached
     planning_problem     profile (cached) -> `planners.Problem`, coarsened to 30 layers
+    optimizer_slots      the optimizer's state per parameter, from its traced init
     plan_for             the planner's plan, expanded back to the model's layers
     check_plan           every reason a plan cannot run on this model, batch and platform
     refuse_shared_parameters   tied weights across stages, which the runtime cannot update
@@ -17,17 +18,20 @@ from pathlib import Path
 from typing import Any
 
 from jaxpipe.errors import PlanMismatchError, TiedParameterError
+from jaxpipe.runtime import optim
+from jaxpipe.runtime.optimizer import state_slots
 from jaxpipe.runtime.options import TrainOptions
 from jaxpipe.staging.stage import StageProgram
 from jaxpipe.staging.tracing import Traced
 from planners import ModelProfile, Plan, Platform, Problem, coarsen, expand_plan
 from planners import plan as make_plan
 
-__all__ = ["OPTIMIZER_SLOTS", "check_plan", "plan_for", "planning_problem", "profile_cache_path",
-           "profile_sizes", "refuse_shared_parameters"]
+__all__ = ["OPTIMIZER_SLOTS", "check_plan", "optimizer_slots", "plan_for", "planning_problem",
+           "profile_cache_path", "profile_sizes", "refuse_shared_parameters"]
 
 OPTIMIZER_SLOTS = {"sgd": 0, "momentum": 1, "adam": 2, "adamw": 2}
-"""Optimizer state per parameter, in parameter copies (the planner counts its memory)."""
+"""Optimizer state per parameter of the named optimizers, in parameter copies, for callers
+without the optimizer at hand; `planning_problem` counts the traced init's (`optimizer_slots`)."""
 
 
 def profile_sizes(batch: int) -> tuple[int, ...]:
@@ -59,7 +63,7 @@ def planning_problem(traced: Traced, name: str, platform: Platform, options: Tra
     return Problem(profile=prof, platform=platform, global_batch=options.batch,
                    micro_batches=sizes, replica_options=(1, 2, 4),
                    max_functions=options.max_functions,
-                   optimizer_slots=OPTIMIZER_SLOTS[options.optimizer],
+                   optimizer_slots=optimizer_slots(traced, options),
                    cached_input_bytes=data_bytes)
 
 
@@ -113,3 +117,13 @@ def refuse_shared_parameters(stages: Sequence[StageProgram]) -> None:
                     "(tied weights); the distributed runtime needs each parameter in one stage: "
                     "cut elsewhere")
             owners[path] = stage.spec.index
+
+
+def optimizer_slots(traced: Traced, options: TrainOptions) -> int:
+    """The job's optimizer state per parameter in parameter-sized slots (rounded up), from
+    its traced init on the model's parameters (`runtime.optimizer.state_slots`); the
+    optimizer is `options.optimizer`, a name (with `learning_rate`) or an optax object."""
+    optimizer: Any = options.optimizer
+    if isinstance(optimizer, str):
+        optimizer = optim.make(optimizer, options.learning_rate)
+    return state_slots(optimizer, dict(zip(traced.params.paths, traced.params.leaves)))

@@ -11,10 +11,11 @@ One iteration of a rank runs its `planners.schedule` task list on three lanes:
 prefetch as soon as the objects appear; (2) compute waits on the receive's future, never polls;
 (3) each result is handed to the upload lane as a future, so the next micro-batch computes while
 the last one uploads; (4) replicas of a stage average gradients (and BatchNorm state) with
-`transports.allreduce_mean`; (5) the optax update; (6) consumed messages are deleted in one
-batch. Micro-batch m's loss is a mean over its b samples and the last stage seeds its backward
-with 1/M, so after the all-reduce (mean over d replicas, times d) every replica holds the
-gradient of the mean loss over the global batch.
+`transports.allreduce_mean`; (5) the optimizer's exported update (`runtime.optimizer`), after
+exchanging its partial sums with the other stages if it sums over them (`_exchange`); (6)
+consumed messages are deleted in one batch. Micro-batch m's loss is a mean over its b samples
+and the last stage seeds its backward with 1/M, so after the all-reduce (mean over d replicas,
+times d) every replica holds the gradient of the mean loss over the global batch.
 
 Indices: t is an iteration, m a micro-batch, M the micro-batches per iteration, d the replicas
 of this rank's stage.
@@ -45,6 +46,12 @@ from jaxpipe.runtime.metrics import (
     RankMetrics,
     Timeline,
     run_queue_wait_s,
+)
+from jaxpipe.runtime.optimizer import (
+    StageOptimizer,
+    compile_optimizer,
+    load_optimizer,
+    sum_partials,
 )
 from jaxpipe.staging.bundle import load_stages
 from jaxpipe.staging.stage import StageProgram
@@ -86,10 +93,9 @@ class Rank:
         self.last = self.stage == len(self.plan.stages) - 1
         self.count = self.plan.num_micro_batches
         self.timeout = spec.wait_timeout_s
-        self.program = _load_program(store.get(self.keys.bundle, timeout=self.timeout),
-                                     self.stage)
-        self.optimizer = optim.make(spec.optimizer, spec.learning_rate)
-        self.step = optim.make_step(self.optimizer)
+        self.program, shapes = _load_program(store.get(self.keys.bundle, timeout=self.timeout),
+                                             self.stage)
+        self.optimizer = self._stage_optimizer(shapes)
         loaded = checkpoint.load(store, self.keys, event.start, self.stage, self.optimizer,
                                  self.timeout)
         # Committed to the device from the start: jit specialises on commitment, and the
@@ -191,9 +197,37 @@ class Rank:
 
     def _update(self, it: _Iteration, task: Task) -> None:
         grads = dict(zip(self.program.spec.param_paths, _summed(it), strict=True))
+        exchanged = self._exchange(it.t, grads) if self.optimizer.needs_exchange else None
         with self.timeline.span("compute", "UPDATE"):
-            self.params, self.opt_state = self.step(grads, self.opt_state, self.params)
+            self.params, self.opt_state = self.optimizer.update(grads, self.opt_state,
+                                                                self.params, exchanged)
             jax.block_until_ready(self.params)
+
+    def _exchange(self, t: int, grads: dict[str, Any]) -> list[Any]:
+        """The optimizer's sums over stages (global-norm clipping's sum of squares).
+
+        Replica 0 of each stage publishes its stage's partials at `Keys.partials`; every rank
+        reads every stage's (replica 0 its own from memory) and adds them in stage order, so
+        all ranks pass the same floats to the update. Replicas need not publish: after the
+        all-reduce they hold the same gradients, state and parameters as their replica 0.
+        Replica 0 deletes its key of iteration t-1 after reading those of t (see
+        `_queue_background`).
+        """
+        with self.timeline.span("compute", "PARTIALS"):
+            mine = [np.asarray(x) for x in self.optimizer.partials(grads, self.opt_state,
+                                                                    self.params)]
+        with self.timeline.span("storage", "EXCHANGE"):
+            if self.replica == 0:
+                self.store.put(self.keys.partials(self.attempt, t, self.stage),
+                               codec.encode(mine))
+            parts = []
+            for k in range(len(self.plan.stages)):
+                if k == self.stage and self.replica == 0:
+                    parts.append(mine)
+                    continue
+                key = self.keys.partials(self.attempt, t, k)
+                parts.append(decode_list(self.store.get(key, timeout=self.timeout), key))
+        return [jax.device_put(x, jax.devices()[0]) for x in sum_partials(parts)]
 
     def _send(self, it: _Iteration, kind: str, m: int, arrays: list[Any], name: str) -> None:
         key = self.keys.message(self.attempt, it.t, kind, self.stage, m)
@@ -214,6 +248,11 @@ class Rank:
                     if task.kind in RECEIVES and task.peer is not None]
         if consumed:
             background.append(self.cleaner.submit(self.store.delete_many, consumed))
+        if self.optimizer.needs_exchange and self.replica == 0 and it.t > 0:
+            # Safe: every stage's replica 0 published iteration t's partials after its
+            # all-reduce of t, which every replica joined only after reading those of t-1.
+            background.append(self.cleaner.submit(
+                self.store.delete, self.keys.partials(self.attempt, it.t - 1, self.stage)))
         return background
 
     # -- the lanes' work -----------------------------------------------------------------------
@@ -282,6 +321,18 @@ class Rank:
 
     # -- bookkeeping ---------------------------------------------------------------------------
 
+    def _stage_optimizer(self, shapes: dict[str, Any]) -> StageOptimizer:
+        """This stage's exported optimizer programs; for a job written before them, its
+        optimizer by name compiled here for this stage alone (those names are element-wise),
+        on the flat `{path: array}` its checkpoints were written with."""
+        if self.spec.optimizer_programs:
+            return load_optimizer(self.store.get(self.keys.optimizer, timeout=self.timeout),
+                                  self.stage)
+        params = {p: jax.ShapeDtypeStruct(tuple(shapes[p]["shape"]), shapes[p]["dtype"])
+                  for p in self.program.spec.param_paths}
+        optimizer = optim.make(self.spec.optimizer, self.spec.learning_rate)
+        return load_optimizer(compile_optimizer(optimizer, [params], nested=False).export(), 0)
+
     def save(self, t: int) -> None:
         checkpoint.save(self.store, self.keys, t, self.stage, self.params, self.opt_state,
                         self.state)
@@ -303,10 +354,12 @@ class Rank:
             requests=self.store.stats, timeline=timeline, timeline_from=first)
 
 
-def _load_program(bundle: bytes, stage: int) -> StageProgram:
-    program = load_stages(bundle, only=[stage]).stages[stage]
+def _load_program(bundle: bytes, stage: int) -> tuple[StageProgram, dict[str, Any]]:
+    """The stage's programs, and the bundle's shapes of every parameter and state leaf."""
+    runner = load_stages(bundle, only=[stage])
+    program = runner.stages[stage]
     assert program is not None, "load_stages(only=[stage]) loads that stage"
-    return program
+    return program, runner.manifest["shapes"]
 
 
 def _micro_batch(task: Task) -> int:

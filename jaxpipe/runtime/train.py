@@ -40,6 +40,7 @@ from jaxpipe.runtime.billing import functions_gigabytes
 from jaxpipe.runtime.driver import Progress, job_id, run_job
 from jaxpipe.runtime.job import JobSpec, Keys
 from jaxpipe.runtime.metrics import RankMetrics
+from jaxpipe.runtime.optimizer import OptimizerPrograms, compile_optimizer
 from jaxpipe.runtime.options import TrainOptions
 from jaxpipe.runtime.planning import (
     check_plan,
@@ -127,6 +128,9 @@ def prepare(options: TrainOptions) -> Prepared:
     staged = traced.split(plan.cuts, [s.mode for s in plan.stages])  # 6
     stages = staged.stages(plan.micro_batch)
     refuse_shared_parameters(stages)
+    initial = dict(zip(traced.params.paths, traced.params.leaves))  # CouplingError here, if any
+    programs = compile_optimizer(checked.optimizer, [
+        {p: initial[p] for p in s.spec.param_paths} for s in stages])
     job = JobSpec(  # 7
         job_id=checked.job_id, model=options.model, plan=plan, platform=checked.platform,
         iterations=options.iterations, optimizer=options.optimizer,
@@ -134,7 +138,7 @@ def prepare(options: TrainOptions) -> Prepared:
         num_samples=len(jax.tree.leaves(data)[0]), rng_names=tuple(traced.rng_names),
         checkpoint_every=options.checkpoint_every, wait_timeout_s=options.wait_timeout_s,
         allreduce=options.allreduce, meta={"model_overrides": dict(options.model_overrides)})
-    _upload(checked.store, job, staged, stages, traced, data, checked.optimizer)
+    _upload(checked.store, job, staged, stages, traced, data, programs)
     return Prepared(job, checked.store, test_set, problem)
 
 
@@ -193,16 +197,18 @@ def linen_module(model: models.ModelSpec) -> nn.Module:
 
 def _upload(store: ObjectStore, job: JobSpec, staged: Staged, stages: Sequence[StageProgram],
             traced: Traced, data: tuple[Any, Any],
-            optimizer: optax.GradientTransformation) -> None:
+            optimizer: OptimizerPrograms) -> None:
     """The bundle, the shards and checkpoint 0; the spec last: a job exists once complete."""
     keys = job.keys
     store.put(keys.bundle, staged.export(job.plan.micro_batch))
+    blob = optimizer.export()
+    store.put(keys.optimizer, blob)
     dataset.write_shards(store, keys, [np.asarray(x) for x in jax.tree.leaves(data)],
                          job.shard_size)
     params = dict(zip(traced.params.paths, traced.params.leaves))
     state = dict(zip(traced.state.paths, traced.state.leaves))
     checkpoint.save_initial(store, keys, [(list(s.spec.param_paths), list(s.spec.state_paths))
-                                          for s in stages], params, state, optimizer)
+                                          for s in stages], params, state, blob)
     store.put(keys.spec, job.to_json())
 
 
@@ -329,3 +335,4 @@ def _clean_up(store: ObjectStore, spec: JobSpec) -> None:
     for prefix in ("run/", "status/", "data/"):
         store.delete_prefix(keys.prefix + prefix)
     store.delete(keys.bundle)
+    store.delete(keys.optimizer)

@@ -11,6 +11,7 @@ import pytest
 from jaxpipe.errors import OptimizerStateError
 from jaxpipe.runtime import checkpoint, optim
 from jaxpipe.runtime.job import Keys
+from jaxpipe.runtime.optimizer import StageOptimizer, compile_optimizer, load_optimizer
 from transports import GetTimeout, MemoryStore, codec
 
 KEYS = Keys("ckpt-job")
@@ -43,13 +44,18 @@ def stage_values(seed: int = 0) -> tuple[dict, dict]:
     return params, state
 
 
+def stage_optimizer(name: str, params: dict) -> StageOptimizer:
+    """The exported programs of optimizer `name` for one stage holding `params`."""
+    return load_optimizer(compile_optimizer(optim.make(name, 0.1), [params]).export(), 0)
+
+
 def trained(name: str, params: dict) -> tuple:
     """An optimizer and its state after two steps, so no state leaf is at its initial value."""
-    optimizer = optim.make(name, 0.1)
-    state, step = optimizer.init(params), optim.make_step(optimizer)
+    optimizer = stage_optimizer(name, params)
+    state = optimizer.init(params)
     for k in range(2):
         grads = {p: jnp.full_like(v, 0.5 + k) for p, v in params.items()}
-        params, state = step(grads, state, params)
+        params, state = optimizer.update(grads, state, params)
     return optimizer, params, state
 
 
@@ -105,7 +111,7 @@ def test_the_parts_go_to_their_keys_and_the_done_marker_goes_last():
 
 def test_checkpoints_of_other_iterations_and_stages_are_apart():
     store = MemoryStore()
-    optimizer = optim.make("sgd", 0.1)
+    optimizer = stage_optimizer("sgd", stage_values()[0])
     first, second = stage_values(1)[0], stage_values(2)[0]
     checkpoint.save(store, KEYS, 1, 0, first, optimizer.init(first), {})
     checkpoint.save(store, KEYS, 2, 0, second, optimizer.init(second), {})
@@ -120,12 +126,13 @@ def test_loading_with_another_optimizer_is_refused():
     _, params, opt_state = trained("momentum", stage_values()[0])
     checkpoint.save(store, KEYS, 0, 0, params, opt_state, {})
     with pytest.raises(OptimizerStateError):
-        checkpoint.load(store, KEYS, 0, 0, optim.make("adam", 0.1), timeout=1.0)
+        checkpoint.load(store, KEYS, 0, 0, stage_optimizer("adam", params), timeout=1.0)
 
 
 def test_loading_a_missing_checkpoint_times_out_naming_the_key():
     with pytest.raises(GetTimeout, match="ckpt/00000004/stage0/params"):
-        checkpoint.load(MemoryStore(), KEYS, 4, 0, optim.make("sgd", 0.1), timeout=0.05)
+        checkpoint.load(MemoryStore(), KEYS, 4, 0, stage_optimizer("sgd", stage_values()[0]),
+                        timeout=0.05)
 
 
 def test_the_initial_checkpoint_gives_each_stage_its_slice_and_a_fresh_optimizer():
@@ -133,11 +140,12 @@ def test_the_initial_checkpoint_gives_each_stage_its_slice_and_a_fresh_optimizer
     params, state = stage_values()
     more = {"params/head/kernel": jnp.ones((4, 2), jnp.float32)}
     all_params = {**params, **more}
-    optimizer = optim.make("adam", 0.1)
     stages = [(list(params), list(state)), (list(more), [])]
-    checkpoint.save_initial(store, KEYS, stages, all_params, state, optimizer)
+    programs = compile_optimizer(optim.make("adam", 0.1), [params, more])
+    checkpoint.save_initial(store, KEYS, stages, all_params, state, programs)
     assert checkpoint.latest_complete(store, KEYS, 2) == 0
     for k, (param_paths, state_paths) in enumerate(stages):
+        optimizer = load_optimizer(programs.export(), k)
         got_params, got_opt, got_state = checkpoint.load(store, KEYS, 0, k, optimizer, 1.0)
         assert_trees_equal(got_params, {p: all_params[p] for p in param_paths})
         assert_trees_equal(got_state, {p: state[p] for p in state_paths})

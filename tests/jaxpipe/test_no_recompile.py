@@ -29,6 +29,7 @@ import pytest
 import jaxpipe
 from jaxpipe.runtime import checkpoint, dataset, optim, worker
 from jaxpipe.runtime.job import JobSpec
+from jaxpipe.runtime.optimizer import compile_optimizer
 from planners import Plan, StagePlan
 from tests.jaxpipe.helpers import cross_entropy, skipnet_case
 from tests.jaxpipe.test_job import job_spec
@@ -64,11 +65,13 @@ def prepare_job(store: FileStore, job_id: str) -> JobSpec:
     keys = spec.keys
     store.put(keys.bundle, staged.export(PLAN.micro_batch))
     dataset.write_shards(store, keys, [x, y], spec.shard_size)
+    params = dict(zip(traced.params.paths, traced.params.leaves))
+    programs = compile_optimizer(optim.make(spec.optimizer, spec.learning_rate),
+                                 [{p: params[p] for p in s.spec.param_paths} for s in stages])
+    store.put(keys.optimizer, programs.export())
     checkpoint.save_initial(
         store, keys, [(list(s.spec.param_paths), list(s.spec.state_paths)) for s in stages],
-        dict(zip(traced.params.paths, traced.params.leaves)),
-        dict(zip(traced.state.paths, traced.state.leaves)),
-        optim.make(spec.optimizer, spec.learning_rate))
+        params, dict(zip(traced.state.paths, traced.state.leaves)), programs)
     store.put(keys.spec, spec.to_json())
     return spec
 
