@@ -51,6 +51,7 @@ __all__: list[str] = []  # internal to planners.miqp
 RESOLVES = 8  # most re-solves of one band MILP after cutting off the plan it proposed
 CLOSE = 1e-7  # a band MILP's bound this close (relative) to the incumbent closes the band
 LIMIT = 4.0  # first HiGHS time limit of a band MILP, s (doubled when a band cannot split)
+REFRESH = 1e-3  # incumbent improvement (relative) that recomputes a chain's global caps
 BAND = 0.02  # initial width of an iteration-time band, relative to its lower end
 
 # --- records ------------------------------------------------------------------------------
@@ -96,15 +97,16 @@ class SearchStats:
 
 class Chain(NamedTuple):
     """The candidates of one micro-batch size that survived the global pruning: positions in
-    its grid, their MILP data and global time caps T_lb, T_max (valid for the whole search,
-    since the incumbent only improves). Candidate indices everywhere else in the search are
-    positions in ``arrays``."""
+    its grid, their MILP data and global time caps T_lb, T_max (valid for the rest of the
+    search, since the incumbent only improves; recomputed when it has improved). Candidate
+    indices everywhere else in the search are positions in ``arrays``."""
 
     grid: CandidateGrid
     pos: IntArray
     arrays: CandidateArrays
     t_lb: FloatArray
     t_max: FloatArray
+    value: float  # the incumbent's objective when the caps were computed
 
     def near(self, band: Band) -> IntArray:
         """Candidates whose global caps allow T in ``band`` (lo <= T_max, T_lb <= hi)."""
@@ -197,7 +199,8 @@ class _Search:
             entry["after_bounds"] = len(kept.idx)
             if len(kept.idx) == 0:
                 continue
-            self.chains[b] = Chain(grid, kept.idx, c.take(kept.idx), kept.t_lb, kept.t_max)
+            self.chains[b] = Chain(grid, kept.idx, c.take(kept.idx), kept.t_lb, kept.t_max,
+                                   self.value())
             lo = float(kept.t_lb.min())
             finite = kept.t_max[np.isfinite(kept.t_max)]
             hi = max(float(finite.max(initial=kept.t_lb.max())), lo)
@@ -237,9 +240,23 @@ class _Search:
         kept = prune(self.problem, self.L, c_box, self.incumbent, entry.band)
         return idx0[kept.idx], c_box.take(kept.idx), kept.t_lb, kept.t_max
 
+    def _refresh(self, b: int) -> Chain:
+        """The chain of ``b``, its global caps recomputed when the incumbent has improved by
+        more than REFRESH since they were (candidates pruned now get T_lb = inf)."""
+        chain = self.chains[b]
+        value = self.value()
+        if not value < chain.value * (1 - REFRESH):
+            return chain
+        live = np.flatnonzero(np.isfinite(chain.t_lb))
+        kept = prune(self.problem, self.L, chain.arrays.take(live), self.incumbent, None)
+        t_lb, t_max = np.full(len(chain.arrays), np.inf), np.zeros(len(chain.arrays))
+        t_lb[live[kept.idx]], t_max[live[kept.idx]] = kept.t_lb, kept.t_max
+        self.chains[b] = chain = chain._replace(t_lb=t_lb, t_max=t_max, value=value)
+        return chain
+
     def _boxed(self, entry: BandEntry) -> tuple[IntArray, CandidateArrays]:
         """``boxes.boxed`` over the chain's candidates near the entry's band."""
-        chain = self.chains[entry.micro_batch]
+        chain = self._refresh(entry.micro_batch)
         near = chain.near(entry.band)
         idx, c_box = boxed(chain.arrays.take(near), entry.box)
         return near[idx], c_box
