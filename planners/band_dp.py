@@ -101,6 +101,8 @@ def solve_band_dp(problem: Problem, L: int, c: CandidateArrays, band: Band, cuto
     data = np.stack([c.fill, c.rate, c.req, c.replicas.astype(np.float64), c.a_fwd, c.a_bwd,
                      c.tail], axis=1)  # (V, 7)
     suf = shortest_paths(L, c.first, c.last, data[:, :4])[1]  # (L+1, 4): F, R, Q, n to go
+    suf_cost = shortest_paths(L, c.first, c.last, c.rate * band.lo + c.req)[1]  # (L+1,)
+    suf_max = _suffix_minimax(L, c, data[:, 4:])  # (L+1, 3): least bottlenecks to go
     nodes: list[Labels | None] = [None] * (L + 1)
     nodes[0] = Labels(np.zeros((1, 7)), np.full(1, -1, np.int64), np.full(1, -1, np.int64))
     ends = [np.flatnonzero(c.last == k - 1) for k in range(L + 1)]
@@ -121,11 +123,11 @@ def solve_band_dp(problem: Problem, L: int, c: CandidateArrays, band: Band, cuto
             nodes[k] = None
             continue
         x = np.concatenate(values)
-        t_lb = x[:, 0] + suf[k, 0] + x[:, 4] + x[:, 5] + x[:, 6]
-        r_lb, q_lb = x[:, 1] + suf[k, 1], x[:, 2] + suf[k, 2]
-        # plans faster than band.lo lie in an earlier band, which covers them
+        t_lb = x[:, 0] + suf[k, 0] + np.maximum(x[:, 4:], suf_max[k]).sum(axis=1)
+        # plans faster than band.lo lie in an earlier band, which covers them; the stages to
+        # go cost at least suf_cost (at lo) plus their rates times (T - lo)
         t_in = np.maximum(t_lb, band.lo)
-        cost_lb = r_lb * t_in + q_lb
+        cost_lb = x[:, 1] * t_in + x[:, 2] + suf_cost[k] + suf[k, 1] * (t_in - band.lo)
         ok = (t_lb <= t_cap) & (x[:, 3] + suf[k, 3] <= problem.max_functions)
         ok &= cost_lb <= obj.budget_limit * slack
         ok &= _objective(problem, t_in, cost_lb) <= cutoff * slack
@@ -149,6 +151,18 @@ def solve_band_dp(problem: Problem, L: int, c: CandidateArrays, band: Band, cuto
     value = _objective(problem, t[feasible], dollars[feasible])
     order = feasible[np.argsort(value, kind="stable")]
     return [_path(nodes, c, int(i)) for i in order[:best]]
+
+
+def _suffix_minimax(L: int, c: CandidateArrays, terms: FloatArray) -> FloatArray:
+    """(L+1, 3): for every node, the least value any path from it to L can give each
+    bottleneck term's maximum (0 at L, inf where no path continues)."""
+    out = np.full((L + 1, terms.shape[1]), np.inf)
+    out[L] = 0.0
+    for k in range(L - 1, -1, -1):
+        e = np.flatnonzero(c.first == k)
+        if len(e):
+            out[k] = np.maximum(terms[e], out[c.last[e] + 1]).min(axis=0)
+    return out
 
 
 def _path(nodes: list[Labels | None], c: CandidateArrays, label: int) -> list[int]:

@@ -145,18 +145,21 @@ def shortest_paths(L: int, first: IntArray, last: IntArray,
     suf = pre.copy()
     pre[0], suf[L] = 0.0, 0.0
     if len(w2):
+        # edges sorted by end node (stable), so the edges into k+1 are one contiguous slice
         order = np.argsort(last, kind="stable")
-        ends = np.searchsorted(last[order], np.arange(L + 1))
+        src, wt = first[order], w2[order]
+        ends = np.searchsorted(last[order], np.arange(L + 1)).tolist()
         for k in range(L):  # edges ending at k+1 start at nodes <= k, all final by now
-            e = order[ends[k]:ends[k + 1]]
-            if len(e):
-                pre[k + 1] = np.minimum(pre[k + 1], (pre[first[e]] + w2[e]).min(axis=0))
+            a, b = ends[k], ends[k + 1]
+            if a < b:
+                pre[k + 1] = (pre[src[a:b]] + wt[a:b]).min(axis=0)
         order = np.argsort(first, kind="stable")
-        starts = np.searchsorted(first[order], np.arange(L + 1))
+        dst, wt = last[order] + 1, w2[order]
+        starts = np.searchsorted(first[order], np.arange(L + 1)).tolist()
         for k in range(L - 1, -1, -1):
-            e = order[starts[k]:starts[k + 1]]
-            if len(e):
-                suf[k] = np.minimum(suf[k], (suf[last[e] + 1] + w2[e]).min(axis=0))
+            a, b = starts[k], starts[k + 1]
+            if a < b:
+                suf[k] = (suf[dst[a:b]] + wt[a:b]).min(axis=0)
     if w.ndim == 1:
         return pre[:, 0], suf[:, 0]
     return pre, suf
