@@ -42,13 +42,9 @@ from planners._scipy import diags
 from planners.band_milp import incidence
 from planners.bands import plan_bands
 from planners.bounds import Incumbent, candidate_arrays, time_caps
-from planners.candidates import (
-    Candidate,
-    candidates,
-    explain_infeasible,
-    structural_infeasibility,
-)
+from planners.candidates import Candidate, candidates
 from planners.cost import score
+from planners.diagnosis import explain_infeasible, structural_infeasibility
 from planners.errors import InfeasibleError, TimeLimitError
 from planners.plans import Plan, StagePlan
 from planners.problem import REL_TOL, Objective, Problem
