@@ -25,12 +25,16 @@ from jaxpipe.staging.tracing import Layer, Traced, trace
 from planners import coarsen  # merges adjacent layers of a profile; the planners own it
 
 if TYPE_CHECKING:  # imported on first use by __getattr__ below
+    from jaxpipe.runtime.fit import FitResult, fit
     from jaxpipe.runtime.train import TrainOptions, train
+    from jaxpipe.runtime.training_setup import TrainingSetup
+    from jaxpipe.runtime.variables import load_variables
 
 __all__ = [
     "BatchError",
     "BundleError",
     "CutError",
+    "FitResult",
     "InputError",
     "JaxPipeError",
     "JobFailed",
@@ -43,19 +47,28 @@ __all__ = [
     "TraceError",
     "TrainOptions",
     "Traced",
+    "TrainingSetup",
     "coarsen",
+    "fit",
     "load_stages",
+    "load_variables",
     "profile",
     "trace",
     "train",
 ]
 
 
-def __getattr__(name: str) -> object:
-    """`jaxpipe.train` and `jaxpipe.TrainOptions`, imported on first use: the runtime brings
-    the model zoo (flax), which a function that only runs a stage bundle must not need."""
-    if name in ("train", "TrainOptions"):
-        from jaxpipe.runtime import train as training
+_LAZY = {"train": "train", "TrainOptions": "train", "fit": "fit", "FitResult": "fit",
+         "TrainingSetup": "training_setup", "load_variables": "variables"}
+"""Public names of the runtime, by the `jaxpipe.runtime` module holding them."""
 
-        return getattr(training, name)
+
+def __getattr__(name: str) -> object:
+    """`jaxpipe.fit`, `jaxpipe.train`, `jaxpipe.load_variables`, `jaxpipe.TrainingSetup` and
+    the rest of `_LAZY`, imported on first use: the runtime brings the model zoo (flax), which
+    a function that only runs a stage bundle must not need."""
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(f"jaxpipe.runtime.{_LAZY[name]}"), name)
     raise AttributeError(f"module 'jaxpipe' has no attribute {name!r}")

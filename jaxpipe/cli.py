@@ -6,6 +6,7 @@ import argparse
 import json
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 __all__ = ["main"]
 
@@ -16,7 +17,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     commands = parser.add_subparsers(dest="command", required=True)
 
     train = commands.add_parser(
-        "train", help="train a zoo model on emulated serverless functions (every flag optional)")
+        "train", help="train a zoo model, or your own (--model mypkg.models:make), on "
+        "emulated or real serverless functions (every flag optional)")
     _add_train_arguments(train)
     train.set_defaults(run=_train)
 
@@ -69,7 +71,24 @@ def _add_train_arguments(parser: argparse.ArgumentParser) -> None:
     from jaxpipe.runtime.train import TrainOptions
 
     d = TrainOptions()
-    parser.add_argument("--model", default=d.model, help=f"zoo model (default: {d.model})")
+    parser.add_argument("--model", default=d.model,
+                        help=f"zoo model, or module:function returning a jaxpipe.TrainingSetup "
+                        f"(default: {d.model})")
+    parser.add_argument("--data", help="training set: an .npz with arrays inputs and targets")
+    parser.add_argument("--inputs", default="inputs", help="--data's inputs array (inputs)")
+    parser.add_argument("--targets", default="targets", help="--data's targets array (targets)")
+    parser.add_argument("--save", metavar="DIR",
+                        help="write the trained variables here as an Orbax checkpoint")
+    parser.add_argument("--no-shuffle", action="store_true",
+                        help="iteration t uses examples [t*B, (t+1)*B) modulo N, in order")
+    parser.add_argument("--shard-size", type=int, default=d.shard_size,
+                        help=f"examples per data shard ({d.shard_size})")
+    parser.add_argument("--data-cache-mb", type=float,
+                        help="training data stage 0 keeps in memory, MB (default: a quarter of "
+                        "the smallest function); more streams")
+    parser.add_argument("--eval-every", type=int, help="also evaluate every this many iterations")
+    parser.add_argument("--profile-cache", default=d.profile_cache,
+                        help=f"where model profiles are cached ({d.profile_cache})")
     parser.add_argument("--platform", default=d.platform, help="platform (default: local)")
     parser.add_argument("--platform-file", help="TOML/JSON overrides of the platform catalog")
     parser.add_argument("--plan", dest="plan_file", help="a plan JSON (from `jaxpipe plan -o`)")
@@ -78,7 +97,9 @@ def _add_train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch", type=int, default=d.batch, help=f"global batch ({d.batch})")
     parser.add_argument("--iterations", type=int, default=d.iterations,
                         help=f"iterations ({d.iterations})")
-    parser.add_argument("--optimizer", default=d.optimizer, help=f"optax optimizer ({d.optimizer})")
+    parser.add_argument("--optimizer", default=d.optimizer,
+                        help=f"optimizer name, or module:function returning an optax "
+                        f"transformation ({d.optimizer})")
     parser.add_argument("--lr", dest="learning_rate", type=float, default=d.learning_rate,
                         help=f"learning rate ({d.learning_rate})")
     parser.add_argument("--seed", type=int, default=d.seed)
@@ -103,37 +124,9 @@ def _add_train_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from jaxpipe.runtime.driver import RunConfig
-    from jaxpipe.runtime.train import TrainOptions, train
+    from jaxpipe.runtime.train_command import run_train
 
-    fields = {k: v for k, v in vars(args).items() if k in TrainOptions.__dataclass_fields__
-              and k != "run"
-              and v is not None}
-    options = TrainOptions(**fields, run=RunConfig(
-        invocation_seconds=args.invocation_seconds, link=not args.no_link,
-        max_cost=args.max_cost))
-    summary = train(options, resume=args.resume)
-    losses = summary.losses
-    print(f"job {summary.job}: {len(losses)} iterations, loss {losses[0]:.4f} -> "
-          f"{losses[-1]:.4f}")
-    rows = [("seconds / iteration", "measured_seconds_per_iteration",
-             "predicted_seconds_per_iteration", "simulated_seconds_per_iteration"),
-            ("dollars / iteration", "measured_dollars_per_iteration",
-             "predicted_dollars_per_iteration", None),
-            ("  with start-up", "measured_run_dollars_per_iteration", None, None)]
-    print(f"{'':22s}{'measured':>12s}{'cost model':>12s}{'simulator':>12s}")
-    for label, *names in rows:
-        cells = [getattr(summary, n) if n else None for n in names]
-        print(f"{label:22s}" + "".join(f"{c:12.4g}" if c is not None else f"{'-':>12s}"
-                                        for c in cells))
-    if not summary.has_predictions:
-        print("(no predictions: a resumed job has no planning problem)")
-    if summary.test_accuracy is not None:
-        print(f"test accuracy: {summary.test_accuracy:.3f}")
-    if args.out:
-        with open(args.out, "w") as f:
-            json.dump(summary.to_dict(), f, indent=1)
-        print(f"wrote {args.out}")
+    run_train(args)
     return 0
 
 
@@ -143,13 +136,16 @@ def _demo(args: argparse.Namespace) -> int:
 
     import jaxpipe
     from jaxpipe import models
+    from jaxpipe.runtime.zoo import linen_module
 
     spec = models.get(args.model)
+    module = linen_module(spec)
     key = jax.random.PRNGKey(0)
     variables = spec.init(key)
+    assert isinstance(variables, dict), "a linen model's init returns its variables"
     batch = spec.make_batch(jax.random.PRNGKey(1), args.batch)
     rngs = {"dropout": jax.random.PRNGKey(2)} if spec.uses_dropout else None
-    traced = jaxpipe.trace(spec.module, variables, batch, spec.loss_fn, rngs=rngs)
+    traced = jaxpipe.trace(module, variables, batch, spec.loss_fn, rngs=rngs)
     n = len(traced.layers)
     stages = max(1, min(args.stages, n))
     cuts = sorted({round(n * k / stages) for k in range(1, stages)} - {0, n})
@@ -160,11 +156,12 @@ def _demo(args: argparse.Namespace) -> int:
 
     def unsplit(params):
         state = {k: v for k, v in variables.items() if k != "params"}
+        out: Any
         if state:
-            out, _ = spec.module.apply({"params": params, **state}, batch[0], rngs=rngs,
+            out, _ = module.apply({"params": params, **state}, batch[0], rngs=rngs,
                                        mutable=list(state))
         else:
-            out = spec.module.apply({"params": params}, batch[0], rngs=rngs)
+            out = module.apply({"params": params}, batch[0], rngs=rngs)
         return spec.loss_fn(out, batch[1])
 
     ref_loss, ref_grads = jax.value_and_grad(unsplit)(variables["params"])
@@ -223,7 +220,10 @@ def _profile(args: argparse.Namespace) -> int:
     variables = spec.init(jax.random.PRNGKey(0))
     batch = spec.make_batch(jax.random.PRNGKey(1), max(sizes))
     rngs = {"dropout": jax.random.PRNGKey(2)} if spec.uses_dropout else None
-    traced = jaxpipe.trace(spec.module, variables, batch, spec.loss_fn, rngs=rngs)
+    from jaxpipe.runtime.zoo import linen_module
+
+    assert isinstance(variables, dict), "a linen model's init returns its variables"
+    traced = jaxpipe.trace(linen_module(spec), variables, batch, spec.loss_fn, rngs=rngs)
     with tqdm(total=len(traced.layers), desc=f"profiling {spec.name}", unit="layer",
               file=sys.stderr) as bar:
 

@@ -17,21 +17,30 @@ from __future__ import annotations
 
 __all__ = [
     "BatchError",
+    "BatchTooLargeError",
     "BudgetExceeded",
     "BundleError",
     "CouplingError",
     "CutError",
+    "DataFileError",
+    "DataLengthError",
     "DatasetError",
     "EventTooLargeError",
+    "ImportPathError",
+    "IndivisibleBatchError",
     "InputError",
     "JaxPipeError",
     "JobExistsError",
     "JobFailed",
     "LaunchError",
     "LayersPatternError",
+    "MissingMetricsError",
+    "MissingTargetsError",
     "ModelConfigError",
     "ModelKindError",
+    "NoCheckpointError",
     "NoLayersError",
+    "NotAnOptimizerError",
     "OptimizerStateError",
     "PartialBundleError",
     "PlanMismatchError",
@@ -288,6 +297,82 @@ class LaunchError(JaxPipeError, RuntimeError):
     Fix: the message quotes the platform's answer (on AWS: check that `jaxpipe deploy aws` ran
     in this region and account).
     """
+
+
+# -- `jaxpipe.fit` and `jaxpipe train` with the user's model, data and optimizer -----------------
+
+
+class DataLengthError(InputError):
+    """The leaves of the training (or evaluation) data disagree on the number of examples.
+
+    Fix: give every array of `(inputs, targets)` the same leading example axis; the message
+    lists each leaf's path and length.
+    """
+
+
+class MissingTargetsError(InputError):
+    """The data has no targets: it is not a pair `(inputs, targets)`, or the targets hold no
+    array, or a random-access source's items are not pairs.
+
+    Fix: pass `data=(inputs, targets)`, or a source whose `source[i]` returns
+    `(inputs_i, targets_i)`; for `--data FILE.npz` name the arrays with `--inputs/--targets`.
+    """
+
+
+class BatchTooLargeError(InputError):
+    """The batch size is larger than the training set, so one iteration would repeat examples.
+
+    Fix: pass a `batch_size` of at most the number of examples the message gives.
+    """
+
+
+class IndivisibleBatchError(InputError):
+    """The batch size does not split as the plan needs: into micro-batches of the plan's size,
+    and those evenly over every stage's replicas.
+
+    Fix: choose a batch size that is a multiple of the micro-batch size times the replicas the
+    message names, or make the plan for this batch size (`jaxpipe plan`).
+    """
+
+
+class NotAnOptimizerError(InputError):
+    """The optimizer is neither an optimizer name nor an `optax.GradientTransformation`.
+
+    Fix: pass an optax transformation (`optax.adamw(1e-3)`, an `optax.chain(...)`), a name
+    (`"adam"`), or on the command line `--optimizer mypkg.opt:make` whose `make()` returns one.
+    """
+
+
+class ImportPathError(InputError):
+    """An import path (`package.module:attribute`) does not resolve.
+
+    Fix: the message names the module or attribute that failed; check its spelling and that
+    the package imports from this directory (`python -c "import package.module"`).
+    """
+
+
+class MissingMetricsError(InputError):
+    """Evaluation data was given without a `metrics_fn` to score it.
+
+    Fix: pass `metrics_fn(outputs, targets) -> {name: value}` with `eval_data`, or drop
+    `eval_data`.
+    """
+
+
+class DataFileError(InputError):
+    """A `--data` file cannot be read as training data.
+
+    Fix: pass an `.npz` file (`numpy.savez`) holding arrays `inputs` and `targets`, or name its
+    arrays with `--inputs KEY --targets KEY`; the message lists the arrays the file holds.
+    """
+
+
+class NoCheckpointError(InputError):
+    """The job has no complete checkpoint to read variables from (or to resume from).
+
+    Fix: check the job id and the store (`--store`).
+    """
+
 
 class CouplingError(InputError):
     """The optimizer's update couples parameters that live on different stages in a way the

@@ -48,6 +48,8 @@ class JobSpec:
         job); False for a job written before them, whose ranks compile `optimizer` by name.
       seed: seeds the data order and the dropout keys.
       num_samples, shard_size: the training set in the store.
+      shuffle: the order of the examples (`jaxpipe.runtime.dataset.batch_indices`).
+      shard_cache: shards stage 0 keeps in memory (`dataset.cache_shards`); None: all.
       rng_names: PRNG collections the model takes (e.g. ["dropout"]).
       checkpoint_every: iterations between checkpoints (the last one always checkpoints).
       wait_timeout_s: how long any rank waits for any one object before giving up.
@@ -68,6 +70,8 @@ class JobSpec:
     seed: int = 0
     num_samples: int = 0
     shard_size: int = 1024
+    shuffle: bool = True
+    shard_cache: int | None = None
     rng_names: tuple[str, ...] = ()
     checkpoint_every: int = 10
     wait_timeout_s: float = 120.0

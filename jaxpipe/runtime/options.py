@@ -5,15 +5,25 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+import optax
+
 from jaxpipe.runtime.driver import RunConfig
 from jaxpipe.runtime.platforms.aws import FUNCTION_PREFIX
+from planners import Plan
 
 __all__ = ["TrainOptions"]
 
 
 @dataclass(frozen=True)
 class TrainOptions:
-    """Every knob of `jaxpipe train`, each with the default the CLI uses."""
+    """Every knob of `jaxpipe train`, each with the default the CLI uses.
+
+    Besides the CLI's flags: `plan` is a `planners.Plan` given as a value (it wins over
+    `plan_file`); `shuffle` picks the example order (`jaxpipe.runtime.dataset`); `shard_size`
+    is examples per data shard; `data_cache_mb` is how much of the training set stage 0 keeps
+    in memory (None: a quarter of the platform's smallest memory option), beyond which it
+    streams shards; `eval_every` scores the evaluation data every that many iterations too.
+    """
 
     model: str = "mlp"
     model_overrides: dict[str, Any] = field(default_factory=dict)  # e.g. {"seq_len": 32}
@@ -23,7 +33,7 @@ class TrainOptions:
     method: str = "miqp"
     batch: int = 64
     iterations: int = 60
-    optimizer: str = "adam"
+    optimizer: str | optax.GradientTransformation = "adam"  # a name (with learning_rate)
     learning_rate: float = 3e-3
     seed: int = 0
     store: str = ".jaxpipe/store"
@@ -36,3 +46,8 @@ class TrainOptions:
     wait_timeout_s: float = 120.0
     function_prefix: str = FUNCTION_PREFIX  # aws-lambda: ranks run on <prefix>-<memory MB>
     run: RunConfig = field(default_factory=RunConfig)
+    plan: Plan | None = None
+    shuffle: bool = True
+    shard_size: int = 1024
+    data_cache_mb: float | None = None
+    eval_every: int | None = None

@@ -45,9 +45,14 @@ def profile_sizes(batch: int) -> tuple[int, ...]:
 
 
 def planning_problem(traced: Traced, name: str, platform: Platform, options: TrainOptions,
-                     data_bytes: float) -> Problem:
+                     data_bytes: float | None) -> Problem:
     """The planning problem of a job: the model's profile (from the cache at
-    `profile_cache_path`, else measured here and cached), coarsened to at most 30 layers."""
+    `profile_cache_path`, else measured here and cached), coarsened to at most 30 layers.
+
+    `data_bytes` is the training set stage 0 holds whole once read (no request per
+    micro-batch, its bytes in memory), or None when it streams shards through a bounded cache
+    (`jaxpipe.runtime.dataset.cache_shards`): then each micro-batch's input counts as a read.
+    """
     from jaxpipe.staging.profiling import profile
 
     sizes = profile_sizes(options.batch)

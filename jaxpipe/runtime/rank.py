@@ -102,7 +102,8 @@ class Rank:
         # optimizer's outputs are committed, so uncommitted loaded arrays made every rank
         # compile its stage programs a second time in its second iteration.
         self.params, self.opt_state, self.state = jax.device_put(loaded, jax.devices()[0])
-        self.reader = ShardReader(store, self.keys, spec.shard_size, self.timeout)
+        self.reader = ShardReader(store, self.keys, spec.shard_size, self.timeout,
+                                  spec.shard_cache)
         self.up = ThreadPoolExecutor(1, thread_name_prefix="upload")
         self.down = ThreadPoolExecutor(1, thread_name_prefix="download")
         # Requests nothing downstream waits for (deleting consumed messages, the loss record,
@@ -277,7 +278,8 @@ class Rank:
     def _data(self, t: int, m: int) -> list[Any]:
         """Stage 0's inputs of micro-batch m: samples from the shards, then the PRNG keys."""
         b = self.plan.micro_batch
-        indices = batch_indices(self.spec.num_samples, self.plan.global_batch, self.spec.seed, t)
+        indices = batch_indices(self.spec.num_samples, self.plan.global_batch, self.spec.seed, t,
+                                self.spec.shuffle)
         leaves: list[Any] = list(self.reader.take(indices[m * b:(m + 1) * b]))
         leaves += micro_batch_keys(self.spec.seed, t, m, self.count, self.spec.rng_names)
         return [leaves[i] for i in self.program.spec.input_data]

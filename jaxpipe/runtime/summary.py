@@ -49,6 +49,8 @@ class Summary:
       predicted_seconds_per_iteration, predicted_dollars_per_iteration: the cost model's.
       simulated_seconds_per_iteration: the simulator's replay of the plan's schedule.
       test_accuracy: the final parameters on the held-out set (models with a test set).
+      eval_metrics: iteration t -> `metrics_fn` of the evaluation data under the variables
+        before iteration t (`jaxpipe.runtime.evaluation`); the last t is the trained model.
     """
 
     job: str
@@ -68,6 +70,12 @@ class Summary:
     predicted_dollars_per_iteration: float | None = None
     simulated_seconds_per_iteration: float | None = None
     test_accuracy: float | None = None
+    eval_metrics: dict[int, dict[str, float]] = field(default_factory=dict, hash=False)
+
+    @property
+    def final_metrics(self) -> dict[str, float]:
+        """The trained model's metrics ({} without evaluation data)."""
+        return self.eval_metrics[max(self.eval_metrics)] if self.eval_metrics else {}
 
     @property
     def has_predictions(self) -> bool:
@@ -90,6 +98,8 @@ class Summary:
         for name in _OPTIONAL:
             if getattr(self, name) is not None:
                 data[name] = getattr(self, name)
+        if self.eval_metrics:
+            data["eval_metrics"] = {str(t): dict(m) for t, m in self.eval_metrics.items()}
         return data
 
     @classmethod
@@ -105,11 +115,14 @@ class Summary:
             handovers=data["handovers"], invocations=data["invocations"],
             cold_start_seconds=tuple(data["cold_start_seconds"]),
             peak_rss_mb={int(r): float(mb) for r, mb in data["peak_rss_mb"].items()},
+            eval_metrics={int(t): {k: float(v) for k, v in m.items()}
+                          for t, m in data.get("eval_metrics", {}).items()},
             **{name: data.get(name) for name in _OPTIONAL})
 
 
 def summarize(spec: JobSpec, metrics: Sequence[RankMetrics], progress: Progress, wall: float,
-              problem: Problem | None = None, test_accuracy: float | None = None) -> Summary:
+              problem: Problem | None = None, test_accuracy: float | None = None,
+              eval_metrics: dict[int, dict[str, float]] | None = None) -> Summary:
     """The `Summary` of a run from every invocation's metrics and the driver's progress.
 
     Args:
@@ -119,6 +132,7 @@ def summarize(spec: JobSpec, metrics: Sequence[RankMetrics], progress: Progress,
       wall: the run's wall time, in seconds.
       problem: the planning problem to predict with; None for no predictions.
       test_accuracy: the final parameters' accuracy, if the model has a test set.
+      eval_metrics: {t: metrics} of the evaluation data, if there is any.
     """
     plan, platform = spec.plan, spec.platform
     seconds = iteration_period(metrics) or (
@@ -141,7 +155,7 @@ def summarize(spec: JobSpec, metrics: Sequence[RankMetrics], progress: Progress,
         invocations=progress.invocations,
         cold_start_seconds=tuple(m.cold_start_s for m in metrics),
         peak_rss_mb={m.rank: m.peak_rss_mb for m in metrics},
-        test_accuracy=test_accuracy, **predictions)
+        test_accuracy=test_accuracy, eval_metrics=dict(eval_metrics or {}), **predictions)
 
 
 def iteration_period(metrics: Sequence[RankMetrics]) -> float | None:

@@ -10,8 +10,8 @@ simulator's predictions (a run from a plan file profiles for those only at the e
 
 from __future__ import annotations
 
-import dataclasses
 import functools
+import hashlib
 import json
 import sys
 import time
@@ -20,22 +20,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import flax.linen as nn
 import jax
 import numpy as np
 import optax
-from numpy.typing import NDArray
 
 from jaxpipe import models
 from jaxpipe.errors import (
     JobExistsError,
+    NoCheckpointError,
     PlatformError,
-    UnknownModelError,
     UnknownPlatformError,
-    UnsupportedModelError,
 )
-from jaxpipe.runtime import checkpoint, dataset, optim
-from jaxpipe.runtime.arrays import decode_named
+from jaxpipe.runtime import checkpoint, dataset, evaluation, optim, sources, zoo
 from jaxpipe.runtime.billing import functions_gigabytes
 from jaxpipe.runtime.driver import Progress, job_id, run_job
 from jaxpipe.runtime.job import JobSpec, Keys
@@ -50,18 +46,23 @@ from jaxpipe.runtime.planning import (
 )
 from jaxpipe.runtime.platforms import Launcher
 from jaxpipe.runtime.summary import Summary, summarize
+from jaxpipe.runtime.training_setup import TrainingSetup
+from jaxpipe.runtime.zoo import linen_module, trains_on_digits
 from jaxpipe.staging.split import Staged
 from jaxpipe.staging.stage import StageProgram
 from jaxpipe.staging.tracing import Traced, trace
 from planners import Plan, Platform, Problem, platforms
 from transports import FileStore, ObjectStore, S3Store
 
-__all__ = ["Prepared", "TrainOptions", "dataset_bytes", "first_rows", "linen_module",
-           "open_store", "prepare", "train", "trains_on_digits", "training_data"]
+__all__ = ["Prepared", "TrainOptions", "TrainingSetup", "dataset_bytes", "first_rows",
+           "linen_module", "open_store", "prepare", "train", "trains_on_digits",
+           "training_data"]
 
 RUNNABLE_PLATFORMS = ("local", "aws-lambda")
 
-HeldOut = tuple[NDArray[Any], NDArray[Any]]  # (inputs, labels) of the test set
+MIB = 2**20
+DATA_CACHE_SHARE = 0.25
+"""Share of the platform's smallest memory option stage 0 may fill with the training set."""
 
 
 @dataclass(frozen=True)
@@ -71,7 +72,8 @@ class Prepared:
     Attributes:
       spec: the job, as stored.
       store: the job's store.
-      test_set: (inputs, labels) held out, for models with a test set; else None.
+      setup: the model, loss and data it was made from (None: a resumed job without them);
+        its evaluation data is scored at the end.
       problem: builds (once, then cached) the planning problem the summary predicts with; None
         for no predictions (a resumed job). Without a plan file it is the problem the plan was
         made from; with one it profiles only when first called.
@@ -79,7 +81,7 @@ class Prepared:
 
     spec: JobSpec
     store: ObjectStore
-    test_set: HeldOut | None = None
+    setup: TrainingSetup | None = None
     problem: Callable[[], Problem] | None = None
 
 
@@ -87,8 +89,8 @@ class Prepared:
 class _Checked:
     """What `_validate` found: the inputs resolved, before any work."""
 
-    model: models.ModelSpec
-    module: nn.Module
+    setup: TrainingSetup
+    data: sources.Examples
     platform: Platform
     optimizer: optax.GradientTransformation
     store: ObjectStore
@@ -102,10 +104,11 @@ def open_store(location: str, endpoint_url: str | None = None) -> ObjectStore:
     return FileStore(location)
 
 
-def prepare(options: TrainOptions) -> Prepared:
+def prepare(options: TrainOptions, setup: TrainingSetup | None = None) -> Prepared:
     """Checks, traces, plans, splits and uploads a job, in these steps:
 
-        1 validate   names, platform, optimizer, store, job id      no work yet   _validate
+        1 validate   setup (the zoo's by name if None), data, platform,
+                     optimizer, store, job id                         no work yet   _validate
         2 plan file  read and parsed, if one is given                              _read_plan
         3 trace      the model on its first batch                                  _trace
         4 plan       the plan file's, or profile and plan                 planning.plan_for
@@ -116,13 +119,14 @@ def prepare(options: TrainOptions) -> Prepared:
     Raises:
       InputError: any subclass, before anything is written (see `jaxpipe.errors`).
     """
-    checked = _validate(options)  # 1
-    given = _read_plan(options.plan_file)  # 2
-    model = checked.model
-    data, test_set = training_data(model, options)
-    traced = _trace(model, checked.module, data, options)  # 3
+    checked = _validate(options, setup)  # 1
+    given = options.plan or _read_plan(options.plan_file)  # 2
+    setup, data = checked.setup, checked.data
+    traced = _trace(setup, data, options)  # 3
+    cache = _cache_shards(data, options, checked.platform)
     problem = functools.cache(functools.partial(
-        planning_problem, traced, model.name, checked.platform, options, dataset_bytes(data)))
+        planning_problem, traced, _profile_name(setup, options), checked.platform, options,
+        data.nbytes if cache is None else None))
     plan = given if given is not None else plan_for(problem(), options.method, traced)  # 4
     check_plan(plan, traced, checked.platform, options)  # 5
     staged = traced.split(plan.cuts, [s.mode for s in plan.stages])  # 6
@@ -133,22 +137,27 @@ def prepare(options: TrainOptions) -> Prepared:
         {p: initial[p] for p in s.spec.param_paths} for s in stages])
     job = JobSpec(  # 7
         job_id=checked.job_id, model=options.model, plan=plan, platform=checked.platform,
-        iterations=options.iterations, optimizer=options.optimizer,
+        iterations=options.iterations, optimizer=(options.optimizer if isinstance(
+            options.optimizer, str) else "optax"),
         learning_rate=options.learning_rate, seed=options.seed,
-        num_samples=len(jax.tree.leaves(data)[0]), rng_names=tuple(traced.rng_names),
+        num_samples=data.count, rng_names=tuple(traced.rng_names),
+        shard_size=options.shard_size, shuffle=options.shuffle, shard_cache=cache,
         checkpoint_every=options.checkpoint_every, wait_timeout_s=options.wait_timeout_s,
-        allreduce=options.allreduce, meta={"model_overrides": dict(options.model_overrides)})
+        allreduce=options.allreduce, meta={"model_overrides": dict(options.model_overrides),
+                                           "eval_every": options.eval_every})
     _upload(checked.store, job, staged, stages, traced, data, programs)
-    return Prepared(job, checked.store, test_set, problem)
+    return Prepared(job, checked.store, setup, problem)
 
 
-def _validate(options: TrainOptions) -> _Checked:
-    """Every check that needs no tracing: names, the platform and its store, the job id."""
-    if options.model not in models.names():
-        raise UnknownModelError(f"unknown model {options.model!r}; choose one of {models.names()}")
-    model = models.get(options.model, **options.model_overrides)
-    module = linen_module(model)
-    optimizer = optim.make(options.optimizer, options.learning_rate)
+def _validate(options: TrainOptions, setup: TrainingSetup | None) -> _Checked:
+    """Every check that needs no tracing: the setup and its data, names, the platform and
+    its store, the job id."""
+    if setup is None:
+        setup = zoo.zoo_setup(options.model, dict(options.model_overrides), options.seed,
+                              options.batch)
+    data = sources.examples(setup.data)
+    optimizer = (optim.make(options.optimizer, options.learning_rate)
+                 if isinstance(options.optimizer, str) else options.optimizer)
     if options.platform not in platforms.names():
         raise UnknownPlatformError(
             f"unknown platform {options.platform!r}; choose one of {platforms.names()}")
@@ -166,45 +175,48 @@ def _validate(options: TrainOptions) -> _Checked:
     if store.exists(Keys(job).spec):
         raise JobExistsError(f"job {job} already exists in the store; resume it with "
                              f"--resume {job} or choose another --job-id")
-    return _Checked(model, module, platform, optimizer, store, job)
+    return _Checked(setup, data, platform, optimizer, store, job)
 
 
 def _read_plan(path: str | None) -> Plan | None:
     return Plan.from_dict(json.loads(Path(path).read_text())) if path else None
 
 
-def _trace(model: models.ModelSpec, module: nn.Module, data: tuple[Any, Any],
-           options: TrainOptions) -> Traced:
-    variables = model.init(jax.random.PRNGKey(options.seed))
-    assert isinstance(variables, dict), "a linen model's init returns its variables"
-    batch = tuple(first_rows(part, options.batch) for part in data)
-    rngs = model.rngs(jax.random.PRNGKey(options.seed))
-    return trace(module, variables, batch, model.loss_fn, rngs=rngs)
+def _trace(setup: TrainingSetup, data: sources.Examples, options: TrainOptions) -> Traced:
+    assert setup.variables is not None, "fit and the zoo initialise the variables"
+    batch = data.rows(0, options.batch)
+    return trace(setup.model, setup.variables, batch, setup.loss_fn, rngs=setup.rngs)
 
 
-def linen_module(model: models.ModelSpec) -> nn.Module:
-    """The zoo model's Flax linen module, the kind of model the runtime trains.
+def _profile_name(setup: TrainingSetup, options: TrainOptions) -> str:
+    """The zoo name, or the model's label and a hash of its config and variable shapes (the
+    profile cache's key)."""
+    if setup.name in models.names():
+        return setup.label
+    shapes = jax.tree.map(np.shape, dict(setup.variables or {}))
+    tag = hashlib.sha256(f"{setup.model!r}{shapes}{options.model_overrides}".encode())
+    return f"{setup.label}-{tag.hexdigest()[:8]}"
 
-    Raises:
-      UnsupportedModelError: the model is of an NNX family.
-    """
-    if not isinstance(model.module, nn.Module):
-        raise UnsupportedModelError(
-            f"model {model.name!r} is an NNX model; `jaxpipe train` runs the linen models of "
-            "the zoo (trace and split NNX models in one process with `jaxpipe.trace`)")
-    return model.module
+
+def _cache_shards(data: sources.Examples, options: TrainOptions,
+                  platform: Platform) -> int | None:
+    """Shards stage 0 keeps (`dataset.cache_shards`), None when that is all of them."""
+    budget = (options.data_cache_mb * MIB if options.data_cache_mb is not None
+              else DATA_CACHE_SHARE * min(platform.memory_options_mb) * MIB)
+    count = -(-data.count // options.shard_size)
+    keep = dataset.cache_shards(data.count, options.shard_size, data.bytes_per_example, budget)
+    return None if keep >= count else keep
 
 
 def _upload(store: ObjectStore, job: JobSpec, staged: Staged, stages: Sequence[StageProgram],
-            traced: Traced, data: tuple[Any, Any],
+            traced: Traced, data: sources.Examples,
             optimizer: OptimizerPrograms) -> None:
     """The bundle, the shards and checkpoint 0; the spec last: a job exists once complete."""
     keys = job.keys
     store.put(keys.bundle, staged.export(job.plan.micro_batch))
     blob = optimizer.export()
     store.put(keys.optimizer, blob)
-    dataset.write_shards(store, keys, [np.asarray(x) for x in jax.tree.leaves(data)],
-                         job.shard_size)
+    sources.upload(store, keys, data, job.shard_size)
     params = dict(zip(traced.params.paths, traced.params.leaves))
     state = dict(zip(traced.state.paths, traced.state.leaves))
     checkpoint.save_initial(store, keys, [(list(s.spec.param_paths), list(s.spec.state_paths))
@@ -213,16 +225,23 @@ def _upload(store: ObjectStore, job: JobSpec, staged: Staged, stages: Sequence[S
 
 
 def train(options: TrainOptions, resume: str | None = None, show_progress: bool = True,
-          ) -> Summary:
+          setup: TrainingSetup | None = None,
+          announce: Callable[[Prepared, int], None] | None = None) -> Summary:
     """Prepares (or resumes) a job, runs it, and returns its summary (also stored as JSON at
     `Keys.summary`).
 
     Raises:
       InputError: before any work (see `prepare`).
       JobFailed: the run could not finish; its checkpoints stay for `resume`.
+
+    `setup` is what to train (default: the zoo model `options.model`); `announce(prepared,
+    start)` is called once the job is in the store, before any function starts.
     """
-    prepared, start = _resumed(options, resume) if resume else (prepare(options), 0)
+    prepared, start = (_resumed(options, resume, setup) if resume
+                       else (prepare(options, setup), 0))
     spec, store = prepared.spec, prepared.store
+    if announce is not None:
+        announce(prepared, start)
     began = time.time()
     progress = run_job(store, spec, start, options.run,
                        on_iteration=_progress_bar(spec, start, show_progress),
@@ -236,12 +255,19 @@ def train(options: TrainOptions, resume: str | None = None, show_progress: bool 
     return summary
 
 
-def _resumed(options: TrainOptions, job: str) -> tuple[Prepared, int]:
-    """A stored job and the iteration of its latest complete checkpoint (no predictions)."""
+def _resumed(options: TrainOptions, job: str, setup: TrainingSetup | None,
+             ) -> tuple[Prepared, int]:
+    """A stored job and the iteration of its latest complete checkpoint (no predictions),
+    with the scratch of the interrupted run (messages, status and claims) deleted, since the
+    resumed run numbers its attempts and invocations from 0 again."""
     store = open_store(options.store, options.endpoint_url)
+    if not store.exists(Keys(job).spec):
+        raise NoCheckpointError(f"no job {job!r} to resume in {options.store}")
     spec = JobSpec.from_json(store.get(Keys(job).spec, timeout=1))
     start = checkpoint.latest_complete(store, spec.keys, spec.num_stages) or 0
-    return Prepared(spec, store), start
+    for prefix in ("run/", "status/"):
+        store.delete_prefix(spec.keys.prefix + prefix)
+    return Prepared(spec, store, setup), start
 
 
 def _launcher(spec: JobSpec, store: ObjectStore, options: TrainOptions) -> Launcher | None:
@@ -253,27 +279,15 @@ def _launcher(spec: JobSpec, store: ObjectStore, options: TrainOptions) -> Launc
     return AwsLambdaPlatform(spec.platform, store, function_prefix=options.function_prefix)
 
 
-def trains_on_digits(model: models.ModelSpec) -> bool:
-    """Whether a zoo model trains on scikit-learn's digits (the MLP family: 64 features, 10
-    classes) rather than on its own synthetic data."""
-    return isinstance(model.config, models.MLPConfig)
-
-
 def training_data(model: models.ModelSpec, options: TrainOptions,
-                  ) -> tuple[tuple[Any, Any], HeldOut | None]:
-    """A job's training set (inputs, targets) and its test set, or None: scikit-learn's digits
-    for the models that train on them (`trains_on_digits`), two global batches of the model's
-    synthetic data otherwise."""
-    if trains_on_digits(model):
-        x, y, x_test, y_test = models.digits()
-        return (x, y), (x_test, y_test)
-    inputs, targets = model.make_batch(jax.random.PRNGKey(options.seed + 1), 2 * options.batch)
-    return (inputs, targets), None
+                  ) -> tuple[tuple[Any, Any], zoo.HeldOut | None]:
+    """A zoo model's training and test sets for these options (`zoo.training_data`)."""
+    return zoo.training_data(model, options.seed, options.batch)
 
 
 def dataset_bytes(data: Any) -> float:
-    """Bytes of a training set as stage 0's workers hold it: they keep every shard they read
-    (`jaxpipe.runtime.dataset.ShardReader`), which the planner counts
+    """Bytes of a training set, which stage 0's workers hold whole when it fits their cache
+    (`jaxpipe.runtime.dataset.cache_shards`), as the planner counts
     (`Problem.cached_input_bytes`)."""
     return float(sum(np.asarray(a).nbytes for a in jax.tree.leaves(data)))
 
@@ -310,23 +324,11 @@ def _summarize(prepared: Prepared, progress: Progress, wall: float) -> Summary:
     metrics = [RankMetrics.from_dict(json.loads(store.get(k)))
                for k in store.list(spec.keys.all_metrics())]
     problem = prepared.problem() if prepared.problem is not None else None
-    accuracy = (_accuracy(store, spec, prepared.test_set) if prepared.test_set is not None
-                else None)
-    return summarize(spec, metrics, progress, wall, problem, accuracy)
-
-
-def _accuracy(store: ObjectStore, spec: JobSpec, test_set: HeldOut) -> float:
-    """Accuracy of the final checkpoint's parameters, run through the unsplit model."""
-    from jaxpipe.tree import nest
-
-    params: dict[str, Any] = {}
-    for k in range(spec.num_stages):
-        key = spec.keys.checkpoint(spec.iterations, k, "params")
-        params.update(decode_named(store.get(key, timeout=10), key))
-    model = models.get(spec.model, **spec.meta.get("model_overrides", {}))
-    module = dataclasses.replace(linen_module(model), train=False)
-    logits = module.apply({"params": nest(params, strip="params")}, test_set[0])
-    return float(np.mean(np.argmax(np.asarray(logits), -1) == test_set[1]))
+    setup = prepared.setup
+    scored = (evaluation.evaluate_job(store, spec, setup, spec.meta.get("eval_every"))
+              if setup is not None and setup.eval_data is not None else {})
+    accuracy = scored[spec.iterations].get("accuracy") if scored else None
+    return summarize(spec, metrics, progress, wall, problem, accuracy, scored)
 
 
 def _clean_up(store: ObjectStore, spec: JobSpec) -> None:

@@ -170,3 +170,28 @@ def test_micro_batches_and_iterations_get_different_keys():
 
 def test_no_rng_collections_means_no_keys():
     assert micro_batch_keys(0, 0, 0, 4, []) == []
+
+
+# -- the documented order without shuffling, and the bounded shard cache -------------------------
+
+def test_without_shuffling_iteration_t_takes_examples_t_b_to_t_plus_one_b_modulo_n():
+    n, b = 10, 4
+    for t in range(6):
+        np.testing.assert_array_equal(batch_indices(n, b, seed=3, t=t, shuffle=False),
+                                      np.arange(t * b, (t + 1) * b) % n)
+
+
+def test_a_bounded_reader_holds_at_most_its_capacity_and_refetches_what_it_dropped():
+    store = CountingStore()
+    leaves = dataset(24)
+    write_shards(store, KEYS, leaves, shard_size=4)  # 6 shards
+    reader = ShardReader(store, KEYS, 4, timeout=1, capacity=2)
+    indices = np.array([23, 0, 5, 9, 14, 1, 22])  # shards 5, 0, 1, 2, 3 in one take
+    x, y = reader.take(indices)
+    np.testing.assert_array_equal(y, indices)
+    np.testing.assert_array_equal(x, leaves[0][indices])
+    assert reader.held == 2 and reader.fetched == 5
+    reader.take(np.array([21, 20]))  # shard 5, the most recent: no download
+    assert reader.fetched == 5
+    reader.take(np.array([0]))  # shard 0 was dropped: downloaded again
+    assert reader.fetched == 6 and reader.held == 2

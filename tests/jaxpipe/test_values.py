@@ -109,7 +109,8 @@ def test_a_stored_job_spec_parses_to_typed_plan_and_platform_and_writes_the_same
     stored = json.dumps({
         "job_id": "j", "model": "mlp", "plan": PLAN.to_dict(), "platform": platform.to_dict(),
         "iterations": 3, "optimizer": "adam", "learning_rate": 0.001, "seed": 0,
-        "num_samples": 5, "shard_size": 1024, "rng_names": ["dropout"],
+        "num_samples": 5, "shard_size": 1024, "shuffle": True, "shard_cache": None,
+        "rng_names": ["dropout"],
         "checkpoint_every": 10, "wait_timeout_s": 120.0, "allreduce": "pipelined",
         "meta": {}}, indent=1).encode()
     spec = JobSpec.from_json(stored)
