@@ -146,6 +146,9 @@ def fit_setup(setup: TrainingSetup, options: TrainOptions, resume: str | None = 
     """`fit` for a `TrainingSetup` and `TrainOptions` (the CLI's entry); `announce` defaults
     to printing the plan and the job's place when `progress` is on."""
     setup = check_setup(setup, options, resume is not None)  # 1
+    if resume is not None and _stored_model(options, resume) not in (None, setup.label):
+        # another model's setup (the CLI's default, say): nothing of it fits this job to score
+        setup = dataclasses.replace(setup, eval_data=None, metrics_fn=None)
     if announce is None and progress:
         announce = announce_job
     summary = train(options, resume=resume, show_progress=progress, setup=setup,  # 2
@@ -154,6 +157,14 @@ def fit_setup(setup: TrainingSetup, options: TrainOptions, resume: str | None = 
     spec = JobSpec.from_json(store.get(Keys(summary.job).spec, timeout=10))
     return FitResult(stored_losses(store, spec), load_variables(store, summary.job), summary,
                      summary.job, spec.plan, options.store)
+
+
+def _stored_model(options: TrainOptions, job: str) -> str | None:
+    """The model label stored with job `job`, None if there is no such job (yet)."""
+    store = open_store(options.store, options.endpoint_url)
+    if not store.exists(Keys(job).spec):
+        return None
+    return JobSpec.from_json(store.get(Keys(job).spec, timeout=10)).model
 
 
 def check_setup(setup: TrainingSetup, options: TrainOptions, resuming: bool = False,
