@@ -9,7 +9,7 @@ every plan is scored by one cost model (``planners.cost``) and can be replayed b
 from planners import cost, platforms, schedule, simulate, synthetic
 from planners.api import METHODS, pareto, plan
 from planners.coarsening import coarsen, expand_plan, groups_of
-from planners.errors import InfeasibleError, PlanError
+from planners.errors import InfeasibleError, PlanError, TimeLimitError
 from planners.plans import Plan, StagePlan
 from planners.platforms import Platform
 from planners.problem import Objective, Problem
@@ -20,6 +20,6 @@ from planners.simulate import SimResult
 __all__ = [
     "METHODS", "InfeasibleError", "Kind", "LayerProfile", "ModelProfile", "Objective", "Plan",
     "PlanError", "Platform", "Problem", "Schedule", "SimResult", "StagePlan", "Task", "coarsen",
-    "cost", "expand_plan", "groups_of", "pareto", "plan", "platforms", "schedule", "simulate",
-    "synthetic",
+    "TimeLimitError", "cost", "expand_plan", "groups_of", "pareto", "plan", "platforms",
+    "schedule", "simulate", "synthetic",
 ]

@@ -35,11 +35,13 @@ def plan(problem: Problem, method: str = "miqp", **options: object) -> Plan:
     """Plan ``problem`` with ``method`` (one of METHODS); every method is scored by the same
     cost model, so ``objective_value`` is comparable across methods.
 
-    Options: ``time_limit`` (s per MILP) for ``miqp``; ``limit`` (plans) for ``exhaustive``.
+    Options: ``time_limit`` (s per micro-batch size), ``dp`` and ``bands`` for ``miqp``;
+    ``limit`` (plans) for ``exhaustive``.
 
     Raises:
       PlanError: unknown method or option.
       InfeasibleError: no plan satisfies the problem; the message says which limit binds.
+      TimeLimitError: ``miqp`` ran out of time before finding any plan (or proving none).
 
     Example:
       >>> from planners import Problem, platforms, synthetic, coarsen

@@ -60,22 +60,31 @@ def dominates(a: FloatArray, b: FloatArray) -> BoolArray:
     return ok & (a[None, :, 0] + excess <= b[:, None, 0])
 
 
-def pareto(values: FloatArray) -> IntArray:
+def pareto(values: FloatArray, step: int = 128) -> IntArray:
     """Indices of the rows of ``values`` (K, 7) no other row ``dominates``, one of each set
-    of rows dominating each other; ascending in F (a dominator never has a larger F)."""
+    of rows dominating each other; ascending in F (a dominator never has a larger F, and
+    lexicographic order puts it first at equal F).
+
+    In that order, ``step`` surviving rows at a time are filtered among themselves, kept, and
+    then remove every later row they dominate: most rows fall to the first few kept ones."""
     order = np.lexsort(values.T[::-1])
     x = values[order]
-    kept: list[int] = []
-    front = np.zeros((0, values.shape[1]))
-    step = 128
-    for s in range(0, len(x), step):
-        chunk = x[s:s + step]
-        dominated = dominates(front, chunk).any(axis=-1)
+    alive = np.ones(len(x), bool)
+    kept: list[IntArray] = []
+    start = 0
+    while True:
+        todo = start + np.flatnonzero(alive[start:])
+        if len(todo) == 0:
+            break
+        head, rest = todo[:step], todo[step:]
+        chunk = x[head]
         inner = dominates(chunk, chunk) & np.tri(len(chunk), k=-1, dtype=bool)
-        ok = ~dominated & ~inner.any(axis=-1)
-        kept += (s + np.flatnonzero(ok)).tolist()
-        front = np.concatenate([front, chunk[ok]])
-    return order[np.array(kept, dtype=np.int64)]
+        new = head[~inner.any(axis=-1)]
+        kept.append(new)
+        if len(rest):
+            alive[rest[dominates(x[new], x[rest]).any(axis=-1)]] = False
+        start = int(head[-1]) + 1
+    return order[np.concatenate(kept)] if kept else np.zeros(0, np.int64)
 
 
 def _objective(problem: Problem, t: FloatArray, dollars: FloatArray) -> FloatArray:
@@ -100,6 +109,8 @@ def solve_band_dp(problem: Problem, L: int, c: CandidateArrays, band: Band, cuto
     t_cap = min(band.hi, obj.deadline_limit) * slack
     data = np.stack([c.fill, c.rate, c.req, c.replicas.astype(np.float64), c.a_fwd, c.a_bwd,
                      c.tail], axis=1)  # (V, 7)
+    if obj.kind == "budget" and obj.budget is None:  # min time: dollars play no part, so
+        data[:, 1:3] = 0.0  # R and Q neither bound nor dominate (labels collapse)
     suf = shortest_paths(L, c.first, c.last, data[:, :4])[1]  # (L+1, 4): F, R, Q, n to go
     suf_cost = shortest_paths(L, c.first, c.last, c.rate * band.lo + c.req)[1]  # (L+1,)
     suf_max = _suffix_minimax(L, c, data[:, 4:])  # (L+1, 3): least bottlenecks to go

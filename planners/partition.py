@@ -12,13 +12,15 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from typing import NamedTuple
 
 from planners.coarsening import balance_weights, partition_min_max
-from planners.cost import StageModel, StageTerms, aggregate, score
+from planners.cost import score
 from planners.errors import InfeasibleError
 from planners.plans import Plan, StagePlan
 from planners.problem import Problem
 from planners.profile import ModelProfile
+from planners.stage_grid import StageConfigs, stage_configs
 
 __all__ = ["balanced_cuts", "best_homogeneous", "plan_balanced", "plan_uniform", "uniform_cuts"]
 
@@ -45,13 +47,18 @@ def balanced_cuts(profile: ModelProfile, stages: int, micro_batch: int) -> Parti
 
 def best_homogeneous(problem: Problem, rule: Callable[[ModelProfile, int, int], Partition],
                      method: str) -> Plan:
-    """Best plan whose partition comes from ``rule`` and whose stages share memory and d."""
+    """Best plan whose partition comes from ``rule`` and whose stages share memory and d.
+
+    Every stage configuration comes from ``stage_grid.stage_configs`` (the floats
+    ``StageModel.fit`` gives), and each homogeneous plan is priced with the operations of
+    ``cost.aggregate`` in its order, so the choice is the one the per-stage search made."""
     t0 = time.perf_counter()
-    obj = problem.objective
+    obj, plat = problem.objective, problem.platform
     best: tuple[float, Plan] | None = None
     L = problem.profile.num_layers
+    K = len(plat.memory_options_mb)
     for b in problem.valid_micro_batches:
-        model = StageModel(problem, b)
+        tables: dict[int, _Table] = {}
         for S in range(1, min(L, problem.max_functions) + 1):
             parts = rule(problem.profile, S, b)
             if len(parts) != S:
@@ -59,22 +66,29 @@ def best_homogeneous(problem: Problem, rule: Callable[[ModelProfile, int, int], 
             for d in problem.replicas_for(b):
                 if S * d > problem.max_functions:
                     break
-                for m in problem.platform.memory_options_mb:
-                    fits: list[tuple[str, StageTerms]] = []
-                    for i, j in parts:  # stop at the first stage that does not fit
-                        if (f := model.fit(i, j, m, d)) is None:
-                            break
-                        fits.append(f)
-                    if len(fits) < len(parts):
+                table = tables.get(d) or tables.setdefault(d, _table(problem, b, d))
+                rows = [table.cfg.row(i, j, L) for i, j in parts]
+                puts = sum(table.puts[r] for r in rows)
+                gets = sum(table.gets[r] for r in rows)
+                for k in range(K):
+                    if not all(table.fits[r][k] for r in rows):
                         continue
-                    terms: list[StageTerms] = [f[1] for f in fits]
-                    seconds, dollars = aggregate(terms, problem)
+                    fill = sum(table.fill[r][k] for r in rows)
+                    bottleneck = (max(table.a_fwd[r][k] for r in rows)
+                                  + max(table.a_bwd[r][k] for r in rows))
+                    seconds = fill + bottleneck + max(table.tail[r][k] for r in rows)
+                    gb = sum(table.gb[k] for _ in rows)
+                    dollars = (plat.compute_dollars(gb, seconds)
+                               + plat.handover_invocation_dollars(S * d, seconds)
+                               + plat.request_dollars(puts, gets))
                     if not obj.feasible(seconds, dollars):
                         continue
                     value = obj.value(seconds, dollars)
                     if best is None or value < best[0]:
-                        stages = tuple(StagePlan(i, j, m, d, f[0])
-                                       for (i, j), f in zip(parts, fits, strict=True))
+                        m = plat.memory_options_mb[k]
+                        stages = tuple(
+                            StagePlan(i, j, m, d, "recompute" if table.rec[r][k] else "stash")
+                            for (i, j), r in zip(parts, rows, strict=True))
                         best = (value, Plan(stages, b, problem.global_batch, problem.schedule))
     if best is None:
         raise InfeasibleError(
@@ -83,6 +97,28 @@ def best_homogeneous(problem: Problem, rule: Callable[[ModelProfile, int, int], 
             f"while meeting '{obj.describe()}'; fix: relax the limits or use method='miqp'")
     return score(best[1], problem, method=method, solve_seconds=time.perf_counter() - t0,
                  status="heuristic")
+
+
+class _Table(NamedTuple):
+    """``StageConfigs`` of one (b, d) as Python lists (one row per interval)."""
+
+    cfg: StageConfigs
+    fits: list[list[bool]]
+    rec: list[list[bool]]
+    fill: list[list[float]]
+    a_fwd: list[list[float]]
+    a_bwd: list[list[float]]
+    tail: list[list[float]]
+    gb: list[float]
+    puts: list[int]
+    gets: list[int]
+
+
+def _table(problem: Problem, micro_batch: int, d: int) -> _Table:
+    cfg = stage_configs(problem, micro_batch, d)
+    return _Table(cfg, cfg.fits.tolist(), cfg.recompute.tolist(), cfg.fill.tolist(),
+                  cfg.a_fwd.tolist(), cfg.a_bwd.tolist(), cfg.tail.tolist(), cfg.gb.tolist(),
+                  cfg.puts.tolist(), cfg.gets.tolist())
 
 
 def plan_uniform(problem: Problem) -> Plan:

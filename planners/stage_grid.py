@@ -15,7 +15,7 @@ one replica count are (G, K) before the fit and dominance filters, (V,) after.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 from numpy.typing import NDArray
@@ -62,16 +62,39 @@ def _sync(w: FloatArray, d: int, up: float, down: float, lat: float) -> FloatArr
     return (d - 1) * np.maximum(pu, pd) + np.minimum(pu, pd) + pu + (d - 1) * pd
 
 
-def candidate_grid(problem: Problem, micro_batch: int) -> CandidateGrid:
-    """All non-dominated stage candidates of ``micro_batch``, as ``candidates`` orders them
-    (replicas, then first layer, then last layer, then memory).
+class StageConfigs(NamedTuple):
+    """Every (interval, memory) configuration of one replica count for one micro-batch size,
+    before the dominance filter: what ``StageModel.fit`` returns for each, as arrays.
 
-    Raises:
-      PlanError: the problem asks for the 1F1B schedule (as ``candidates``).
+    Attributes:
+      first, last: (G,) the intervals i..j, i-major (``row`` finds one).
+      fits: (G, K) whether the configuration fits in stash or (allowed) recompute mode.
+      recompute: (G, K) whether it runs in recompute mode.
+      fill, a_fwd, a_bwd, tail: (G, K) fill_v, aF_v, aB_v, y_v in its mode, seconds.
+      gb: (K,) d m / 1024, the GB of the stage's functions.
+      puts, gets: (G,) requests per iteration of the stage (all replicas).
     """
-    if problem.schedule != "funcpipe":
-        raise PlanError(f"the interval candidates model the 'funcpipe' schedule, not "
-                        f"{problem.schedule!r}; plan with schedule='funcpipe' and re-score")
+
+    first: IntArray
+    last: IntArray
+    fits: BoolArray
+    recompute: BoolArray
+    fill: FloatArray
+    a_fwd: FloatArray
+    a_bwd: FloatArray
+    tail: FloatArray
+    gb: FloatArray
+    puts: IntArray
+    gets: IntArray
+
+    def row(self, i: int, j: int, L: int) -> int:
+        """Row of interval i..j (inclusive) on a chain of L layers."""
+        return i * L - i * (i - 1) // 2 + (j - i)
+
+
+def stage_configs(problem: Problem, micro_batch: int, d: int) -> StageConfigs:
+    """``StageConfigs`` of ``micro_batch`` on ``d`` replicas, with the operations of
+    ``StageModel.terms`` in the same order (so the same floats)."""
     model = StageModel(problem, micro_batch)
     prof, plat = problem.profile, problem.platform
     L, b, M = model.L, micro_batch, model.M
@@ -97,31 +120,53 @@ def candidate_grid(problem: Problem, micro_batch: int) -> CandidateGrid:
     grad_down = np.where(last, 0.0, x_out / down + lat)[:, None]
     grad_up = np.where(first, 0.0, x_in / up + lat)[:, None]
     slots = 2 + problem.optimizer_slots
+    n = -(-M // d)
+    fixed = (w * slots + (2 * w if d > 1 else 0.0))[:, None]
+
+    def peak(acts: FloatArray) -> FloatArray:
+        return (fixed + acts + dataset[:, None] + (2 * (x_in + x_out))[:, None]) / MIB \
+            + model.fixed_mb
+
+    ok_stash = peak(np.broadcast_to((n * stash)[:, None], fwd.shape)) <= mems[None, :]
+    peak_rec = peak(np.broadcast_to((n * x_in + stash)[:, None], fwd.shape))
+    rec = ~ok_stash & problem.allow_recompute & (peak_rec <= mems[None, :])
+    bwd = np.where(rec, bwd_base + fwd, bwd_base + 0.0)
+    update = r[None, :] * w[:, None] * problem.update_seconds_per_byte
+    sync_puts = d * (d + 2) if d > 1 else 0
+    sync_gets = 2 * d * (d - 1)
+    not_first, not_last = (~first).astype(np.int64), (~last).astype(np.int64)
+    reads = (not_first if cached is not None else np.ones_like(not_first))
+    return StageConfigs(
+        first=i, last=j, fits=ok_stash | rec, recompute=rec,
+        fill=(act_down + fwd + act_up) + (grad_down + bwd + grad_up),
+        a_fwd=(n - 1) * np.maximum(np.maximum(fwd, act_up), act_down),
+        a_bwd=(n - 1) * np.maximum(np.maximum(bwd, grad_up), grad_down),
+        tail=_sync(w, d, up, down, lat)[:, None] + update,
+        gb=d * mems / 1024,
+        puts=M * (not_last + not_first) + sync_puts + d * last.astype(np.int64),
+        gets=M * (reads + not_last) + sync_gets)
+
+
+def candidate_grid(problem: Problem, micro_batch: int) -> CandidateGrid:
+    """All non-dominated stage candidates of ``micro_batch``, as ``candidates`` orders them
+    (replicas, then first layer, then last layer, then memory).
+
+    Raises:
+      PlanError: the problem asks for the 1F1B schedule (as ``candidates``).
+    """
+    if problem.schedule != "funcpipe":
+        raise PlanError(f"the interval candidates model the 'funcpipe' schedule, not "
+                        f"{problem.schedule!r}; plan with schedule='funcpipe' and re-score")
+    plat = problem.platform
+    mems = np.array(plat.memory_options_mb, dtype=np.int64)  # (K,)
     out: dict[str, list[NDArray[Any]]] = {k: [] for k in (
         "first", "last", "fill", "a_fwd", "a_bwd", "tail", "replicas", "rate", "req", "mem",
         "rec")}
     for d in problem.replicas_for(micro_batch):
-        n = -(-M // d)
-        model_bytes = w * slots + (2 * w if d > 1 else 0.0)
-        fixed = model_bytes[:, None]
-
-        def peak(acts: FloatArray, fixed: FloatArray = fixed) -> FloatArray:
-            return (fixed + acts + dataset[:, None] + (2 * (x_in + x_out))[:, None]) / MIB \
-                + model.fixed_mb
-
-        peak_stash = peak(np.broadcast_to((n * stash)[:, None], fwd.shape))
-        peak_rec = peak(np.broadcast_to((n * x_in + stash)[:, None], fwd.shape))
-        ok_stash = peak_stash <= mems[None, :]
-        rec = ~ok_stash & problem.allow_recompute & (peak_rec <= mems[None, :])
-        fits = ok_stash | rec
-        bwd = np.where(rec, bwd_base + fwd, bwd_base + 0.0)
-        sync = _sync(w, d, up, down, lat)
-        update = r[None, :] * w[:, None] * problem.update_seconds_per_byte
-        tail = sync[:, None] + update
-        gb = np.broadcast_to(d * mems[None, :] / 1024, fwd.shape)
-        fill = (act_down + fwd + act_up) + (grad_down + bwd + grad_up)
-        a_fwd = (n - 1) * np.maximum(np.maximum(fwd, act_up), act_down)
-        a_bwd = (n - 1) * np.maximum(np.maximum(bwd, grad_up), grad_down)
+        cfg = stage_configs(problem, micro_batch, d)
+        i, j, fits, rec = cfg.first, cfg.last, cfg.fits, cfg.recompute
+        fill, a_fwd, a_bwd, tail = cfg.fill, cfg.a_fwd, cfg.a_bwd, cfg.tail
+        gb = np.broadcast_to(cfg.gb[None, :], fill.shape)
         keys = np.stack([gb, fill, a_fwd, a_bwd, tail], axis=2)  # (G, K, 5)
         # o dominates k in its (i, j, d) group: both fit, o <= k everywhere and o != k
         le = (keys[:, :, None, :] <= keys[:, None, :, :]).all(axis=3)  # [g, o, k]
@@ -132,12 +177,8 @@ def candidate_grid(problem: Problem, micro_batch: int) -> CandidateGrid:
         rate_k = np.array([plat.compute_dollars(d * m / 1024, 1.0)
                            + plat.handover_invocation_dollars(d, 1.0)
                            for m in plat.memory_options_mb])
-        sync_puts = d * (d + 2) if d > 1 else 0
-        sync_gets = 2 * d * (d - 1)
-        req_g = np.array([plat.request_dollars(
-            M * ((not lo) + (not fi)) + sync_puts + d * lo,
-            M * ((cached is None or not fi) + (not lo)) + sync_gets)
-            for fi, lo in zip(first.tolist(), last.tolist(), strict=True)])
+        req_g = np.array([plat.request_dollars(p, g) for p, g in
+                          zip(cfg.puts.tolist(), cfg.gets.tolist(), strict=True)])
         out["first"].append(i[g_idx])
         out["last"].append(j[g_idx])
         out["fill"].append(fill[g_idx, k_idx])
