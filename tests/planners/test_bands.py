@@ -103,3 +103,27 @@ def test_boxes_order_as_the_flat_tuples_they_replace() -> None:
     boxes = [root, below, above, *below.halves(Term.FWD, 1.0), *above.halves(Term.TAIL, 0.5)]
     for a, b in itertools.product(boxes, repeat=2):
         assert (a < b) == (_flat(a) < _flat(b))
+
+
+def test_a_no_good_row_cuts_off_exactly_the_plan_it_names() -> None:
+    # The band search cuts off every plan a band MILP proposed (so a plan the cost model
+    # rejects cannot close its band); the row must exclude that plan and nothing else.
+    prob = small_problem(5, 3, micro_batches=(2,), replica_options=(1, 2))
+    L = prob.profile.num_layers
+    cands = candidates(prob, 2)
+    c = candidate_arrays(prob, cands)
+    kept = prune(prob, L, c, None, None)
+    band = Band(float(kept.t_lb.min()), float(kept.t_max[np.isfinite(kept.t_max)].max()))
+    sub = c.take(kept.idx)
+
+    def solve(no_good: list[np.ndarray]) -> tuple[float, list[int]]:
+        m = band_milp(prob, L, sub, kept.t_lb, kept.t_max, band, no_good=no_good)
+        res = solve_band(m, time_limit=60.0)
+        assert res.status == MilpStatus.OPTIMAL and res.x is not None
+        return res.bound, [k for k, x in enumerate(res.x) if x > 0.5]
+
+    best, path = solve([])
+    second, other = solve([np.array(path)])
+    assert other != path and second >= best * (1 - 1e-9)
+    third, _ = solve([np.array(path), np.array(other)])
+    assert third >= second * (1 - 1e-9)
