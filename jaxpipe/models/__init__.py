@@ -1,4 +1,5 @@
-"""The model zoo: the FuncPipe paper's models plus an MLP, each in a full and a tiny config.
+"""The model zoo: the FuncPipe paper's models, an MLP, and models shaped like the Flax code people
+write (a nested LM, its scan-over-layers twin, NNX models), each in a full and a tiny config.
 
 ``get(name, **overrides)`` returns a `ModelSpec`: the Flax module, the shape of one input
 sample, a synthetic batch maker, the loss and an initialiser. Names, with the number of
@@ -15,15 +16,23 @@ amoebanet18   AmoebaNet-D(18, 256), 224x224x3, 1000 classes        24       9
 amoebanet36   AmoebaNet-D(36, 256)                                 42      12
 bert-base     BERT-Base (12, 768, 12), seq 128, 2 classes          14       4
 bert-large    BERT-Large (24, 1024, 16)                            26       5
+lm            decoder-only LM (12, 768, 12) under one `decoder`    15       6
+lm-scan       the same, its blocks one `nn.scan` (unrolled)        15       6
+nnx-cnn       NNX CNN, 8 Conv-BatchNorm-Dropout blocks (nnx.List)   9       4
+nnx-lm        NNX decoder-only LM (12, 768, 12), nnx.List blocks   15       6
 ============  ================================================  ======  ======
 
 Tiny configs keep the structure (bottlenecks and BatchNorm, two-input normal and reduction
 cells, masked attention with dropout 0.1) at narrow widths: 32x32 images and 10 classes for
-the image models, sequence length 16 and a 128-token vocabulary for BERT.
+the image models, sequence length 16 and a 128-token vocabulary for BERT and the LMs (3
+blocks), 16x16 images and widths 8-16-16 for the NNX CNN. The LMs' layers are found below their
+wrapper (`decoder/embed`, `decoder/block_0`, ...), `lm-scan`'s by unrolling its scan
+(`decoder/blocks/0`, ...); the NNX families' `build(key)` returns the module
+(`ModelSpec.kind == "nnx"`).
 
 Overrides replace fields of the family's config dataclass (`MLPConfig`, `ResNetConfig`,
-`AmoebaNetConfig`, `BertConfig`), e.g. ``get("amoebanet18", filters=64)`` or
-``get("bert-base", seq_len=64, dropout=0.0)``.
+`AmoebaNetConfig`, `BertConfig`, `LMConfig`, `CNNConfig`), e.g. ``get("amoebanet18",
+filters=64)`` or ``get("bert-base", seq_len=64, dropout=0.0)``.
 """
 
 from __future__ import annotations
@@ -33,12 +42,15 @@ from collections.abc import Callable
 from typing import Any, TypedDict
 
 from jaxpipe.errors import ModelConfigError, UnknownModelError
-from jaxpipe.models import amoebanet, bert, mlp, resnet
+from jaxpipe.models import amoebanet, bert, lm, mlp, nnx_cnn, nnx_lm, resnet
 from jaxpipe.models._spec import ModelSpec, cross_entropy_loss
 from jaxpipe.models.amoebanet import AmoebaNetConfig, AmoebaNetD
 from jaxpipe.models.bert import Bert, BertConfig
 from jaxpipe.models.data import digits
+from jaxpipe.models.lm import LM, LMConfig
 from jaxpipe.models.mlp import MLP, MLPConfig
+from jaxpipe.models.nnx_cnn import CNN, CNNConfig
+from jaxpipe.models.nnx_lm import NnxLM
 from jaxpipe.models.resnet import ResNet, ResNetConfig
 
 __all__ = [
@@ -47,8 +59,13 @@ __all__ = [
     "AmoebaNetD",
     "Bert",
     "BertConfig",
+    "CNN",
+    "CNNConfig",
+    "LM",
+    "LMConfig",
     "MLPConfig",
     "ModelSpec",
+    "NnxLM",
     "ResNet",
     "ResNetConfig",
     "cross_entropy_loss",
@@ -71,6 +88,7 @@ class _TinyBert(TypedDict):
 
 _TINY_IMAGE: _TinyImage = {"image_size": 32, "num_classes": 10}
 _TINY_BERT: _TinyBert = {"vocab_size": 128, "max_positions": 16, "seq_len": 16, "dropout": 0.1}
+_TINY_LM = LMConfig(num_layers=3, hidden=32, heads=4, vocab_size=128, seq_len=16)
 
 # name -> (spec builder, default config); every full config is followed by its tiny twin.
 _REGISTRY: dict[str, tuple[Callable[[str, Any], ModelSpec], Any]] = {
@@ -97,6 +115,14 @@ _REGISTRY: dict[str, tuple[Callable[[str, Any], ModelSpec], Any]] = {
     "bert-large": (bert.make_spec, BertConfig(num_layers=24, hidden=1024, heads=16)),
     "bert-large-tiny": (bert.make_spec, BertConfig(
         num_layers=3, hidden=48, heads=4, **_TINY_BERT)),
+    "lm": (lm.make_spec, LMConfig()),
+    "lm-tiny": (lm.make_spec, _TINY_LM),
+    "lm-scan": (lm.make_spec, LMConfig(scan=True)),
+    "lm-scan-tiny": (lm.make_spec, dataclasses.replace(_TINY_LM, scan=True)),
+    "nnx-cnn": (nnx_cnn.make_spec, CNNConfig()),
+    "nnx-cnn-tiny": (nnx_cnn.make_spec, CNNConfig(widths=(8, 16, 16), image_size=16)),
+    "nnx-lm": (nnx_lm.make_spec, LMConfig()),
+    "nnx-lm-tiny": (nnx_lm.make_spec, _TINY_LM),
 }
 
 

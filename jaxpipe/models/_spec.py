@@ -9,6 +9,13 @@ Every model in the zoo obeys one contract, which the tracer and splitter rely on
   the run of equations under one top-level name;
 - BatchNorm statistics live in the `batch_stats` collection, dropout draws from the `dropout`
   rng stream.
+
+Since JaxPipe finds cut units at any depth and in NNX models too (`jaxpipe.staging.units`), the
+newer families relax the first two points: the `lm` family nests everything under one `decoder`
+submodule (and `lm-scan` scans its blocks), and an NNX family (`kind="nnx"`) is built by
+`build(key)` as an `nnx.Module` holding its own variables and `nnx.Rngs` (trace it with
+`jaxpipe.trace(spec.build(key), None, batch, spec.loss_fn)`). Language models score every
+position: their targets have `target_shape` (the sequence) per sample.
 """
 
 from __future__ import annotations
@@ -20,8 +27,10 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import optax
+from flax import nnx
 
 from jaxpipe import _jax_compat as jc
+from jaxpipe.errors import ModelConfigError
 from jaxpipe.tree import PyTree
 
 __all__: list[str] = []
@@ -60,10 +69,14 @@ class ModelSpec:
       loss_fn: ``loss_fn(logits, targets) -> scalar``, the mean over the batch.
       sampler: ``sampler(key, batch_size) -> inputs``, synthetic inputs; use `make_batch`.
       config: the family's frozen config the model was built from (for reports).
+      kind: ``"linen"``, or ``"nnx"``: then `module` is a builder, and `build` returns the
+        `nnx.Module` (in training mode) in place of `init`'s variables.
+      target_shape: the shape of one sample's targets; ``()`` for a class, ``(seq_len,)`` for
+        a language model's next tokens.
     """
 
     name: str
-    module: nn.Module
+    module: nn.Module | Callable[[jax.Array], nnx.Module]
     input_spec: InputSpec
     num_classes: int
     has_state: bool
@@ -71,23 +84,38 @@ class ModelSpec:
     sampler: Sampler = dataclasses.field(repr=False)
     loss_fn: Callable[[jax.Array, jax.Array], jax.Array] = cross_entropy_loss
     config: object = None
+    kind: str = "linen"
+    target_shape: tuple[int, ...] = ()
 
     def make_batch(self, key: jax.Array, batch_size: int) -> tuple[Inputs, jax.Array]:
         """Returns synthetic ``(inputs, targets)`` with a leading batch axis on every leaf."""
         k_inputs, k_targets = jax.random.split(key)
         inputs = self.sampler(k_inputs, batch_size)
-        targets = jax.random.randint(k_targets, (batch_size,), 0, self.num_classes, jnp.int32)
+        targets = jax.random.randint(k_targets, (batch_size, *self.target_shape), 0,
+                                     self.num_classes, jnp.int32)
         return inputs, targets
+
+    def build(self, key: jax.Array) -> nnx.Module:
+        """Returns an NNX family's module, its variables and `nnx.Rngs` drawn from `key`."""
+        if self.kind != "nnx" or isinstance(self.module, nn.Module):
+            raise ModelConfigError(f"{self.name} is a linen model; use init(key) for its "
+                                   "variables")
+        return self.module(key)
 
     def init(self, key: jax.Array, batch_size: int = 1) -> dict[str, PyTree]:
         """Returns the variables (``params``, and ``batch_stats`` if `has_state`).
 
         Traceable: ``jax.eval_shape(spec.init, key)`` sizes a full model without allocating it.
         """
+        if self.kind == "nnx":
+            raise ModelConfigError(
+                f"{self.name} is an NNX model, which holds its own variables: build it with "
+                "spec.build(key) and trace it with jaxpipe.trace(model, None, batch, loss_fn)")
         # Inference mode: same variables, but no dropout rng or batch statistics needed. One
         # jitted program (op-by-op initialisation compiles every op separately), compiled
         # without XLA's backend optimisations: they triple the compile time of a program that
         # runs once.
+        assert isinstance(self.module, nn.Module)
         module = self.module.clone(train=False)
 
         def init(key: jax.Array) -> dict[str, PyTree]:
@@ -101,7 +129,7 @@ class ModelSpec:
 
     def rngs(self, key: jax.Array) -> dict[str, jax.Array] | None:
         """Returns the rng dict ``apply`` needs in training mode, or None if there is none."""
-        return {"dropout": key} if self.uses_dropout else None
+        return {"dropout": key} if self.uses_dropout and self.kind == "linen" else None
 
 
 def image_sampler(size: int, channels: int = 3) -> tuple[jax.ShapeDtypeStruct, Sampler]:
@@ -140,3 +168,12 @@ def token_sampler(
 
     spec = jax.ShapeDtypeStruct((seq_len,), jnp.int32)
     return (spec, spec), sample
+
+
+def ids_sampler(seq_len: int, vocab_size: int) -> tuple[jax.ShapeDtypeStruct, Sampler]:
+    """Input spec and sampler of int32 token ids (batch, seq_len), uniform over the vocabulary."""
+
+    def sample(key: jax.Array, batch_size: int) -> jax.Array:
+        return jax.random.randint(key, (batch_size, seq_len), 0, vocab_size, jnp.int32)
+
+    return jax.ShapeDtypeStruct((seq_len,), jnp.int32), sample

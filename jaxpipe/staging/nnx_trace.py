@@ -49,7 +49,7 @@ class NnxTraced(Traced):
 
     strip_root = False  # the scopes JaxPipe writes start below the model
 
-    def __init__(self, model: nnx.Module, variables: None, batch: Batch, loss_fn: LossFn,
+    def __init__(self, model: nnx.Module, variables: object, batch: Batch, loss_fn: LossFn,
                  rngs: Rngs | None, layers: units.Layers = None):
         if not isinstance(batch, tuple | list) or len(batch) != 2:
             raise BatchError("batch must be a pair (inputs, targets); got " + type(batch).__name__)
@@ -118,7 +118,7 @@ def state_flat(state: nnx.State, prefix: str) -> Flat:
 
 
 def _is_key(x: Any) -> bool:
-    return jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key)
+    return jax.numpy.issubdtype(x.dtype, jax.dtypes.prng_key)
 
 
 def _key_impls(state: nnx.State) -> dict[int, Any]:

@@ -32,7 +32,7 @@ import functools
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 import jax
 import numpy as np
@@ -43,11 +43,12 @@ from jaxpipe.errors import BatchError, ModelKindError, TraceError, VariablesErro
 from jaxpipe.staging import units
 from jaxpipe.staging.batch import Batch, Rngs, batch_size_of, raw_key
 from jaxpipe.staging.split import Staged, leaves_by_path
-from jaxpipe.staging.unroll import Unstacking, scan_notes, unroll_scans
+from jaxpipe.staging.unroll import Unstacking, scan_notes, unrolled_program
 from jaxpipe.tree import Array, Flat, PyTree, Variables, flatten_paths
 
 if TYPE_CHECKING:  # only for types: running a stage bundle must not need flax
     import flax.linen as nn
+    from flax import nnx
 
 __all__ = ["Layer", "LossFn", "Traced", "trace"]
 
@@ -162,7 +163,7 @@ class Traced:
         self.unstacking = (Unstacking.whole(self.params.paths), Unstacking.whole(self.state.paths))
         self._programs: dict[int, Program] = {}
         program = self.program(self.batch_size)
-        self.params, self.state = (_program_leaves(flat, u) for flat, u in
+        self.params, self.state = (u.flat(flat) for flat, u in
                                    zip((self.params, self.state), self.unstacking))
         self.layers = _describe_layers(program, self.params)
 
@@ -212,22 +213,20 @@ class Traced:
         data = self.data_specs(batch_size)
         n_in = len(self.inputs.leaves)
         n_tg = len(self.targets.leaves)
-        closed = jax.make_jaxpr(self._flat_fn())(
-            _specs(self.user_params.leaves), _specs(self.user_state.leaves),
-            data[:n_in], data[n_in : n_in + n_tg], data[n_in + n_tg :],
-        )
-        unrolled = unroll_scans(closed, len(self.user_params.leaves), len(self.user_state.leaves))
-        if unrolled is not None:
-            closed, p_counts, s_counts = unrolled
-            found = (Unstacking(self.user_params.paths, p_counts),
-                     Unstacking(self.user_state.paths, s_counts))
-            if self._programs and found != self.unstacking:
-                raise TraceError(f"the model's scans change with the batch size (at {batch_size})")
-            self.unstacking = found
+        with jax.disable_jit(False):  # the same program inside `jax.disable_jit()` blocks
+            closed = jax.make_jaxpr(self._flat_fn())(
+                _specs(self.user_params.leaves), _specs(self.user_state.leaves),
+                data[:n_in], data[n_in : n_in + n_tg], data[n_in + n_tg :],
+            )
+            closed, found, scopes = unrolled_program(closed, self.user_params.paths,
+                                                     self.user_state.paths)
+        if self._programs and found != self.unstacking:
+            raise TraceError(f"the model's scans change with the batch size (at {batch_size})")
+        self.unstacking = found
         n_params, n_state = (len(u.program_paths) for u in self.unstacking)
         # Units are chosen once, at the first trace: work shares shift a little with the size.
         rule = next(iter(self._programs.values())).units if self._programs else self.layer_rule
-        return _analyse(closed, n_params, n_state, batch_size, rule, self.strip_root)
+        return _analyse(closed, n_params, n_state, batch_size, rule, self.strip_root, scopes)
 
     # -- splitting -----------------------------------------------------------------------------
 
@@ -241,8 +240,8 @@ class Traced:
 
 
 def trace(
-    model: nn.Module,
-    variables: Variables,
+    model: nn.Module | nnx.Module,
+    variables: Variables | None,
     batch: Batch,
     loss_fn: LossFn,
     rngs: Rngs | None = None,
@@ -272,28 +271,23 @@ def trace(
       VariablesError: `variables` has no `params` collection.
       BatchError: `batch` is not a pair, or its leaves disagree on the batch size.
     """
-    nnx, linen = (sys.modules.get(m) for m in ("flax.nnx", "flax.linen"))
-    if nnx is not None and isinstance(model, nnx.Module):
+    nnx_lib, linen = (sys.modules.get(m) for m in ("flax.nnx", "flax.linen"))
+    if nnx_lib is not None and isinstance(model, nnx_lib.Module):
         from jaxpipe.staging.nnx_trace import NnxTraced
 
-        return NnxTraced(model, variables, batch, loss_fn, rngs, layers)
+        return NnxTraced(cast("nnx.Module", model), variables, batch, loss_fn, rngs, layers)
     if linen is None or not isinstance(model, linen.Module):
         raise ModelKindError(f"jaxpipe.trace needs a flax.linen or flax.nnx Module; got "
                              f"{type(model).__module__}.{type(model).__qualname__}")
-    return Traced(model, variables, batch, loss_fn, rngs, layers)
+    if variables is None:
+        raise VariablesError("a linen model needs its variables: pass the dict model.init "
+                             "returned (only an NNX module holds its own)")
+    return Traced(cast("nn.Module", model), variables, batch, loss_fn, rngs, layers)
 
 
 def _check_batch(batch: Batch) -> None:
     if not isinstance(batch, tuple | list) or len(batch) != 2:
         raise BatchError("batch must be a pair (inputs, targets); got " + type(batch).__name__)
-
-
-def _program_leaves(flat: Flat, unstacking: Unstacking) -> Flat:
-    """The program's leaves of `flat`: itself, or a flat list with stacked leaves sliced."""
-    if not any(unstacking.counts):
-        return flat
-    leaves = unstacking.expand(flat.leaves)
-    return Flat(unstacking.program_paths, tuple(leaves), jax.tree.structure(leaves))
 
 
 def _specs(leaves: Sequence[Array]) -> list[jax.ShapeDtypeStruct]:
@@ -320,20 +314,22 @@ def _flat_loss(
 
 
 def _analyse(closed: jc.ClosedJaxpr, n_params: int, n_state: int, batch_size: int,
-             layers: units.Layers = None, strip_root: bool = True) -> Program:
+             layers: units.Layers = None, strip_root: bool = True,
+             scans: Sequence[tuple[str, ...]] = ()) -> Program:
     jaxpr = closed.jaxpr
     invars = jaxpr.invars
     params, state, data = (
         invars[:n_params], invars[n_params : n_params + n_state], invars[n_params + n_state :]
     )
-    paths = units.scope_paths(jaxpr.eqns, strip_root)
-    chosen = units.choose_units(paths, [units.equation_flops(e) for e in jaxpr.eqns], layers)
+    paths, iterated = units.scope_paths(jaxpr.eqns, strip_root, scans)
+    chosen = units.choose_units(paths, [units.equation_flops(e) for e in jaxpr.eqns], layers,
+                                iterated)
     bounds, names = units.layer_runs(paths, chosen, units.live_bytes(jaxpr))
     eqn_layer = np.zeros(len(jaxpr.eqns), dtype=int)
     for i, (start, stop) in enumerate(bounds):
         eqn_layer[start:stop] = i
-    notes = ["; ".join(n for e, n in scan_notes(jaxpr, n_params).items() if start <= e < stop)
-             for start, stop in bounds]
+    kept = scan_notes(jaxpr, n_params)
+    notes = ["; ".join(n for e, n in kept.items() if start <= e < stop) for start, stop in bounds]
 
     order: dict[jc.Var, int] = {}
     def_layer: dict[jc.Var, int] = {}

@@ -28,15 +28,16 @@ from __future__ import annotations
 
 import fnmatch
 import math
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 
+import jax
 import numpy as np
 
 from jaxpipe import _jax_compat as jc
 from jaxpipe.errors import LayersPatternError, NoLayersError
 
-__all__ = ["DESCEND_SHARE", "choose_units", "common_scope", "equation_flops", "layer_runs",
-           "live_bytes", "scope_paths"]
+__all__ = ["DESCEND_SHARE", "KEY_WEIGHT", "choose_units", "common_scope", "equation_flops",
+           "layer_runs", "live_bytes", "scope_paths"]
 
 Path = tuple[str, ...]
 Layers = int | str | Sequence[str] | tuple[Path, ...] | None
@@ -46,8 +47,10 @@ DESCEND_SHARE = 0.5
 replaced by its children."""
 
 
-def scope_paths(eqns: Sequence[jc.JaxprEqn], strip_root: bool) -> list[Path]:
-    """Each equation's scope path, below the model (see the module docstring).
+def scope_paths(eqns: Sequence[jc.JaxprEqn], strip_root: bool, scopes: Sequence[Path] = (),
+                ) -> tuple[list[Path], list[Path]]:
+    """Each equation's scope path below the model (see the module docstring), and `scopes`
+    (full paths, such as those of unrolled scans) made relative the same way.
 
     With `strip_root` (linen, whose name stacks start with the model's own name), the first
     component is the model's when it is the most common first component of paths that go
@@ -55,12 +58,11 @@ def scope_paths(eqns: Sequence[jc.JaxprEqn], strip_root: bool) -> list[Path]:
     """
     paths = [_full_path(e) for e in eqns]
     if not strip_root:
-        return paths
+        return paths, list(scopes)
     roots = [p[0] for p in paths if len(p) >= 2]
-    if not roots:
-        return [() for _ in paths]
-    root = max(set(roots), key=roots.count)
-    return [p[1:] if p and p[0] == root else () for p in paths]
+    root = max(set(roots), key=roots.count) if roots else None
+    return [p[1:] if p and p[0] == root else () for p in [*paths, *scopes]][: len(paths)], \
+        [p[1:] for p in scopes if p and p[0] == root]
 
 
 def common_scope(eqns: Sequence[jc.JaxprEqn]) -> Path:
@@ -119,15 +121,20 @@ def _size(v: jc.Atom) -> int:
     return math.prod(_shape(v))
 
 
-def choose_units(paths: Sequence[Path], flops: Sequence[float], layers: Layers) -> list[Path]:
+def choose_units(paths: Sequence[Path], flops: Sequence[float], layers: Layers,
+                 iterated: Collection[Path] = ()) -> list[Path]:
     """The cut units (scope paths), by the rule `layers` names (see the module docstring).
+
+    `iterated` are the scopes of unrolled scans: their children are their iterations (`0`,
+    `1`, ...) only; equations the scan's module ran outside its body (Flax hoists loop
+    invariants out of `nn.scan`) are glue.
 
     Raises:
       NoLayersError: no equation lies under any scope of the model.
       LayersPatternError: `layers` is a bad depth, or a pattern matches no scope; the message
         lists the scopes that exist.
     """
-    nodes = _tree(paths, flops)
+    nodes = _tree(paths, flops, set(iterated))
     top = _children(nodes, ())
     if not top:
         raise NoLayersError(
@@ -137,7 +144,7 @@ def choose_units(paths: Sequence[Path], flops: Sequence[float], layers: Layers) 
     if layers is None:
         return _descend(nodes, top, float(sum(flops)))
     if layers and isinstance(layers, tuple) and all(isinstance(u, tuple) for u in layers):
-        return list(layers)  # units chosen before (`Program.units`)
+        return [tuple(u) for u in layers]  # units chosen before (`Program.units`)
     if isinstance(layers, bool) or not isinstance(layers, int | str | Sequence):
         raise LayersPatternError(f"layers must be a depth (int) or scope patterns; got "
                                  f"{layers!r}")
@@ -147,11 +154,12 @@ def choose_units(paths: Sequence[Path], flops: Sequence[float], layers: Layers) 
                                      "children)")
         return [p for p in nodes if len(p) == layers
                 or (len(p) < layers and not _children(nodes, p))]
-    patterns = [layers] if isinstance(layers, str) else list(layers)
-    if not patterns or not all(isinstance(p, str) for p in patterns):
+    patterns = [layers] if isinstance(layers, str) else [p for p in layers if isinstance(p, str)]
+    if not patterns or len(patterns) != (1 if isinstance(layers, str) else len(layers)):
         raise LayersPatternError(f"layers must be a depth (int) or scope patterns (str); got "
                                  f"{layers!r}")
-    units, unmatched = [], []
+    units: list[Path] = []
+    unmatched: list[str] = []
     for pattern in patterns:
         parts = tuple(pattern.strip("/").split("/"))
         found = [p for p in nodes if len(p) == len(parts)
@@ -166,11 +174,14 @@ def choose_units(paths: Sequence[Path], flops: Sequence[float], layers: Layers) 
     return units
 
 
-def _tree(paths: Sequence[Path], flops: Sequence[float]) -> dict[Path, float]:
+def _tree(paths: Sequence[Path], flops: Sequence[float], iterated: set[Path],
+          ) -> dict[Path, float]:
     """Every scope node (in first-seen order) with the work of the equations under it."""
     nodes: dict[Path, float] = {}
     for path, work in zip(paths, flops):
         for depth in range(1, len(path) + 1):
+            if path[: depth - 1] in iterated and not path[depth - 1].isdigit():
+                break  # outside the scan's iterations: glue of the scan's module
             nodes[path[:depth]] = nodes.get(path[:depth], 0.0) + work
     return nodes
 
@@ -224,8 +235,15 @@ def layer_runs(paths: Sequence[Path], units: Sequence[Path], live: np.ndarray,
     return list(zip(starts, starts[1:] + [len(paths)])), names
 
 
+KEY_WEIGHT = 2.0 ** 50
+"""What a live typed PRNG key weighs in `live_bytes`: a stage border cannot carry one (it is no
+array to export or send), so glue is cut anywhere else first (e.g. after Flax's `nn.scan` has
+split and unwrapped the dropout key, not between its wrap and split)."""
+
+
 def live_bytes(jaxpr: jc.Jaxpr) -> np.ndarray:
-    """live[e]: bytes of the values defined before equation e and read at or after it."""
+    """live[e]: bytes of the values defined before equation e and read at or after it (a typed
+    PRNG key weighs `KEY_WEIGHT`)."""
     n = len(jaxpr.eqns)
     defined = {v: 0 for v in jaxpr.invars}
     last: dict[jc.Var, int] = {}
@@ -241,7 +259,8 @@ def live_bytes(jaxpr: jc.Jaxpr) -> np.ndarray:
     diff = np.zeros(n + 2)
     for v, start in defined.items():
         if v in last and last[v] >= start:
-            nbytes = jc.nbytes(v)
+            is_key = jax.numpy.issubdtype(jc.aval_of(v).dtype, jax.dtypes.prng_key)
+            nbytes = KEY_WEIGHT if is_key else jc.nbytes(v)
             diff[start] += nbytes
             diff[last[v] + 1] -= nbytes
     return np.cumsum(diff)[: n + 1]

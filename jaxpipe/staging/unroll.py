@@ -16,6 +16,10 @@ so a stage reads, differentiates and updates only its own slices. `Unstacking` m
 leaves to the program's (`expand`) and the program's gradients and new state back to the user's
 stacked leaves (`collapse`).
 
+The same re-trace gives every reader of a PRNG key kept as state (an NNX model's `nnx.Rngs`
+keys, which enter the program as raw key data) its own `random_wrap`, under the reader's scope,
+so that no typed key is live across a cut (a stage border carries arrays only).
+
 A scan stays one equation (one unit; `scan_verdict` says why, and the layer listing shows it)
 when it passes no carry from one iteration to the next (a map, not a stack), when none of its
 scanned inputs is a stacked parameter (a scan over data or time steps, or weights shared by all
@@ -28,15 +32,19 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 
 from jaxpipe import _jax_compat as jc
 from jaxpipe.staging.units import common_scope
+from jaxpipe.tree import Flat
 
-__all__ = ["Unstacking", "scan_verdict", "unroll_scans"]
+__all__ = ["Unrolled", "Unstacking", "scan_notes", "scan_verdict", "unroll_scans",
+           "unrolled_program"]
+
+Path = tuple[str, ...]
 
 # Primitives that act on each slice of a stacked value alone, so they can run per iteration.
 SLICEWISE = frozenset({"convert_element_type", "random_wrap", "random_unwrap", "copy",
@@ -73,17 +81,30 @@ class Unstacking:
         return tuple(q for p, n in zip(self.paths, self.counts)
                      for q in ([f"{p}[{i}]" for i in range(n)] if n else [p]))
 
+    def flat(self, flat: Flat) -> Flat:
+        """The program's leaves of the user's `flat`: itself, or a flat list of slices."""
+        if not any(self.counts):
+            return flat
+        leaves = self.expand(flat.leaves)
+        return Flat(self.program_paths, tuple(leaves), jax.tree.structure(leaves))
+
     def expand(self, leaves: Sequence[Any]) -> list[Any]:
         """The program's leaves from the user's (stacked leaves sliced)."""
         out: list[Any] = []
         for x, n in zip(leaves, self.counts):
-            out += [x[i] for i in range(n)] if n else [x]
+            out += [_slice(x, i) for i in range(n)] if n else [x]
         return out
 
     def collapse(self, leaves: Sequence[Any]) -> list[Any]:
         """The user's leaves from the program's (slices stacked back)."""
         it = iter(leaves)
         return [jnp.stack([next(it) for _ in range(n)]) if n else next(it) for n in self.counts]
+
+
+def _slice(x: Any, i: int) -> Any:
+    if isinstance(x, jax.ShapeDtypeStruct):  # variables sized by `jax.eval_shape`
+        return jax.ShapeDtypeStruct(x.shape[1:], x.dtype)
+    return x[i]
 
 
 def scan_verdict(eqn: jc.JaxprEqn, origin: Callable[[jc.Atom], jc.Atom],
@@ -132,13 +153,12 @@ def scan_notes(jaxpr: jc.Jaxpr, n_params: int) -> dict[int, str]:
     return notes
 
 
-def unroll_scans(closed: jc.ClosedJaxpr, n_params: int, n_state: int,
-                 ) -> tuple[jc.ClosedJaxpr, tuple[int, ...], tuple[int, ...]] | None:
-    """Re-traces `closed` with its scans over layers unrolled; None if it has none.
+def unroll_scans(closed: jc.ClosedJaxpr, n_params: int, n_state: int) -> Unrolled | None:
+    """Re-traces `closed` with its scans over layers unrolled (and key state rewrapped at
+    each use); None if there is nothing to do.
 
-    `closed` takes (params, state, data) leaves and returns (loss, new state leaves). Returns
-    the unrolled program, which takes the stacked leaves as slices, and the slice count of
-    every parameter and state leaf (0: taken whole); see the module docstring.
+    `closed` takes (params, state, data) leaves and returns (loss, new state leaves); see the
+    module docstring for what the unrolled program takes and returns.
     """
     jaxpr = closed.jaxpr
     origin = origins(jaxpr)
@@ -155,7 +175,12 @@ def unroll_scans(closed: jc.ClosedJaxpr, n_params: int, n_state: int,
             v = origin(x)
             if v in set(leaves) and isinstance(v, jc.Var):
                 counts.setdefault(v, parts.length)
-    if not plan:
+    # PRNG keys kept as state (NNX's `nnx.Rngs`) enter as raw key data, wrapped once at the
+    # top; each reader gets its own wrap, inside its unit, so no typed key crosses a cut.
+    state_leaves = set(jaxpr.invars[n_params : n_params + n_state])
+    rewrap = {e for e, eqn in enumerate(jaxpr.eqns) if eqn.primitive.name == "random_wrap"
+              and eqn.invars and eqn.invars[0] in state_leaves}
+    if not plan and not rewrap:
         return None
     slices = tuple(counts.get(v, 0) for v in leaves)
     specs = [jax.ShapeDtypeStruct(v.aval.shape[1:] if n else v.aval.shape, v.aval.dtype)
@@ -164,11 +189,38 @@ def unroll_scans(closed: jc.ClosedJaxpr, n_params: int, n_state: int,
             for v in jaxpr.invars[n_params + n_state:]]
     n_prog = sum(max(n, 1) for n in slices[:n_params])
 
+    unroller = _Unroller(closed, plan, slices, rewrap)
+
     def run(p: list[Any], s: list[Any], d: list[Any]) -> tuple[Any, list[Any]]:
-        return _Unroller(closed, plan, slices).run([*p, *s], d, n_state)
+        return unroller.run([*p, *s], d, n_state)
 
     unrolled = jax.make_jaxpr(run)(specs[:n_prog], specs[n_prog:], data)
-    return unrolled, slices[:n_params], slices[n_params:]
+    return Unrolled(unrolled, slices[:n_params], slices[n_params:],
+                    tuple(dict.fromkeys(unroller.scopes)))
+
+
+def unrolled_program(closed: jc.ClosedJaxpr, param_paths: Sequence[str],
+                     state_paths: Sequence[str],
+                     ) -> tuple[jc.ClosedJaxpr, tuple[Unstacking, Unstacking], tuple[Path, ...]]:
+    """`unroll_scans` of a loss over the user's leaves at `param_paths` and `state_paths`: the
+    program, how its parameter and state leaves come from the user's, and the unrolled scans'
+    scopes (`closed` itself, whole leaves and no scopes when there is nothing to unroll)."""
+    unrolled = unroll_scans(closed, len(param_paths), len(state_paths))
+    if unrolled is None:
+        return closed, (Unstacking.whole(param_paths), Unstacking.whole(state_paths)), ()
+    return unrolled.closed, (Unstacking(tuple(param_paths), unrolled.param_slices),
+                             Unstacking(tuple(state_paths), unrolled.state_slices)), \
+        unrolled.scopes
+
+
+class Unrolled(NamedTuple):
+    """The unrolled program; the slice count of every parameter and state leaf (0: taken
+    whole); and each unrolled scan's scope (full path), whose children are its iterations."""
+
+    closed: jc.ClosedJaxpr
+    param_slices: tuple[int, ...]
+    state_slices: tuple[int, ...]
+    scopes: tuple[Path, ...]
 
 
 class _Stacked:
@@ -211,7 +263,16 @@ class _Stacked:
         return self.full
 
 
-def _whole(x: Any) -> Any:
+class _Rewrap(NamedTuple):
+    """A PRNG key wrapped from raw key data, wrapped again where each reader needs it."""
+
+    eqn: jc.JaxprEqn
+    raw: Any
+
+
+def _whole(x: Any, stack: Any = None) -> Any:
+    if isinstance(x, _Rewrap):
+        return jc.bind_equation(x.eqn, [x.raw], stack or jc.current_name_stack())[0]
     return x.whole() if isinstance(x, _Stacked) else x
 
 
@@ -220,8 +281,8 @@ class _Unroller:
     time (the environment-and-read/write loop of `jax.core.eval_jaxpr`)."""
 
     def __init__(self, closed: jc.ClosedJaxpr, plan: Mapping[int, jc.ScanParts],
-                 slices: Sequence[int]):
-        self.closed, self.plan, self.slices = closed, plan, slices
+                 slices: Sequence[int], rewrap: set[int]):
+        self.closed, self.plan, self.slices, self.rewrap = closed, plan, slices, rewrap
         # Slicewise equations applied to a scan's outputs (a PRNG key unwrapped as new state)
         # run inside the iteration that made each slice, not after the loss: by equation index.
         self.consumers: dict[jc.Var, list[int]] = {}
@@ -230,6 +291,7 @@ class _Unroller:
                     isinstance(eqn.invars[0], jc.Var):
                 self.consumers.setdefault(eqn.invars[0], []).append(e)
         self.early: dict[tuple[int, int], Any] = {}  # (equation, iteration) -> its result
+        self.scopes: list[tuple[str, ...]] = []  # of the unrolled scans
 
     def run(self, leaves: list[Any], data: list[Any], n_state: int) -> tuple[Any, list[Any]]:
         jaxpr = self.closed.jaxpr
@@ -246,6 +308,10 @@ class _Unroller:
             args = [read(a) for a in eqn.invars]
             if e in self.plan:
                 outs = self.unroll(eqn, self.plan[e], args)
+            elif e in self.rewrap and not isinstance(args[0], _Stacked):
+                outs = [_Rewrap(eqn, args[0])]
+            elif eqn.primitive.name == "random_unwrap" and isinstance(args[0], _Rewrap):
+                outs = [args[0].raw]
             elif eqn.primitive.name in SLICEWISE and len(args) == 1 and \
                     isinstance(args[0], _Stacked):
                 n = len(args[0])
@@ -254,8 +320,8 @@ class _Unroller:
                 else:
                     outs = [args[0].map(eqn)]
             else:
-                outs = jc.bind_equation(eqn, [_whole(a) for a in args],
-                                        jc.current_name_stack() + jc.name_stack_of(eqn))
+                stack = jc.current_name_stack() + jc.name_stack_of(eqn)
+                outs = jc.bind_equation(eqn, [_whole(a, stack) for a in args], stack)
             env.update(zip(eqn.outvars, outs))
         loss = _whole(read(jaxpr.outvars[0]))
         new_state: list[Any] = []
@@ -279,6 +345,7 @@ class _Unroller:
         inner = common_scope(body.eqns)
         head = inner[:1]  # the scanned module's scope (`blocks`), if the body has one
         outer = jc.current_name_stack() + jc.name_stack_of(eqn)
+        self.scopes.append(tuple(p for p in str(jc.extend_name_stack(outer, head)).split("/") if p))
         ys: list[list[Any]] = [[None] * length for _ in body.outvars[ncarry:]]
         stacks: list[Any] = [None] * length
         for i in (reversed(range(length)) if parts.reverse else range(length)):

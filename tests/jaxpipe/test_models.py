@@ -23,6 +23,9 @@ _FAST_COMPILE = {"xla_backend_optimization_level": 0}
 FAMILIES = ("mlp", "resnet18", "resnet50", "resnet101", "amoebanet18", "amoebanet36",
             "bert-base", "bert-large")
 TINY = tuple(f"{f}-tiny" for f in FAMILIES)
+# Families shaped like Flax code in the wild (nested, scanned, NNX); their layer contract is
+# JaxPipe's own: tests/jaxpipe/test_nested.py, test_scan.py, test_nnx.py.
+NEW_FAMILIES = ("lm", "lm-scan", "nnx-cnn", "nnx-lm")
 
 # name -> top-level layers, in execution order (pipeline cut units).
 EXPECTED_TINY_LAYERS = {
@@ -82,7 +85,7 @@ def tiny(request: pytest.FixtureRequest) -> tuple[models.ModelSpec, dict, tuple]
 
 
 def test_names_are_every_family_in_full_and_tiny_config() -> None:
-    assert models.names() == tuple(n for f in FAMILIES for n in (f, f"{f}-tiny"))
+    assert models.names() == tuple(n for f in FAMILIES + NEW_FAMILIES for n in (f, f"{f}-tiny"))
 
 
 def test_unknown_name_and_unknown_override_are_refused_with_the_valid_choices() -> None:
