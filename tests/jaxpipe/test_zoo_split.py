@@ -19,7 +19,11 @@ import jaxpipe
 from jaxpipe import models
 from tests.jaxpipe.helpers import max_relative_error, reference
 
-TINY = [name for name in models.names() if name.endswith("-tiny")]
+LINEN_TINY = [name for name in models.names()
+              if name.endswith("-tiny") and models.get(name).kind == "linen"]  # NNX: test_nnx
+# Op by op, flax's lifted `nn.scan` draws other dropout masks than the compiled scan does, so
+# the scanned LM is checked against the jitted model only (below, and in test_scan.py).
+TINY = [name for name in LINEN_TINY if name != "lm-scan-tiny"]
 TOL = 1e-5
 BATCH = 4
 
@@ -57,7 +61,7 @@ def test_every_single_cut_in_both_modes_matches_the_unsplit_model(name):
 
 @pytest.mark.parametrize("mode", ["stash", "recompute"])
 @pytest.mark.parametrize(
-    "name", ["mlp-tiny", "resnet50-tiny", "amoebanet18-tiny", "bert-base-tiny"])
+    "name", ["mlp-tiny", "resnet50-tiny", "amoebanet18-tiny", "bert-base-tiny", "lm-scan-tiny"])
 def test_jitted_stages_one_per_layer_with_micro_batches(name, mode):
     spec, variables, batch, rngs, traced = case(name)
     cuts = list(range(1, len(traced.layers)))
