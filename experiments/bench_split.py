@@ -1,6 +1,9 @@
 """What does cutting a model into stage programs cost, against the unsplit jitted step?
 
-For ResNet-50, BERT-Base (seq 128) and AmoebaNet-D(18, 64) at micro-batch 4, cut into 4 stages:
+For ResNet-50, BERT-Base (seq 128) and AmoebaNet-D(18, 64) at micro-batch 4, cut into 4 stages,
+and two models shaped like Flax code in the wild at the same BERT-Base-like size: the decoder-only
+LM whose 12 blocks are one `nn.scan` (`lm-scan`: JaxPipe unrolls it, one unit per iteration) and
+the NNX LM (`nnx-lm`, blocks in an `nnx.List`):
 
 1. time ratio: the sum over stages of (forward + backward) seconds, divided by the seconds of
    the unsplit `jax.jit(jax.value_and_grad(loss))` step (with `mutable=['batch_stats']` where
@@ -13,6 +16,9 @@ For ResNet-50, BERT-Base (seq 128) and AmoebaNet-D(18, 64) at micro-batch 4, cut
 3. load time: `jaxpipe.load_stages(blob)` (deserialising every stage), then the first call of
    every stage's loaded forward and backward (compilation plus one run), and the steady-state
    time of those calls, so first call - steady is the compile time.
+4. compile time: the unsplit step's first call (compile + one run; for `lm-scan` the scanned
+   original) against the first calls of every jitted stage's forward and backward (for
+   `lm-scan`, the unrolled iterations).
 
 Cuts balance compute: `jaxpipe.profile.profile` times every layer's forward and backward at
 micro-batch 4, and the cuts minimise the largest stage's summed time (exact, by dynamic
@@ -56,6 +62,8 @@ MODELS = (
     ("ResNet-50", "resnet50", {}),
     ("BERT-Base", "bert-base", {}),
     ("AmoebaNet-D(18, 64)", "amoebanet18", {"filters": 64}),
+    ("LM, nn.scan blocks", "lm-scan", {}),
+    ("NNX LM", "nnx-lm", {}),
 )
 
 
@@ -81,8 +89,18 @@ def balanced_cuts(costs: Sequence[float], stages: int) -> list[int]:
     return sorted(cuts)
 
 
-def _unsplit_step(spec: models.ModelSpec, variables: dict, batch: tuple, rngs: Any) -> Callable:
+def _unsplit_step(spec: models.ModelSpec, variables: Any, batch: tuple, rngs: Any) -> Callable:
     """The jitted value_and_grad of the whole model: () -> ((loss, new_state), grads)."""
+    if spec.kind == "nnx":  # `variables` is the module; NNX's own jitted step, on a copy
+        from flax import nnx
+
+        model = nnx.clone(variables)
+
+        @nnx.jit
+        def nnx_step(model):
+            return nnx.value_and_grad(lambda m: spec.loss_fn(m(batch[0]), batch[1]))(model)
+
+        return lambda: nnx_step(model)
     state = {k: v for k, v in variables.items() if k != "params"}
 
     def loss(params):
@@ -170,11 +188,15 @@ def _stage_calls_of_runner(runner: jaxpipe.StageRunner, staged: jaxpipe.Staged,
 def bench_model(label: str, name: str, overrides: dict, quick: bool, rounds: int) -> dict:
     spec = models.get(f"{name}-tiny") if quick else models.get(name, **overrides)
     key = jax.random.PRNGKey(0)
-    variables = spec.init(key)
+    nnx_model = spec.build(key) if spec.kind == "nnx" else None
+    variables = nnx_model if nnx_model is not None else spec.init(key)
     batch = spec.make_batch(jax.random.PRNGKey(1), MICRO_BATCH)
     rngs = spec.rngs(jax.random.PRNGKey(2))
     start = time.perf_counter()
-    traced = jaxpipe.trace(spec.module, variables, batch, spec.loss_fn, rngs=rngs)
+    if nnx_model is not None:
+        traced = jaxpipe.trace(nnx_model, None, batch, spec.loss_fn)
+    else:
+        traced = jaxpipe.trace(spec.module, variables, batch, spec.loss_fn, rngs=rngs)
     trace_s = time.perf_counter() - start
     print(f"{label}: {len(traced.layers)} layers, traced in {trace_s:.1f} s", flush=True)
     print("  choosing cuts", flush=True)
@@ -196,8 +218,14 @@ def bench_model(label: str, name: str, overrides: dict, quick: bool, rounds: int
     jax.block_until_ready(unsplit())
     unsplit_compile_s = time.perf_counter() - start
     staged = {mode: traced.split(cuts, mode) for mode in MODES}
-    calls = {mode: _stage_calls(staged[mode], batch) for mode in MODES}
-    for mode in MODES:  # warm-up (compiled by _stage_calls' forward; backward compiles here)
+    calls, first_calls_s = {}, {}
+    for mode in MODES:  # first calls: _stage_calls runs each forward once, backwards run here
+        start = time.perf_counter()
+        calls[mode] = _stage_calls(staged[mode], batch)
+        for _, bwd in calls[mode]:
+            jax.block_until_ready(bwd())
+        first_calls_s[mode] = time.perf_counter() - start
+    for mode in MODES:  # warm-up
         for fwd, bwd in calls[mode]:
             jax.block_until_ready(fwd())
             jax.block_until_ready(bwd())
@@ -234,11 +262,12 @@ def bench_model(label: str, name: str, overrides: dict, quick: bool, rounds: int
         total = sum(s["forward_s"] + s["backward_s"] for s in stages)
         load = _load(staged[mode], variables, batch)
         result["modes"][mode] = {"stages": stages, "sum_s": total, "ratio": total / unsplit_s,
-                                 **load}
+                                 "jitted_first_calls_s": first_calls_s[mode], **load}
         print(f"  {mode:9s}: sum {total * 1e3:8.1f} ms / unsplit {unsplit_s * 1e3:8.1f} ms = "
               f"{total / unsplit_s:.3f}x; export {load['export_bytes'] / 1e6:.1f} MB, "
-              f"load {load['deserialise_s']:.2f} s + first call {load['first_call_s']:.2f} s",
-              flush=True)
+              f"load {load['deserialise_s']:.2f} s + first call {load['first_call_s']:.2f} s; "
+              f"jitted stages' first calls {first_calls_s[mode]:.2f} s against the unsplit "
+              f"step's {unsplit_compile_s:.2f} s", flush=True)
     return result
 
 
