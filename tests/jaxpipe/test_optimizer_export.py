@@ -22,21 +22,11 @@ from jaxpipe.runtime.optimizer import (
     sum_partials,
 )
 from jaxpipe.tree import flatten_paths, nest
+from tests.jaxpipe.test_optim import SHAPES, STAGES  # the same three-stage model
 from transports import MemoryStore
 
 STEPS = 4
 MAX_NORM = 0.05  # far below the gradients' global norm (about 15): clipping binds every step
-# Three stages as workers hold them: {path: array}, each stage a slice of the model's paths.
-STAGES = (
-    ("params/block0/Dense_0/kernel", "params/block0/Dense_0/bias"),
-    ("params/block1/Dense_0/kernel", "params/block1/Dense_0/bias", "params/block1/scale"),
-    ("params/head/kernel",),
-)
-SHAPES = {
-    "params/block0/Dense_0/kernel": (3, 4), "params/block0/Dense_0/bias": (4,),
-    "params/block1/Dense_0/kernel": (4, 4), "params/block1/Dense_0/bias": (4,),
-    "params/block1/scale": (), "params/head/kernel": (4, 2),
-}
 SCHEDULE = optax.warmup_cosine_decay_schedule(0.0, 0.05, warmup_steps=2, decay_steps=10)
 
 
