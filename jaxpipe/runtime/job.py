@@ -14,6 +14,9 @@ Every key of a job lives under `jobs/<job-id>/` (docs/design.md), laid out as:
     metrics/loss/<t>/rank<r>          micro-batch losses of a last-stage rank
     metrics/rank<r>/<attempt>-<inv>.json   per-invocation metrics and timeline
     status/<attempt>/<inv>/rank<r>    how an invocation ended (`event.RankStatus`)
+    status/<attempt>/<inv>/rank<r>.claim   the first delivery's claim of that invocation
+    cancel/<attempt>                  the attempt's cancellation marker (`runtime.cancel`)
+    driver.json                       the running driver's lease and heartbeat (`runtime.lease`)
     results/summary.json              the run's `summary.Summary`
 
 A restart after a crash uses a new attempt number, so messages of the failed attempt can never
@@ -163,3 +166,12 @@ class Keys:
 
     def status(self, attempt: int, invocation: int, rank: int) -> str:
         return f"{self.prefix}status/{attempt}/{invocation}/rank{rank}"
+
+    def cancel(self, attempt: int) -> str:
+        """The attempt's cancellation marker (`jaxpipe.runtime.cancel`)."""
+        return f"{self.prefix}cancel/{attempt}"
+
+    @property
+    def driver(self) -> str:
+        """The running driver's lease and heartbeat (`jaxpipe.runtime.lease`)."""
+        return self.prefix + "driver.json"
