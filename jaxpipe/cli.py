@@ -151,8 +151,10 @@ def _demo(args: argparse.Namespace) -> int:
     cuts = sorted({round(n * k / stages) for k in range(1, stages)} - {0, n})
     print(f"{spec.name}: {n} layers, cut at {cuts} into {len(cuts) + 1} stages")
     for layer in traced.layers:
+        note = f"  ({layer.note})" if layer.note else ""  # e.g. why a scan stayed one unit
         print(f"  {layer.index:3d} {layer.name:24s} {layer.param_bytes / 1e6:9.3f} MB params "
-              f"{layer.boundary_bytes_per_sample / 1e3:9.2f} kB/sample across a cut after it")
+              f"{layer.boundary_bytes_per_sample / 1e3:9.2f} kB/sample across a cut after it"
+              f"{note}")
 
     def unsplit(params):
         state = {k: v for k, v in variables.items() if k != "params"}
@@ -217,13 +219,15 @@ def _profile(args: argparse.Namespace) -> int:
 
     sizes = [int(s) for s in str(args.micro_batches).split(",") if s]
     spec = models.get(args.model)
-    variables = spec.init(jax.random.PRNGKey(0))
     batch = spec.make_batch(jax.random.PRNGKey(1), max(sizes))
-    rngs = {"dropout": jax.random.PRNGKey(2)} if spec.uses_dropout else None
-    from jaxpipe.runtime.zoo import linen_module
+    if spec.kind == "nnx":  # the module holds its variables and rngs
+        traced = jaxpipe.trace(spec.build(jax.random.PRNGKey(0)), None, batch, spec.loss_fn)
+    else:
+        variables = spec.init(jax.random.PRNGKey(0))
+        rngs = {"dropout": jax.random.PRNGKey(2)} if spec.uses_dropout else None
+        from jaxpipe.runtime.zoo import linen_module
 
-    assert isinstance(variables, dict), "a linen model's init returns its variables"
-    traced = jaxpipe.trace(linen_module(spec), variables, batch, spec.loss_fn, rngs=rngs)
+        traced = jaxpipe.trace(linen_module(spec), variables, batch, spec.loss_fn, rngs=rngs)
     with tqdm(total=len(traced.layers), desc=f"profiling {spec.name}", unit="layer",
               file=sys.stderr) as bar:
 
