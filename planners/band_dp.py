@@ -116,7 +116,7 @@ def solve_band_dp(problem: Problem, L: int, c: CandidateArrays, band: Band, cuto
     suf_max = _suffix_minimax(L, c, data[:, 4:])  # (L+1, 3): least bottlenecks to go
     nodes: list[Labels | None] = [None] * (L + 1)
     nodes[0] = Labels(np.zeros((1, 7)), np.full(1, -1, np.int64), np.full(1, -1, np.int64))
-    ends = [np.flatnonzero(c.last == k - 1) for k in range(L + 1)]
+    ends = _groups(c.last + 1, L)  # ends[k]: candidates ending at node k, ascending
     for k in range(1, L + 1):
         values: list[FloatArray] = []
         cands: list[IntArray] = []
@@ -169,11 +169,20 @@ def _suffix_minimax(L: int, c: CandidateArrays, terms: FloatArray) -> FloatArray
     bottleneck term's maximum (0 at L, inf where no path continues)."""
     out = np.full((L + 1, terms.shape[1]), np.inf)
     out[L] = 0.0
+    starts = _groups(c.first, L)
     for k in range(L - 1, -1, -1):
-        e = np.flatnonzero(c.first == k)
+        e = starts[k]
         if len(e):
             out[k] = np.maximum(terms[e], out[c.last[e] + 1]).min(axis=0)
     return out
+
+
+def _groups(node: IntArray, L: int) -> list[IntArray]:
+    """For k = 0..L, the candidates whose ``node`` is k, ascending (as np.flatnonzero(node ==
+    k), in O(V log V) rather than O(L V): expanded chains have thousands of nodes)."""
+    order = np.argsort(node, kind="stable")
+    cuts = np.searchsorted(node[order], np.arange(L + 2)).tolist()
+    return [order[cuts[k]:cuts[k + 1]] for k in range(L + 1)]
 
 
 def _path(nodes: list[Labels | None], c: CandidateArrays, label: int) -> list[int]:

@@ -1,6 +1,8 @@
 """The default miqp solver: best-first search over iteration-time bands, each a MILP on HiGHS.
 
-For each micro-batch size the range of iteration times [T_min, T_max] is cut into bands
+For each micro-batch size and schedule (a *chain*: the layer chain for FuncPipe's order,
+``planners.grid_1f1b``'s expanded chain for 1F1B) the range of iteration times
+[T_min, T_max] is cut into bands
 lo <= T <= hi, each solved as a band MILP (``planners.band_milp``). ``plan_bands`` examines the
 bands cheapest bound first, each in three ``Phase``s: prune and bound (``planners.bounds``) with
 heuristic paths; the LP relaxation with LP rounding and reduced-cost fixing; the MILP. A band
@@ -20,14 +22,12 @@ import itertools
 import math
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
-from enum import IntEnum
-from typing import NamedTuple
 
 import numpy as np
 
 from planners.band_dp import BEST, solve_band_dp
 from planners.band_milp import MilpStatus, band_milp, solve_band, solve_lp
+from planners.band_records import BandEntry, BandSearch, Chain, Phase, SearchStats
 from planners.bounds import (
     Band,
     BoolArray,
@@ -42,9 +42,10 @@ from planners.bounds import (
 )
 from planners.boxes import Box, boxed, split
 from planners.cost import score
+from planners.grid_1f1b import grids
 from planners.plans import Plan
 from planners.problem import Problem
-from planners.stage_grid import CandidateGrid, candidate_grid
+from planners.stage_grid import CandidateGrid
 
 __all__: list[str] = []  # internal to planners.miqp
 
@@ -54,84 +55,13 @@ LIMIT = 4.0  # first HiGHS time limit of a band MILP, s (doubled when a band can
 REFRESH = 1e-3  # incumbent improvement (relative) that recomputes a chain's global caps
 BAND = 0.02  # initial width of an iteration-time band, relative to its lower end
 
-# --- records ------------------------------------------------------------------------------
-
-
-class Phase(IntEnum):
-    """What a band's next examination does. The value breaks heap ties at equal bounds:
-    cheaper phases first, as the search has always done."""
-
-    BOUND = 0  # prune, heuristic paths, cheap bound
-    LP = 1  # LP relaxation, LP rounding, reduced-cost fixing
-    MILP = 2  # the band MILP
-
-
-class BandEntry(NamedTuple):
-    """One heap entry: a box of a band of micro-batch size ``micro_batch``. Ordered by the
-    lower ``bound`` on its plans' objective, then the other fields."""
-
-    bound: float
-    phase: Phase
-    micro_batch: int
-    band: Band
-    limit: float  # HiGHS time limit of its MILP, s
-    box: Box
-
-
-@dataclass
-class SearchStats:
-    """Counters of one band search, logged in ``Plan.meta["milps"]``."""
-
-    bands: int = 0
-    heuristic: int = 0
-    pruned: int = 0
-    lps: int = 0
-    milps: int = 0
-    split: int = 0
-    resolved: int = 0  # band MILPs solved again after their plan was cut off
-    dps: int = 0  # bands solved by dynamic programming
-    dp_seconds: float = 0.0
-    lp_seconds: float = 0.0
-    milp_seconds: float = 0.0
-
-
-class Chain(NamedTuple):
-    """The candidates of one micro-batch size that survived the global pruning: positions in
-    its grid, their MILP data and global time caps T_lb, T_max (valid for the rest of the
-    search, since the incumbent only improves; recomputed when it has improved). Candidate
-    indices everywhere else in the search are positions in ``arrays``."""
-
-    grid: CandidateGrid
-    pos: IntArray
-    arrays: CandidateArrays
-    t_lb: FloatArray
-    t_max: FloatArray
-    value: float  # the incumbent's objective when the caps were computed
-
-    def near(self, band: Band) -> IntArray:
-        """Candidates whose global caps allow T in ``band`` (lo <= T_max, T_lb <= hi)."""
-        return np.flatnonzero((self.t_lb <= band.hi * (1 + 1e-9))
-                              & (self.t_max >= band.lo * (1 - 1e-9)))
-
-
-class BandSearch(NamedTuple):
-    """Result of ``plan_bands``: the best plan (None: none found), a proven lower bound on the
-    optimum, the log (one dict per micro-batch size, then the ``SearchStats``), and whether the
-    search finished (False: the time limit stopped it, so ``best is None`` proves nothing)."""
-
-    best: Plan | None
-    lower: float
-    log: list[dict[str, object]]
-    complete: bool
-
-
 # --- the search -----------------------------------------------------------------------------
 
 
 def _to_plan(problem: Problem, b: int, grid: CandidateGrid, chosen: Sequence[int]) -> Plan:
     """The plan of candidates ``chosen`` of ``grid`` (micro-batch b), scored."""
     stages = sorted((grid.stage(v) for v in chosen), key=lambda st: st.first_layer)
-    return score(Plan(tuple(stages), b, problem.global_batch, "funcpipe"), problem)
+    return score(Plan(tuple(stages), b, problem.global_batch, grid.schedule), problem)
 
 
 def _closed(bound: float, value: float, rel: float = 1e-9) -> bool:
@@ -157,14 +87,14 @@ class _Search:
                  dp: bool) -> None:
         self.problem = problem
         self.dp = dp
-        self.L = problem.profile.num_layers
-        self.t_end = time.perf_counter() + time_limit * len(problem.valid_micro_batches)
+        self.t_end = time.perf_counter() + time_limit * len(
+            problem.valid_micro_batches) * len(problem.schedules)
         self.best = best
-        self.chains: dict[int, Chain] = {}  # per b
+        self.chains: dict[int, Chain] = {}  # per (b, schedule), numbered
         self.heap: list[BandEntry] = []
         self.log: list[dict[str, object]] = []
         self.stats = SearchStats()
-        self.scored: dict[int, list[frozenset[int]]] = {}  # per b: plans a MILP proposed
+        self.scored: dict[int, list[frozenset[int]]] = {}  # per chain: plans a MILP proposed
         self.timed_out = False
 
     @property
@@ -187,27 +117,31 @@ class _Search:
         heapq.heappush(self.heap, entry)
 
     def seed(self) -> None:
-        """Candidates of every micro-batch size, pruned globally, and their bands on the heap."""
-        for b in self.problem.valid_micro_batches:
-            grid = candidate_grid(self.problem, b)
-            entry: dict[str, object] = {"micro_batch": b, "candidates": len(grid)}
+        """Candidates of every micro-batch size and schedule, pruned globally, and their bands
+        on the heap."""
+        L = self.problem.profile.num_layers
+        chains = [(b, g) for b in self.problem.valid_micro_batches
+                  for g in grids(self.problem, b)]
+        for key, (b, grid) in enumerate(chains):
+            entry: dict[str, object] = {"micro_batch": b, "schedule": grid.schedule,
+                                        "candidates": len(grid)}
             self.log.append(entry)
             if not len(grid):
                 continue
-            c = grid.arrays
-            kept = prune(self.problem, self.L, c, self.incumbent, None)
+            c, sink = grid.arrays, grid.sink(L)
+            kept = prune(self.problem, sink, c, self.incumbent, None)
             entry["after_bounds"] = len(kept.idx)
             if len(kept.idx) == 0:
                 continue
-            self.chains[b] = Chain(grid, kept.idx, c.take(kept.idx), kept.t_lb, kept.t_max,
-                                   self.value())
+            self.chains[key] = Chain(b, sink, grid, kept.idx, c.take(kept.idx), kept.t_lb,
+                                     kept.t_max, self.value())
             lo = float(kept.t_lb.min())
             finite = kept.t_max[np.isfinite(kept.t_max)]
             hi = max(float(finite.max(initial=kept.t_lb.max())), lo)
             edges = _band_edges(lo, hi)
             entry["bands"] = len(edges) - 1
             for a, z in itertools.pairwise(edges):
-                self.push(BandEntry(-math.inf, Phase.BOUND, b, Band(a, z), LIMIT, Box()))
+                self.push(BandEntry(-math.inf, Phase.BOUND, key, Band(a, z), LIMIT, Box()))
 
     def run(self) -> None:
         """Examine bands cheapest bound first until every one is closed or time is up."""
@@ -237,18 +171,22 @@ class _Search:
         if entry.box.fixed:  # candidates fixed to 0 by reduced costs in this band
             free: BoolArray = np.array([i not in entry.box.fixed for i in idx0], bool)
             idx0, c_box = idx0[free], c_box.take(free)
-        kept = prune(self.problem, self.L, c_box, self.incumbent, entry.band)
+        kept = prune(self.problem, self._L(entry), c_box, self.incumbent, entry.band)
         return idx0[kept.idx], c_box.take(kept.idx), kept.t_lb, kept.t_max
 
+    def _L(self, entry: BandEntry) -> int:
+        """The sink of the entry's chain (its number of layers, or expanded nodes)."""
+        return self.chains[entry.chain].L
+
     def _refresh(self, b: int) -> Chain:
-        """The chain of ``b``, its global caps recomputed when the incumbent has improved by
+        """Chain ``b``, its global caps recomputed when the incumbent has improved by
         more than REFRESH since they were (candidates pruned now get T_lb = inf)."""
         chain = self.chains[b]
         value = self.value()
         if not value < chain.value * (1 - REFRESH):
             return chain
         live = np.flatnonzero(np.isfinite(chain.t_lb))
-        kept = prune(self.problem, self.L, chain.arrays.take(live), self.incumbent, None)
+        kept = prune(self.problem, chain.L, chain.arrays.take(live), self.incumbent, None)
         t_lb, t_max = np.full(len(chain.arrays), np.inf), np.zeros(len(chain.arrays))
         t_lb[live[kept.idx]], t_max[live[kept.idx]] = kept.t_lb, kept.t_max
         self.chains[b] = chain = chain._replace(t_lb=t_lb, t_max=t_max, value=value)
@@ -256,14 +194,14 @@ class _Search:
 
     def _boxed(self, entry: BandEntry) -> tuple[IntArray, CandidateArrays]:
         """``boxes.boxed`` over the chain's candidates near the entry's band."""
-        chain = self._refresh(entry.micro_batch)
+        chain = self._refresh(entry.chain)
         near = chain.near(entry.band)
         idx, c_box = boxed(chain.arrays.take(near), entry.box)
         return near[idx], c_box
 
     def _plan_of(self, entry: BandEntry, chosen: Sequence[int]) -> Plan:
-        chain = self.chains[entry.micro_batch]
-        return _to_plan(self.problem, entry.micro_batch, chain.grid,
+        chain = self.chains[entry.chain]
+        return _to_plan(self.problem, chain.micro_batch, chain.grid,
                         [int(chain.pos[v]) for v in chosen])
 
     def _bound(self, entry: BandEntry, idx: IntArray, sub: CandidateArrays,
@@ -273,10 +211,11 @@ class _Search:
         if len(idx) == 0:
             self.stats.pruned += 1
             return
-        for path in lagrange_plans(self.problem, self.L, sub, entry.band.lo):
+        for path in lagrange_plans(self.problem, self._L(entry), sub, entry.band.lo):
             self.stats.heuristic += 1
             self.offer(self._plan_of(entry, [int(idx[k]) for k in path]))
-        bound = max(entry.bound, band_bound(self.problem, self.L, sub, t_lb, entry.band))
+        bound = max(entry.bound, band_bound(self.problem, self._L(entry), sub, t_lb,
+                                            entry.band))
         self.push(entry._replace(bound=bound, phase=Phase.LP))
 
     def _lp(self, entry: BandEntry, idx: IntArray, sub: CandidateArrays, t_lb: FloatArray,
@@ -286,13 +225,13 @@ class _Search:
         candidates by reduced cost; on to the MILP unless the LP closes the band."""
         if self.dp and self._dp(entry, idx, sub):
             return
-        m = band_milp(self.problem, self.L, sub, t_lb, t_max, entry.band, self.value())
+        m = band_milp(self.problem, self._L(entry), sub, t_lb, t_max, entry.band, self.value())
         t = time.perf_counter()
         lp = solve_lp(m, self.t_end - t)
         self.stats.lps += 1
         self.stats.lp_seconds += time.perf_counter() - t
         if lp.x is not None:  # LP rounding: cheapest path with -log x_v as weight
-            path = shortest_path(self.L, sub.first, sub.last,
+            path = shortest_path(self._L(entry), sub.first, sub.last,
                                  -np.log(np.clip(lp.x, 1e-9, 1.0)))
             if path and sub.replicas[path].sum() <= self.problem.max_functions:
                 self.stats.heuristic += 1
@@ -311,7 +250,7 @@ class _Search:
         model accepts one (the band's optimum, offered); all rejected closes the band too,
         unless the DP returned as many paths as it may (then the LP and MILP decide)."""
         t = time.perf_counter()
-        paths = solve_band_dp(self.problem, self.L, sub, entry.band, self.value())
+        paths = solve_band_dp(self.problem, self._L(entry), sub, entry.band, self.value())
         self.stats.dp_seconds += time.perf_counter() - t
         if paths is None:
             return False
@@ -324,7 +263,7 @@ class _Search:
         return len(paths) < BEST
 
     def _no_good(self, b: int, idx: IntArray) -> list[IntArray]:
-        """Positions in ``idx`` of every plan of micro-batch ``b`` a MILP proposed before,
+        """Positions in ``idx`` of every plan of chain ``b`` a MILP proposed before,
         for the plans whose candidates are all still in ``idx``."""
         where = {int(v): k for k, v in enumerate(idx)}
         return [np.array([where[v] for v in sorted(plan)], dtype=np.int64)
@@ -342,8 +281,8 @@ class _Search:
         for attempt in range(RESOLVES + 1):
             if attempt:
                 self.stats.resolved += 1
-            m = band_milp(self.problem, self.L, sub, t_lb, t_max, entry.band, self.value(),
-                          self._no_good(entry.micro_batch, idx))
+            m = band_milp(self.problem, self._L(entry), sub, t_lb, t_max, entry.band,
+                          self.value(), self._no_good(entry.chain, idx))
             t = time.perf_counter()
             res = solve_band(m, min(entry.limit, self.t_end - t))
             self.stats.milps += 1
@@ -351,7 +290,7 @@ class _Search:
             if res.x is not None:
                 chosen = [int(i) for i, v in zip(idx, res.x, strict=True) if v > 0.5]
                 self.offer(self._plan_of(entry, chosen))
-                self.scored.setdefault(entry.micro_batch, []).append(frozenset(chosen))
+                self.scored.setdefault(entry.chain, []).append(frozenset(chosen))
             if res.status == MilpStatus.INFEASIBLE:
                 return
             if res.status != MilpStatus.OPTIMAL:
@@ -363,7 +302,7 @@ class _Search:
         self.stats.split += 1
         children = split(entry.band, entry.box, sub)
         for band, box in children:
-            self.push(BandEntry(bound, Phase.BOUND, entry.micro_batch, band, entry.limit, box))
+            self.push(BandEntry(bound, Phase.BOUND, entry.chain, band, entry.limit, box))
         if not children:  # nothing left to split: more time
             self.push(entry._replace(bound=bound, limit=2 * entry.limit))
 
@@ -374,8 +313,9 @@ class _Search:
             bound = entry.bound
             if bound == -math.inf and lower > -math.inf:
                 _, c_box = self._boxed(entry)
-                kept = prune(self.problem, self.L, c_box, self.incumbent, entry.band)
-                bound = (band_bound(self.problem, self.L, c_box.take(kept.idx), kept.t_lb,
+                L = self._L(entry)
+                kept = prune(self.problem, L, c_box, self.incumbent, entry.band)
+                bound = (band_bound(self.problem, L, c_box.take(kept.idx), kept.t_lb,
                                     entry.band) if len(kept.idx) else math.inf)
             lower = min(lower, bound)
         return lower

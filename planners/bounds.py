@@ -37,6 +37,7 @@ BoolArray = NDArray[np.bool_]
 _MU = np.array([0.1, 0.3, 1.0, 3.0, 10.0])  # multipliers of the heuristic paths, x scale
 _MU_CAPPED = np.array([0.3, 1.0, 3.0])  # the same, for paths with a capped own bottleneck
 _MU_KEEP = np.array([0.0, 0.1, 0.3, 1.0, 3.0, 10.0])  # multipliers of the Lagrangian bound
+_POSITIONS = 128  # most chain positions ``band_bound`` examines
 
 
 class Term(IntEnum):
@@ -318,7 +319,11 @@ def band_bound(problem: Problem, L: int, c: CandidateArrays, t_lb: FloatArray,
     else:
         v = rate * t + req
     best = -np.inf
-    for layer in range(L):
+    # every position of the chain is covered by one stage of every plan, so any subset of
+    # positions gives a bound; long (expanded) chains are sampled at 128 of them
+    where = range(L) if L <= _POSITIONS else np.unique(np.linspace(0, L - 1, _POSITIONS,
+                                                                    dtype=np.int64)).tolist()
+    for layer in where:
         m = (f <= layer) & (j >= layer)
         best = max(best, float(v[m].min()) if m.any() else np.inf)
     return best

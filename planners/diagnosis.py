@@ -17,8 +17,8 @@ import numpy as np
 from planners.bounds import shortest_paths
 from planners.cost import StageModel
 from planners.errors import InfeasibleError
+from planners.grid_1f1b import grids
 from planners.problem import Problem
-from planners.stage_grid import candidate_grid
 
 __all__ = ["explain_infeasible", "min_functions", "structural_infeasibility"]
 
@@ -27,9 +27,12 @@ def min_functions(problem: Problem, micro_batch: int) -> int | None:
     """The fewest functions any plan of ``micro_batch`` needs (shortest path on d_v over the
     candidates, whatever max_functions is); None when no plan fits memory at all."""
     L = problem.profile.num_layers
-    relaxed = dataclasses.replace(problem, max_functions=max(problem.replica_options))
-    c = candidate_grid(relaxed, micro_batch).arrays
-    fewest = shortest_paths(L, c.first, c.last, c.replicas.astype(np.float64))[0][L]
+    relaxed = dataclasses.replace(problem, max_functions=max(problem.replica_options) * L)
+    fewest = math.inf
+    for grid in grids(relaxed, micro_batch):  # every schedule the problem allows
+        c, sink = grid.arrays, grid.sink(L)
+        fewest = min(fewest, float(shortest_paths(sink, c.first, c.last,
+                                                  c.replicas.astype(np.float64))[0][sink]))
     return None if math.isinf(fewest) else int(fewest)
 
 
@@ -77,12 +80,13 @@ def _memory_infeasibility(problem: Problem) -> InfeasibleError | None:
     worst: list[tuple[int, str, float, int, int, str]] = []  # layer, name, MB, b, d, mode
     for layer_index, layer in enumerate(problem.profile.layers):
         best: tuple[float, int, int, str] | None = None  # MB, b, d, mode
+        held = 1 if "1f1b" in problem.schedules else None  # 1F1B's last stage holds one
         for b in problem.valid_micro_batches:
             model = StageModel(problem, b)
             for d in problem.replicas_for(b):
                 for mode in ("stash", "recompute") if problem.allow_recompute else ("stash",):
                     need = model.terms(layer_index, layer_index, plat.max_memory_mb, d,
-                                       mode).peak_mb
+                                       mode, held).peak_mb
                     if best is None or need < best[0]:
                         best = (need, b, d, mode)
         if best is not None and best[0] > plat.max_memory_mb:

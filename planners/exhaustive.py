@@ -1,4 +1,4 @@
-"""Exhaustive search: every partition, memory, replica count, mode and micro-batch size.
+"""Exhaustive search: every partition, memory, replica count, mode, micro-batch size and schedule.
 
 The oracle the MIQP is tested against. It enumerates compositions of the layer chain
 recursively, every (memory, replicas, mode) per stage that fits, and scores each complete plan
@@ -32,7 +32,8 @@ class Scored(NamedTuple):
 
 def enumerate_plans(problem: Problem, limit: int = LIMIT) -> Iterator[Scored]:
     """Every plan that fits memory and max_functions (whatever the objective), scored by the
-    closed form, micro-batch sizes ascending, then stages in lexicographic order.
+    closed form, micro-batch sizes ascending, then schedules (``Problem.schedules``; 1F1B plans
+    by stage count), then stages in lexicographic order.
 
     Raises:
       PlanError: the search space exceeds ``limit`` plans.
@@ -41,36 +42,57 @@ def enumerate_plans(problem: Problem, limit: int = LIMIT) -> Iterator[Scored]:
     configs_per_stage = (len(problem.platform.memory_options_mb) * len(problem.replica_options)
                          * len(MODES))
     size = len(problem.valid_micro_batches) * (configs_per_stage + 1) ** (L - 1) * \
-        configs_per_stage
+        configs_per_stage * len(problem.schedules)
     if size > limit:
         raise PlanError(f"exhaustive: about {size:.2e} plans exceed the limit of {limit:.0e}; "
                         "coarsen the profile or shrink the option sets")
     modes = MODES if problem.allow_recompute else ("stash",)
     for b in problem.valid_micro_batches:
         model = StageModel(problem, b)
-        options: dict[tuple[int, int], list[tuple[StagePlan, StageTerms]]] = {}
-        for i in range(L):
-            for j in range(i, L):
-                options[i, j] = [
-                    (StagePlan(i, j, m, d, mode), t)
-                    for m in problem.platform.memory_options_mb
-                    for d in problem.replicas_for(b) for mode in modes
-                    if (t := model.terms(i, j, m, d, mode)).peak_mb <= m]
+        for schedule in problem.schedules:
+            if schedule == "funcpipe":
+                yield from _walk(problem, model, modes, schedule, None)
+            else:  # 1F1B: a stage's memory depends on S - s, so S is fixed per walk
+                for S in range(1, min(L, problem.max_functions) + 1):
+                    yield from _walk(problem, model, modes, schedule, S)
 
-        def walk(start: int, chosen: list[tuple[StagePlan, StageTerms]], used: int, b: int = b,
-                 options: dict[tuple[int, int], list[tuple[StagePlan, StageTerms]]] = options,
-                 ) -> Iterator[Scored]:
-            if start == L:
-                seconds, dollars = aggregate([t for _, t in chosen], problem)
-                yield Scored(Plan(tuple(s for s, _ in chosen), b, problem.global_batch),
-                             seconds, dollars)
-                return
-            for j in range(start, L):
-                for stage, t in options[start, j]:
-                    if used + stage.replicas <= problem.max_functions:
-                        yield from walk(j + 1, chosen + [(stage, t)], used + stage.replicas)
 
-        yield from walk(0, [], 0)
+Option = tuple[StagePlan, StageTerms]
+
+
+def _walk(problem: Problem, model: StageModel, modes: tuple[str, ...], schedule: str,
+          stages: int | None) -> Iterator[Scored]:
+    """Every plan of ``model``'s micro-batch size under ``schedule``, stages in lexicographic
+    order; with ``stages`` only plans of that many stages, stage s priced with S - s
+    micro-batches in flight (1F1B), else with all it owns (FuncPipe's order)."""
+    L, b = model.L, model.b
+    options: dict[tuple[int, int, int | None], list[Option]] = {}
+
+    def configs(i: int, j: int, held: int | None) -> list[Option]:
+        if (i, j, held) not in options:
+            options[i, j, held] = [
+                (StagePlan(i, j, m, d, mode), t)
+                for m in problem.platform.memory_options_mb
+                for d in problem.replicas_for(b) for mode in modes
+                if (t := model.terms(i, j, m, d, mode, held)).peak_mb <= m]
+        return options[i, j, held]
+
+    def walk(start: int, chosen: list[Option], used: int) -> Iterator[Scored]:
+        if start == L:
+            if stages is None or len(chosen) == stages:
+                seconds, dollars = aggregate([t for _, t in chosen], problem, schedule)
+                yield Scored(Plan(tuple(s for s, _ in chosen), b, problem.global_batch,
+                                  schedule), seconds, dollars)
+            return
+        if stages is not None and len(chosen) == stages:
+            return
+        held = None if stages is None else stages - len(chosen)
+        for j in range(start, L):
+            for stage, t in configs(start, j, held):
+                if used + stage.replicas <= problem.max_functions:
+                    yield from walk(j + 1, chosen + [(stage, t)], used + stage.replicas)
+
+    yield from walk(0, [], 0)
 
 
 def plan_exhaustive(problem: Problem, limit: int = LIMIT) -> Plan:

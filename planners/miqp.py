@@ -45,7 +45,7 @@ from planners.bounds import Incumbent, candidate_arrays, time_caps
 from planners.candidates import Candidate, candidates
 from planners.cost import score
 from planners.diagnosis import explain_infeasible, structural_infeasibility
-from planners.errors import InfeasibleError, TimeLimitError
+from planners.errors import InfeasibleError, PlanError, TimeLimitError
 from planners.plans import Plan, StagePlan
 from planners.problem import REL_TOL, Objective, Problem
 
@@ -196,7 +196,10 @@ def plan_miqp(problem: Problem, time_limit: float = 60.0, incumbent: Plan | None
     """Optimal plan over every micro-batch size (FuncPipe's MIQP, linearised exactly).
 
     Args:
-      problem: the request; its schedule must be ``funcpipe``.
+      problem: the request. ``schedule="any"`` searches FuncPipe's order and 1F1B together
+        (1F1B on the expanded chain of ``planners.grid_1f1b``), so a one-stage plan that
+        accumulates gradients is in the search space; the single MILP (``bands=False``) models
+        FuncPipe's order only.
       time_limit: s per micro-batch size: the band search stops after time_limit times the
         number of micro-batch sizes, the single MILP gives HiGHS time_limit per size; on expiry
         the plan is ``feasible`` and ``gap`` holds the proven relative gap.
@@ -212,6 +215,9 @@ def plan_miqp(problem: Problem, time_limit: float = 60.0, incumbent: Plan | None
       TimeLimitError: the time limit ran out before any feasible plan was found.
     """
     t_start = time.perf_counter()
+    if not bands and problem.schedules != ("funcpipe",):
+        raise PlanError(f"miqp with bands=False models the 'funcpipe' schedule only, not "
+                        f"{problem.schedule!r}; use the band search (bands=True)")
     if incumbent is None:
         incumbent = _heuristic_incumbent(problem)
     if bands:

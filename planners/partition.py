@@ -89,7 +89,8 @@ def best_homogeneous(problem: Problem, rule: Callable[[ModelProfile, int, int], 
                         stages = tuple(
                             StagePlan(i, j, m, d, "recompute" if table.rec[r][k] else "stash")
                             for (i, j), r in zip(parts, rows, strict=True))
-                        best = (value, Plan(stages, b, problem.global_batch, problem.schedule))
+                        best = (value, Plan(stages, b, problem.global_batch,
+                                            problem.rival_schedule))
     if best is None:
         raise InfeasibleError(
             f"{method}: no homogeneous (memory, replicas) configuration of its partitions fits "

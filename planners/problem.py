@@ -11,9 +11,12 @@ from planners.errors import PlanError
 from planners.platforms import Platform
 from planners.profile import ModelProfile
 
-__all__ = ["MODES", "REL_TOL", "SCHEDULES", "Objective", "Problem"]
+__all__ = ["ANY_SCHEDULE", "MODES", "REL_TOL", "SCHEDULES", "Objective", "Problem"]
 
 SCHEDULES = ("funcpipe", "1f1b")
+# Problem.schedule value that lets the planner choose the schedule of each plan (a plan's own
+# schedule is always one of SCHEDULES).
+ANY_SCHEDULE = "any"
 MODES = ("stash", "recompute")
 _KINDS = ("weighted", "budget", "deadline")
 # The one tolerance rule of the library: a plan meets a budget (deadline) X when its predicted
@@ -136,7 +139,12 @@ class Problem(JsonMixin):
       objective: what to minimise.
       optimizer_slots: optimizer state per parameter, in parameter-sized slots (Adam 2, SGD 0,
         momentum 1).
-      schedule: micro-batch order, ``funcpipe`` (all forwards, then all backwards) or ``1f1b``.
+      schedule: micro-batch order, ``funcpipe`` (all forwards, then all backwards: every stage
+        holds all its micro-batches' activations), ``1f1b`` (PipeDream-flush: stage s of S
+        holds at most S - s; a one-stage 1F1B plan is data parallelism that accumulates
+        gradients one micro-batch at a time), or ``any``: ``miqp``, ``exhaustive`` and
+        ``data-parallel`` choose per plan (``schedules``); the fixed-rule rivals (uniform,
+        balanced, pipedream, maxload) keep ``funcpipe``, GPipe's order.
       allow_recompute: whether a stage may keep only its inputs and recompute in backward.
       update_seconds_per_byte: optimizer update time per parameter byte at the reference CPU
         share, seconds/byte (1e-9: 1 GB/s); 0 makes updates free.
@@ -176,8 +184,9 @@ class Problem(JsonMixin):
             problems.append(f"replica_options must be >= 1, got {self.replica_options}")
         if self.max_functions < 1:
             problems.append(f"max_functions must be >= 1, got {self.max_functions}")
-        if self.schedule not in SCHEDULES:
-            problems.append(f"schedule {self.schedule!r} unknown; choose one of {SCHEDULES}")
+        if self.schedule not in (*SCHEDULES, ANY_SCHEDULE):
+            problems.append(f"schedule {self.schedule!r} unknown; choose one of "
+                            f"{(*SCHEDULES, ANY_SCHEDULE)}")
         if self.optimizer_slots < 0 or not self.update_seconds_per_byte >= 0:
             problems.append("optimizer_slots and update_seconds_per_byte must be >= 0")
         if self.cached_input_bytes is not None and not self.cached_input_bytes >= 0:
@@ -190,6 +199,16 @@ class Problem(JsonMixin):
     def valid_micro_batches(self) -> tuple[int, ...]:
         """Candidate micro-batch sizes that divide the global batch."""
         return tuple(b for b in self.micro_batches if self.global_batch % b == 0)
+
+    @property
+    def schedules(self) -> tuple[str, ...]:
+        """The schedules a plan may use: ``SCHEDULES`` for ``any``, else the one asked for."""
+        return SCHEDULES if self.schedule == ANY_SCHEDULE else (self.schedule,)
+
+    @property
+    def rival_schedule(self) -> str:
+        """The schedule of the fixed-rule rivals: the one asked for, ``funcpipe`` for ``any``."""
+        return "funcpipe" if self.schedule == ANY_SCHEDULE else self.schedule
 
     def replicas_for(self, micro_batch: int) -> tuple[int, ...]:
         """Replica options usable with ``micro_batch``: d <= M and d <= max_functions."""

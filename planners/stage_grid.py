@@ -22,11 +22,10 @@ from numpy.typing import NDArray
 
 from planners.bounds import BoolArray, CandidateArrays, FloatArray, IntArray
 from planners.cost import MIB, StageModel
-from planners.errors import PlanError
 from planners.plans import StagePlan
 from planners.problem import Problem
 
-__all__: list[str] = []  # internal to planners.bands
+__all__: list[str] = []  # internal to planners.bands and planners.grid_1f1b
 
 
 @dataclass(frozen=True)
@@ -37,19 +36,32 @@ class CandidateGrid:
       arrays: the MILP data (``CandidateArrays``), entry v is candidate v.
       memory_mb: m_v, MB.
       recompute: whether candidate v runs in recompute mode (else stash).
+      schedule: the schedule every plan over these candidates runs.
+      nodes: None: ``arrays.first``/``last`` are layers (edges i -> j + 1 of the chain 0..L);
+        else they are nodes of an expanded chain 0..nodes (``planners.grid_1f1b``).
+      layers: with ``nodes``, each candidate's first and last layer.
     """
 
     arrays: CandidateArrays
     memory_mb: IntArray
     recompute: BoolArray
+    schedule: str = "funcpipe"
+    nodes: int | None = None
+    layers: tuple[IntArray, IntArray] | None = None
 
     def __len__(self) -> int:
         return len(self.arrays)
 
+    def sink(self, L: int) -> int:
+        """The last node of the chain the candidates' edges run on: L for the layer chain,
+        ``nodes`` for an expanded one (``planners.grid_1f1b``)."""
+        return L if self.nodes is None else self.nodes
+
     def stage(self, v: int) -> StagePlan:
         """Candidate v as a stage of a plan."""
         c = self.arrays
-        return StagePlan(int(c.first[v]), int(c.last[v]), int(self.memory_mb[v]),
+        first, last = (c.first, c.last) if self.layers is None else self.layers
+        return StagePlan(int(first[v]), int(last[v]), int(self.memory_mb[v]),
                          int(c.replicas[v]), "recompute" if self.recompute[v] else "stash")
 
 
@@ -92,9 +104,13 @@ class StageConfigs(NamedTuple):
         return i * L - i * (i - 1) // 2 + (j - i)
 
 
-def stage_configs(problem: Problem, micro_batch: int, d: int) -> StageConfigs:
+def stage_configs(problem: Problem, micro_batch: int, d: int, in_flight: int | None = None,
+                  schedule: str = "funcpipe") -> StageConfigs:
     """``StageConfigs`` of ``micro_batch`` on ``d`` replicas, with the operations of
-    ``StageModel.terms`` in the same order (so the same floats)."""
+    ``StageModel.terms`` in the same order (so the same floats). ``in_flight``: micro-batches
+    whose activations a replica holds (None: all n it owns, as ``StageModel.terms``). Under
+    ``1f1b`` the one bottleneck term (n - 1) max(F + G, U^a + U^g, D^a + D^g) is ``a_fwd`` and
+    ``a_bwd`` is 0, so the sums and maxima of ``cost.aggregate`` are unchanged."""
     model = StageModel(problem, micro_batch)
     prof, plat = problem.profile, problem.platform
     L, b, M = model.L, micro_batch, model.M
@@ -121,14 +137,15 @@ def stage_configs(problem: Problem, micro_batch: int, d: int) -> StageConfigs:
     grad_up = np.where(first, 0.0, x_in / up + lat)[:, None]
     slots = 2 + problem.optimizer_slots
     n = -(-M // d)
+    held = n if in_flight is None else min(in_flight, n)
     fixed = (w * slots + (2 * w if d > 1 else 0.0))[:, None]
 
     def peak(acts: FloatArray) -> FloatArray:
         return (fixed + acts + dataset[:, None] + (2 * (x_in + x_out))[:, None]) / MIB \
             + model.fixed_mb
 
-    ok_stash = peak(np.broadcast_to((n * stash)[:, None], fwd.shape)) <= mems[None, :]
-    peak_rec = peak(np.broadcast_to((n * x_in + stash)[:, None], fwd.shape))
+    ok_stash = peak(np.broadcast_to((held * stash)[:, None], fwd.shape)) <= mems[None, :]
+    peak_rec = peak(np.broadcast_to((held * x_in + stash)[:, None], fwd.shape))
     rec = ~ok_stash & problem.allow_recompute & (peak_rec <= mems[None, :])
     bwd = np.where(rec, bwd_base + fwd, bwd_base + 0.0)
     update = r[None, :] * w[:, None] * problem.update_seconds_per_byte
@@ -136,11 +153,17 @@ def stage_configs(problem: Problem, micro_batch: int, d: int) -> StageConfigs:
     sync_gets = 2 * d * (d - 1)
     not_first, not_last = (~first).astype(np.int64), (~last).astype(np.int64)
     reads = (not_first if cached is not None else np.ones_like(not_first))
+    if schedule == "1f1b":
+        a_fwd = (n - 1) * np.maximum(np.maximum(fwd + bwd, act_up + grad_up),
+                                     act_down + grad_down)
+        a_bwd = np.zeros_like(a_fwd)
+    else:
+        a_fwd = (n - 1) * np.maximum(np.maximum(fwd, act_up), act_down)
+        a_bwd = (n - 1) * np.maximum(np.maximum(bwd, grad_up), grad_down)
     return StageConfigs(
         first=i, last=j, fits=ok_stash | rec, recompute=rec,
         fill=(act_down + fwd + act_up) + (grad_down + bwd + grad_up),
-        a_fwd=(n - 1) * np.maximum(np.maximum(fwd, act_up), act_down),
-        a_bwd=(n - 1) * np.maximum(np.maximum(bwd, grad_up), grad_down),
+        a_fwd=a_fwd, a_bwd=a_bwd,
         tail=_sync(w, d, up, down, lat)[:, None] + update,
         gb=d * mems / 1024,
         puts=M * (not_last + not_first) + sync_puts + d * last.astype(np.int64),
@@ -148,55 +171,57 @@ def stage_configs(problem: Problem, micro_batch: int, d: int) -> StageConfigs:
 
 
 def candidate_grid(problem: Problem, micro_batch: int) -> CandidateGrid:
-    """All non-dominated stage candidates of ``micro_batch``, as ``candidates`` orders them
-    (replicas, then first layer, then last layer, then memory).
+    """All non-dominated stage candidates of ``micro_batch`` under FuncPipe's schedule, as
+    ``candidates`` orders them (replicas, then first layer, then last layer, then memory).
+    ``planners.grid_1f1b`` builds the 1F1B ones."""
+    return assemble([kept_columns(problem, stage_configs(problem, micro_batch, d), d)
+                     for d in problem.replicas_for(micro_batch)])
 
-    Raises:
-      PlanError: the problem asks for the 1F1B schedule (as ``candidates``).
-    """
-    if problem.schedule != "funcpipe":
-        raise PlanError(f"the interval candidates model the 'funcpipe' schedule, not "
-                        f"{problem.schedule!r}; plan with schedule='funcpipe' and re-score")
+
+Columns = dict[str, NDArray[Any]]  # first, last, fill, a_fwd, a_bwd, tail, replicas, rate,
+# req (the ``CandidateArrays`` fields), mem and rec (the grid's): one entry per candidate
+
+
+def kept_columns(problem: Problem, cfg: StageConfigs, d: int) -> Columns:
+    """The configurations of ``cfg`` (replica count d) that fit and that no other of the same
+    interval dominates (no more GB, no slower in any term), as ``Columns``, in
+    row-major (interval, memory) order."""
     plat = problem.platform
     mems = np.array(plat.memory_options_mb, dtype=np.int64)  # (K,)
-    out: dict[str, list[NDArray[Any]]] = {k: [] for k in (
-        "first", "last", "fill", "a_fwd", "a_bwd", "tail", "replicas", "rate", "req", "mem",
-        "rec")}
-    for d in problem.replicas_for(micro_batch):
-        cfg = stage_configs(problem, micro_batch, d)
-        i, j, fits, rec = cfg.first, cfg.last, cfg.fits, cfg.recompute
-        fill, a_fwd, a_bwd, tail = cfg.fill, cfg.a_fwd, cfg.a_bwd, cfg.tail
-        gb = np.broadcast_to(cfg.gb[None, :], fill.shape)
-        keys = np.stack([gb, fill, a_fwd, a_bwd, tail], axis=2)  # (G, K, 5)
-        # o dominates k in its (i, j, d) group: both fit, o <= k everywhere and o != k
-        le = (keys[:, :, None, :] <= keys[:, None, :, :]).all(axis=3)  # [g, o, k]
-        ne = (keys[:, :, None, :] != keys[:, None, :, :]).any(axis=3)
-        dominated = (le & ne & fits[:, :, None]).any(axis=1)
-        keep = fits & ~dominated  # (G, K), row-major = the loops' order
-        g_idx, k_idx = np.nonzero(keep)
-        rate_k = np.array([plat.compute_dollars(d * m / 1024, 1.0)
-                           + plat.handover_invocation_dollars(d, 1.0)
-                           for m in plat.memory_options_mb])
-        req_g = np.array([plat.request_dollars(p, g) for p, g in
-                          zip(cfg.puts.tolist(), cfg.gets.tolist(), strict=True)])
-        out["first"].append(i[g_idx])
-        out["last"].append(j[g_idx])
-        out["fill"].append(fill[g_idx, k_idx])
-        out["a_fwd"].append(a_fwd[g_idx, k_idx])
-        out["a_bwd"].append(a_bwd[g_idx, k_idx])
-        out["tail"].append(tail[g_idx, k_idx])
-        out["replicas"].append(np.full(len(g_idx), d, dtype=np.int64))
-        out["rate"].append(rate_k[k_idx])
-        out["req"].append(req_g[g_idx])
-        out["mem"].append(mems[k_idx])
-        out["rec"].append(rec[g_idx, k_idx])
+    i, j, fits, rec = cfg.first, cfg.last, cfg.fits, cfg.recompute
+    fill, a_fwd, a_bwd, tail = cfg.fill, cfg.a_fwd, cfg.a_bwd, cfg.tail
+    gb = np.broadcast_to(cfg.gb[None, :], fill.shape)
+    keys = np.stack([gb, fill, a_fwd, a_bwd, tail], axis=2)  # (G, K, 5)
+    # o dominates k in its (i, j, d) group: both fit, o <= k everywhere and o != k
+    le = (keys[:, :, None, :] <= keys[:, None, :, :]).all(axis=3)  # [g, o, k]
+    ne = (keys[:, :, None, :] != keys[:, None, :, :]).any(axis=3)
+    dominated = (le & ne & fits[:, :, None]).any(axis=1)
+    keep = fits & ~dominated  # (G, K), row-major = the loops' order
+    g_idx, k_idx = np.nonzero(keep)
+    rate_k = np.array([plat.compute_dollars(d * m / 1024, 1.0)
+                       + plat.handover_invocation_dollars(d, 1.0)
+                       for m in plat.memory_options_mb])
+    req_g = np.array([plat.request_dollars(p, g) for p, g in
+                      zip(cfg.puts.tolist(), cfg.gets.tolist(), strict=True)])
+    return {"first": i[g_idx], "last": j[g_idx], "fill": fill[g_idx, k_idx],
+            "a_fwd": a_fwd[g_idx, k_idx], "a_bwd": a_bwd[g_idx, k_idx],
+            "tail": tail[g_idx, k_idx], "replicas": np.full(len(g_idx), d, dtype=np.int64),
+            "rate": rate_k[k_idx], "req": req_g[g_idx], "mem": mems[k_idx],
+            "rec": rec[g_idx, k_idx]}
+
+
+def assemble(parts: list[Columns], schedule: str = "funcpipe", nodes: int | None = None,
+             layers: tuple[IntArray, IntArray] | None = None) -> CandidateGrid:
+    """One ``CandidateGrid`` of the candidates ``parts`` hold, in order."""
 
     def cat(key: str, dtype: type[np.generic]) -> NDArray[Any]:
-        return np.concatenate(out[key]).astype(dtype) if out[key] else np.zeros(0, dtype)
+        cols = [p[key] for p in parts]
+        return np.concatenate(cols).astype(dtype) if cols else np.zeros(0, dtype)
 
     arrays = CandidateArrays(
         first=cat("first", np.int64), last=cat("last", np.int64), fill=cat("fill", np.float64),
         a_fwd=cat("a_fwd", np.float64), a_bwd=cat("a_bwd", np.float64),
         tail=cat("tail", np.float64), replicas=cat("replicas", np.int64),
         rate=cat("rate", np.float64), req=cat("req", np.float64))
-    return CandidateGrid(arrays, cat("mem", np.int64), cat("rec", np.bool_))
+    return CandidateGrid(arrays, cat("mem", np.int64), cat("rec", np.bool_), schedule, nodes,
+                         layers)

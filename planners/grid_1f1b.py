@@ -1,0 +1,93 @@
+"""1F1B stage candidates as edges of an expanded chain, so the band search solves 1F1B exactly.
+
+Under 1F1B (PipeDream-flush, ``planners.schedule``) stage s of an S-stage plan holds at most
+S - s micro-batches' activations, so whether a stage fits memory depends on r = S - s, the
+stages from it to the end, and a one-stage 1F1B plan is data parallelism that accumulates
+gradients one micro-batch at a time. The layer chain 0..L does not know r; the *expanded
+chain* does. Its nodes are (layer i, stages still to come r), for 1 <= i <= L and
+0 <= r <= R, numbered
+
+  node(0, *) = 0 (every plan starts there),  node(i, r) = 1 + (i - 1)(R + 1) + (R - r),
+
+so node(L, 0) = L (R + 1) is the one sink, and a stage candidate of layers i..j priced with r
+in flight is the edge node(i, r) -> node(j + 1, r - 1), which always points to a larger node.
+The band search's ``CandidateArrays`` take first = its start node and last = its end node - 1,
+so every plan is again a path 0 -> sink whose edges tile the nodes 0..sink - 1, and every
+argument the search makes on the layer chain (shortest paths, one chosen edge covering every
+position, the DP over nodes, the MILP's flow and cover rows) holds on this chain unchanged.
+
+R = min(M, max_functions, L). A stage never holds more than the n <= M micro-batches it owns,
+so when M < min(max_functions, L) the state r = R stands for "R or more stages to come" and
+gets the extra edges node(i, R) -> node(j + 1, R), priced with R in flight, which is exact
+there. Each edge is kept only when the layers left can hold the stages to come, and the
+dominance filter of ``stage_grid.kept_columns`` runs per (interval, d, r).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from planners.bounds import IntArray
+from planners.problem import Problem
+from planners.stage_grid import (
+    CandidateGrid,
+    Columns,
+    assemble,
+    candidate_grid,
+    kept_columns,
+    stage_configs,
+)
+
+__all__: list[str] = []  # internal to planners.bands and planners.diagnosis
+
+
+def depth(problem: Problem, micro_batch: int) -> tuple[int, bool]:
+    """(R, whether r = R means "R or more"): the largest number of stages to come the
+    expanded chain of ``micro_batch`` tells apart."""
+    L, m = problem.profile.num_layers, problem.global_batch // micro_batch
+    R = min(m, problem.max_functions, L)
+    return R, R < min(problem.max_functions, L)
+
+
+def candidate_grid_1f1b(problem: Problem, micro_batch: int) -> CandidateGrid:
+    """Every non-dominated 1F1B stage candidate of ``micro_batch``, as edges of the expanded
+    chain (``nodes`` = its sink, ``layers`` = each candidate's layers): replicas, then stages
+    to come r, then first layer, last layer and memory."""
+    L = problem.profile.num_layers
+    R, loops = depth(problem, micro_batch)
+
+    def node(i: IntArray, r: int) -> IntArray:
+        return np.where(i == 0, 0, 1 + (i - 1) * (R + 1) + (R - r))
+
+    parts: list[Columns] = []
+    layers: list[tuple[IntArray, IntArray]] = []
+    for d in problem.replicas_for(micro_batch):
+        for r in range(1, R + 1):
+            cols = kept_columns(problem, stage_configs(problem, micro_batch, d, r, "1f1b"), d)
+            i, j = cols["first"], cols["last"]
+            edges: list[tuple[IntArray, IntArray]] = []  # (rows kept, their end nodes)
+            if r == 1:
+                rows = np.flatnonzero(j == L - 1)
+                edges.append((rows, np.full(len(rows), L * (R + 1))))
+            else:  # the r - 1 stages to come need r - 1 layers after j
+                rows = np.flatnonzero(j <= L - r)
+                edges.append((rows, node(j[rows] + 1, r - 1)))
+            if loops and r == R:  # R or more to come: R or more after this stage too
+                rows = np.flatnonzero(j <= L - 1 - R)
+                edges.append((rows, node(j[rows] + 1, R)))
+            for rows, end in edges:
+                part = {key: col[rows] for key, col in cols.items()}
+                part["first"], part["last"] = node(i[rows], r), end - 1
+                parts.append(part)
+                layers.append((i[rows], j[rows]))
+    firsts = [a for a, _ in layers]
+    lasts = [b for _, b in layers]
+    cat = (np.concatenate(firsts).astype(np.int64) if firsts else np.zeros(0, np.int64),
+           np.concatenate(lasts).astype(np.int64) if lasts else np.zeros(0, np.int64))
+    return assemble(parts, "1f1b", L * (R + 1), cat)
+
+
+def grids(problem: Problem, micro_batch: int) -> list[CandidateGrid]:
+    """The candidate grid of ``micro_batch`` for every schedule the problem allows."""
+    return [candidate_grid(problem, micro_batch) if s == "funcpipe"
+            else candidate_grid_1f1b(problem, micro_batch) for s in problem.schedules]
