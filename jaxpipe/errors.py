@@ -20,12 +20,14 @@ __all__ = [
     "BatchTooLargeError",
     "BudgetExceeded",
     "BundleError",
+    "ConcurrencyError",
     "CouplingError",
     "CutError",
     "DataFileError",
     "DataLengthError",
     "DatasetError",
     "EventTooLargeError",
+    "FunctionsNotReadyError",
     "ImportPathError",
     "IndivisibleBatchError",
     "InputError",
@@ -54,6 +56,7 @@ __all__ = [
     "UnknownOptimizerError",
     "UnknownPlatformError",
     "UnknownTaskError",
+    "VersionMismatchError",
     "UnsupportedModelError",
     "VariablesError",
 ]
@@ -269,6 +272,31 @@ class UnknownTaskError(InputError):
     """A function was asked to run a task it does not know.
 
     Fix: send one of the tasks the message lists.
+    """
+
+
+class VersionMismatchError(InputError):
+    """The job was built by a driver whose jax, jaxlib, flax or optax differ from the worker's.
+
+    Fix: redeploy the worker image from the driver's environment (`jaxpipe deploy aws`; its tag
+    names the versions), or train from an environment with the worker's versions.
+    """
+
+
+class FunctionsNotReadyError(InputError):
+    """A memory size the job may use has no worker function, or its function is not ready.
+
+    Fix: the message names each function and its state. Deploy the missing sizes
+    (`jaxpipe deploy aws --memory ...`), wait for a function that is still updating, or plan
+    only over the sizes that exist (a `--platform-file` with `memory_options_mb`).
+    """
+
+
+class ConcurrencyError(InputError):
+    """The plan runs more functions at once than the account's unreserved concurrency allows.
+
+    Fix: plan with fewer functions (`--max-functions`, at most the number the message names), or
+    ask AWS for more concurrent executions (the message gives the Service Quotas command).
     """
 
 

@@ -16,8 +16,6 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from dataclasses import astuple, dataclass, fields
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +24,7 @@ import botocore.exceptions
 from jaxpipe.deploy import policies
 from jaxpipe.deploy.aws import Change
 from jaxpipe.runtime.platforms.aws import FUNCTION_PREFIX
+from jaxpipe.versions import Versions, driver_versions
 
 __all__ = ["DOCKERFILE", "KEEP_IMAGES", "Versions", "driver_versions", "ensure_repository",
            "image_commands", "image_exists", "parse_image_uri", "source_tag"]
@@ -34,35 +33,6 @@ REPO = Path(__file__).resolve().parents[2]
 DOCKERFILE = "deploy/aws/Dockerfile"
 KEEP_IMAGES = 5
 _ECR_URI = re.compile(r"^(\d{12})\.dkr\.ecr\.([a-z0-9-]+)\.amazonaws\.com/([^:@]+)[:@].+$")
-
-
-@dataclass(frozen=True)
-class Versions:
-    """The versions of the four packages that must match between the driver and the image."""
-
-    jax: str
-    jaxlib: str
-    flax: str
-    optax: str
-
-    def constraints(self) -> str:
-        """The pip constraints file the image installs from, one `name==version` per line."""
-        return "".join(f"{f.name}=={v}\n" for f, v in zip(fields(self), astuple(self)))
-
-    def build_args(self) -> str:
-        """`--build-arg` flags passing them to deploy/aws/Dockerfile."""
-        return " ".join(f"--build-arg {f.name.upper()}_VERSION={v}"
-                        for f, v in zip(fields(self), astuple(self)))
-
-    def tag_part(self) -> str:
-        """`jax0.10.2-jaxlib0.10.2-flax0.12.8-optax0.2.8` (characters a tag may not hold: `_`)."""
-        return "-".join(re.sub(r"[^A-Za-z0-9_.]", "_", f"{f.name}{v}")
-                        for f, v in zip(fields(self), astuple(self)))
-
-
-def driver_versions() -> Versions:
-    """The installed versions of jax, jaxlib, flax and optax (this machine's, the driver's)."""
-    return Versions(*(metadata.version(name) for name in ("jax", "jaxlib", "flax", "optax")))
 
 
 def source_tag(versions: Versions, root: Path = REPO) -> str:

@@ -18,6 +18,7 @@ Every key of a job lives under `jobs/<job-id>/` (docs/design.md), laid out as:
     cancel/<attempt>                  the attempt's cancellation marker (`runtime.cancel`)
     driver.json                       the running driver's lease and heartbeat (`runtime.lease`)
     results/summary.json              the run's `summary.Summary`
+    xla-cache/<host>/stage<k>/<entry> compiled programs of stage k (`runtime.compile_cache`)
 
 A restart after a crash uses a new attempt number, so messages of the failed attempt can never
 be mistaken for new ones.
@@ -58,6 +59,10 @@ class JobSpec:
       wait_timeout_s: how long any rank waits for any one object before giving up.
       allreduce: "pipelined" or "lambdaml".
       meta: free-form record (e.g. the model's config overrides, for the test accuracy).
+      compile_cache: ranks share their compiled programs through the store
+        (`runtime.compile_cache`) where the platform turns the cache on.
+      versions: the driver's jax, jaxlib, flax and optax (`jaxpipe.versions`); a worker of
+        other versions refuses the job (None: a job written before they were recorded).
 
     `to_json` and `from_json` are the only translation to and from the stored `job.json`; the
     plan and the platform are parsed there, once.
@@ -81,6 +86,8 @@ class JobSpec:
     allreduce: str = "pipelined"
     meta: dict[str, Any] = field(default_factory=dict, compare=False)
     optimizer_programs: bool = True
+    compile_cache: bool = True
+    versions: dict[str, str] | None = None
 
     def to_json(self) -> bytes:
         data = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
@@ -163,6 +170,10 @@ class Keys:
     @property
     def summary(self) -> str:
         return self.prefix + "results/summary.json"
+
+    def compile_cache(self, host: str, stage: int) -> str:
+        """The prefix of stage `stage`'s compiled programs built on `host` (a fingerprint)."""
+        return f"{self.prefix}xla-cache/{host}/stage{stage}/"
 
     def status(self, attempt: int, invocation: int, rank: int) -> str:
         return f"{self.prefix}status/{attempt}/{invocation}/rank{rank}"

@@ -16,6 +16,7 @@ each iteration), so the timeline is the spans of iterations `timeline_from`.. in
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import time
@@ -25,8 +26,8 @@ from typing import Any
 
 from transports import StoreStats
 
-__all__ = ["TIMELINE_SPANS", "IterationRecord", "LossRecord", "RankMetrics", "Span", "Timeline",
-           "billed_requests", "keep_whole_iterations", "run_queue_wait_s"]
+__all__ = ["TIMELINE_SPANS", "CompileRecord", "IterationRecord", "LossRecord", "RankMetrics",
+           "Span", "Timeline", "billed_requests", "keep_whole_iterations", "run_queue_wait_s"]
 
 TIMELINE_SPANS = 400
 """Most spans a rank's metrics keep: those of its last whole iterations that fit in this many
@@ -106,6 +107,40 @@ class IterationRecord:
 
 
 @dataclass(frozen=True)
+class CompileRecord:
+    """What compiling cost one invocation, and what the compile cache saved it
+    (`runtime.compile_cache`).
+
+    Attributes:
+      compile_s: seconds in XLA's compile, or in loading its executables from the cache.
+      hits, misses: programs loaded from the cache, and programs compiled (and cached).
+      fetched, fetched_bytes, fetch_s: cache entries downloaded from the store before the
+        stage loaded, their bytes, and the seconds the download took.
+      cached: whether the cache was on (a job may turn it off; in-process runs have none).
+
+    Example:
+      >>> r = CompileRecord(compile_s=0.5, hits=3, misses=0)
+      >>> CompileRecord.from_dict(r.to_dict()) == r
+      True
+    """
+
+    compile_s: float = 0.0
+    hits: int = 0
+    misses: int = 0
+    fetched: int = 0
+    fetched_bytes: int = 0
+    fetch_s: float = 0.0
+    cached: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> CompileRecord:
+        return cls(**{f.name: data[f.name] for f in dataclasses.fields(cls) if f.name in data})
+
+
+@dataclass(frozen=True)
 class RankMetrics:
     """What one invocation of one rank measured (see the module docstring).
 
@@ -121,6 +156,9 @@ class RankMetrics:
       timeline: spans of the iterations from `timeline_from` on.
       timeline_from: the first iteration the timeline holds whole (None: empty timeline, or
         metrics written before the cut was recorded).
+      compile: what compiling cost and the compile cache saved (None: written before it).
+      init_s: seconds of Lambda's INIT phase before the handler (importing the worker),
+        billed for container images (0: the local platform, or a warm container).
     """
 
     rank: int
@@ -136,6 +174,8 @@ class RankMetrics:
     requests: StoreStats
     timeline: tuple[Span, ...]
     timeline_from: int | None = None
+    compile: CompileRecord | None = None
+    init_s: float = 0.0
 
     @property
     def timeline_iterations(self) -> tuple[IterationRecord, ...]:
@@ -171,6 +211,8 @@ class RankMetrics:
             "requests": self.requests.to_dict(),
             "timeline": [s.to_dict() for s in self.timeline],
             "timeline_from": self.timeline_from,
+            "compile": self.compile.to_dict() if self.compile is not None else None,
+            "init_s": self.init_s,
         }
 
     @classmethod
@@ -183,7 +225,9 @@ class RankMetrics:
             iterations=tuple(IterationRecord.from_dict(r) for r in data["iterations"]),
             requests=StoreStats(**data["requests"]),
             timeline=tuple(Span.from_dict(s) for s in data.get("timeline", ())),
-            timeline_from=data.get("timeline_from"))
+            timeline_from=data.get("timeline_from"),
+            compile=CompileRecord.from_dict(data["compile"]) if data.get("compile") else None,
+            init_s=float(data.get("init_s", 0.0)))
 
 
 @dataclass(frozen=True)

@@ -51,3 +51,4 @@ class TrainOptions:
     shard_size: int = 1024
     data_cache_mb: float | None = None
     eval_every: int | None = None
+    compile_cache: bool = True  # ranks share compiled programs via the store (`compile_cache`)
