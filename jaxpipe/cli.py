@@ -89,7 +89,9 @@ def _add_train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--eval-every", type=int, help="also evaluate every this many iterations")
     parser.add_argument("--profile-cache", default=d.profile_cache,
                         help=f"where model profiles are cached ({d.profile_cache})")
-    parser.add_argument("--platform", default=d.platform, help="platform (default: local)")
+    parser.add_argument("--platform", default=d.platform,
+                        help="local, aws-lambda, or lithops (any Lithops backend, with "
+                        "--lithops-config; default: local)")
     parser.add_argument("--platform-file", help="TOML/JSON overrides of the platform catalog")
     parser.add_argument("--plan", dest="plan_file", help="a plan JSON (from `jaxpipe plan -o`)")
     parser.add_argument("--method", default=d.method,
@@ -121,6 +123,9 @@ def _add_train_arguments(parser: argparse.ArgumentParser) -> None:
                         help="stop before the run would spend more than this many dollars")
     parser.add_argument("--function-prefix", default=d.function_prefix,
                         help="aws-lambda: ranks run on <prefix>-<memory MB>")
+    parser.add_argument("--lithops-config", metavar="FILE",
+                        help="lithops: the Lithops config (backend, storage, runtime) that "
+                        "--platform lithops runs ranks with")
 
 
 def _train(args: argparse.Namespace) -> int:

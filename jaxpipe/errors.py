@@ -36,6 +36,10 @@ __all__ = [
     "JobFailed",
     "LaunchError",
     "LayersPatternError",
+    "LithopsConfigError",
+    "LithopsMemoryError",
+    "LithopsStorageError",
+    "LithopsWorkersError",
     "MissingMetricsError",
     "MissingTargetsError",
     "ModelConfigError",
@@ -414,4 +418,42 @@ class CouplingError(InputError):
 
     Fix: make the transformation act leaf by leaf, or couple leaves only through sums of
     per-leaf scalars; or cut the model so the coupled parameters share a stage.
+    """
+
+class LithopsConfigError(InputError):
+    """`--platform lithops` has no usable Lithops configuration: no `--lithops-config`, a file
+    that is missing or not YAML, one Lithops' own loader refuses, a backend with no catalog
+    (no `--platform-file`), or a standalone (VM) backend.
+
+    Fix: pass `--lithops-config FILE` in Lithops' own format (`lithops.backend`,
+    `lithops.storage` and their sections; `jaxpipe deploy lithops --backend B` prints one); for
+    a backend other than aws_lambda, aliyun_fc and localhost add a full `--platform-file`.
+    """
+
+
+class LithopsMemoryError(InputError):
+    """The plan asks for a memory size the Lithops backend cannot give a function.
+
+    Fix: plan with the backend's memory options (`--platform-file` with `memory_options_mb`
+    set to sizes the backend accepts); the message lists them.
+    """
+
+
+class LithopsStorageError(InputError):
+    """The job's store cannot be reached by the Lithops backend's functions, or has no S3 API:
+    JaxPipe's workers claim every invocation with a conditional write (`If-None-Match`), which
+    is what makes a duplicate call run once.
+
+    Fix: `--store s3://bucket` (with `--endpoint-url` for a non-AWS endpoint) of an
+    S3-compatible store (S3, OSS, IBM COS, MinIO, Ceph, SeaweedFS), or a Lithops storage
+    backend with an S3 API (aws_s3, aliyun_oss, ibm_cos, minio, ceph) and its `storage_bucket`.
+    """
+
+
+class LithopsWorkersError(InputError):
+    """Lithops' localhost backend runs fewer calls at once (`localhost.worker_processes`) than
+    the plan has functions; the ranks of a pipeline wait on each other, so all must run at once.
+
+    Fix: set `worker_processes` in the config's `localhost` section to at least the plan's
+    number of functions.
     """

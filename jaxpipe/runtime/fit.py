@@ -34,7 +34,7 @@ from jaxpipe.errors import (
     NotAnOptimizerError,
     UnsupportedModelError,
 )
-from jaxpipe.runtime import sources
+from jaxpipe.runtime import lithops_job, sources
 from jaxpipe.runtime.job import JobSpec, Keys
 from jaxpipe.runtime.metrics import LossRecord
 from jaxpipe.runtime.options import TrainOptions
@@ -145,6 +145,7 @@ def fit_setup(setup: TrainingSetup, options: TrainOptions, resume: str | None = 
               announce: Callable[[Prepared, int], None] | None = None) -> FitResult:
     """`fit` for a `TrainingSetup` and `TrainOptions` (the CLI's entry); `announce` defaults
     to printing the plan and the job's place when `progress` is on."""
+    options = lithops_job.resolve(options)  # a Lithops job's store, before anything opens it
     setup = check_setup(setup, options, resume is not None)  # 1
     if resume is not None and _stored_model(options, resume) not in (None, setup.label):
         # another model's setup (the CLI's default, say): nothing of it fits this job to score

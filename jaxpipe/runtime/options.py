@@ -45,6 +45,7 @@ class TrainOptions:
     profile_cache: str = ".jaxpipe/profiles"
     wait_timeout_s: float = 120.0
     function_prefix: str = FUNCTION_PREFIX  # aws-lambda: ranks run on <prefix>-<memory MB>
+    lithops_config: str | None = None  # lithops: the Lithops config file (its own format)
     run: RunConfig = field(default_factory=RunConfig)
     plan: Plan | None = None
     shuffle: bool = True

@@ -31,7 +31,7 @@ from jaxpipe.errors import (
     PlatformError,
     UnknownPlatformError,
 )
-from jaxpipe.runtime import checkpoint, dataset, evaluation, optim, sources, zoo
+from jaxpipe.runtime import checkpoint, dataset, evaluation, lithops_job, optim, sources, zoo
 from jaxpipe.runtime.billing import functions_gigabytes
 from jaxpipe.runtime.driver import Progress, job_id, run_job
 from jaxpipe.runtime.job import JobSpec, Keys
@@ -58,7 +58,7 @@ __all__ = ["Prepared", "TrainOptions", "TrainingSetup", "dataset_bytes", "first_
            "linen_module", "open_store", "prepare", "train", "trains_on_digits",
            "training_data"]
 
-RUNNABLE_PLATFORMS = ("local", "aws-lambda")
+RUNNABLE_PLATFORMS = ("local", "aws-lambda", lithops_job.PLATFORM)
 
 MIB = 2**20
 DATA_CACHE_SHARE = 0.25
@@ -119,6 +119,7 @@ def prepare(options: TrainOptions, setup: TrainingSetup | None = None) -> Prepar
     Raises:
       InputError: any subclass, before anything is written (see `jaxpipe.errors`).
     """
+    options = lithops_job.resolve(options)  # the store a Lithops backend reaches
     checked = _validate(options, setup)  # 1
     given = options.plan or _read_plan(options.plan_file)  # 2
     setup, data = checked.setup, checked.data
@@ -129,6 +130,7 @@ def prepare(options: TrainOptions, setup: TrainingSetup | None = None) -> Prepar
         data.nbytes if cache is None else None))
     plan = given if given is not None else plan_for(problem(), options.method, traced)  # 4
     check_plan(plan, traced, checked.platform, options)  # 5
+    lithops_job.check_plan(options, plan)
     staged = traced.split(plan.cuts, [s.mode for s in plan.stages])  # 6
     stages = staged.stages(plan.micro_batch)
     refuse_shared_parameters(stages)
@@ -158,7 +160,7 @@ def _validate(options: TrainOptions, setup: TrainingSetup | None) -> _Checked:
     data = sources.examples(setup.data)
     optimizer = (optim.make(options.optimizer, options.learning_rate)
                  if isinstance(options.optimizer, str) else options.optimizer)
-    if options.platform not in platforms.names():
+    if options.platform not in (*platforms.names(), lithops_job.PLATFORM):
         raise UnknownPlatformError(
             f"unknown platform {options.platform!r}; choose one of {platforms.names()}")
     # aws-lambda runs ranks as Lambda invocations (jaxpipe.runtime.platforms.aws); they can only
@@ -169,7 +171,8 @@ def _validate(options: TrainOptions, setup: TrainingSetup | None) -> _Checked:
     if options.platform == "aws-lambda" and not options.store.startswith("s3://"):
         raise PlatformError(f"--platform aws-lambda needs --store s3://<bucket> (the bucket "
                             f"`jaxpipe deploy aws` set up), not {options.store!r}")
-    platform = platforms.get(options.platform, options.platform_file)
+    platform = (lithops_job.job_platform(options) if options.platform == lithops_job.PLATFORM
+                else platforms.get(options.platform, options.platform_file))
     store = open_store(options.store, options.endpoint_url)
     job = options.job_id or job_id(options.model)
     if store.exists(Keys(job).spec):
@@ -237,15 +240,20 @@ def train(options: TrainOptions, resume: str | None = None, show_progress: bool 
     `setup` is what to train (default: the zoo model `options.model`); `announce(prepared,
     start)` is called once the job is in the store, before any function starts.
     """
+    options = lithops_job.resolve(options)
     prepared, start = (_resumed(options, resume, setup) if resume
                        else (prepare(options, setup), 0))
     spec, store = prepared.spec, prepared.store
     if announce is not None:
         announce(prepared, start)
     began = time.time()
-    progress = run_job(store, spec, start, options.run,
-                       on_iteration=_progress_bar(spec, start, show_progress),
-                       launcher=_launcher(spec, store, options))
+    launcher = _launcher(spec, store, options)
+    try:
+        progress = run_job(store, spec, start, options.run,
+                           on_iteration=_progress_bar(spec, start, show_progress),
+                           launcher=launcher)
+    finally:
+        lithops_job.finish(launcher, store, spec)  # Lithops' bill and executor; else nothing
     wall = time.time() - began
     if show_progress:
         print(file=sys.stderr)
@@ -271,7 +279,10 @@ def _resumed(options: TrainOptions, job: str, setup: TrainingSetup | None,
 
 
 def _launcher(spec: JobSpec, store: ObjectStore, options: TrainOptions) -> Launcher | None:
-    """The aws-lambda launcher for a Lambda job; None (the driver's local default) otherwise."""
+    """The aws-lambda launcher for a Lambda job, Lithops' for a Lithops job; None (the driver's
+    local default) otherwise."""
+    if options.platform == lithops_job.PLATFORM:
+        return lithops_job.launcher(spec, store, options)
     if spec.platform.name != "aws-lambda":
         return None
     from jaxpipe.runtime.platforms.aws import AwsLambdaPlatform

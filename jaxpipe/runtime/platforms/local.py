@@ -18,11 +18,12 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from jaxpipe.runtime.compile_cache import CACHE_DIR_VARIABLE, FRESH
 from jaxpipe.runtime.event import RankEvent
 from jaxpipe.runtime.platforms.base import Outcome
 from planners import Platform
 
-__all__ = ["LocalInvocation", "LocalPlatform"]
+__all__ = ["LocalInvocation", "LocalPlatform", "worker_env"]
 
 MIN_MEMORY_MB = 400  # a JAX process does not start with less RLIMIT_DATA than about 350 MB
 
@@ -61,6 +62,23 @@ class LocalInvocation:
         return "\n".join([f"({ended}; log {self.log})", *text.splitlines()[-lines:]])
 
 
+def worker_env(platform: Platform, memory_mb: int, xla_flags: str = "") -> dict[str, str]:
+    """The environment a rank of `memory_mb` MB runs with: XLA on the CPU, one intra-op thread
+    when the platform gives it about one core (so results do not depend on this machine's
+    cores), unbuffered output. Lithops' localhost calls get the same (`platforms.lithops`).
+
+    Example:
+      >>> from planners import platforms
+      >>> worker_env(platforms.get("local"), 1024)["XLA_FLAGS"]
+      '--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1'
+    """
+    flags = xla_flags
+    if platform.cpus(memory_mb) < 1.5:  # one core's worth: no intra-op thread pool
+        flags += " --xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
+    return {"XLA_FLAGS": flags.strip(), "JAX_PLATFORMS": "cpu", "OMP_NUM_THREADS": "1",
+            "PYTHONUNBUFFERED": "1"}
+
+
 def _outcome(code: int | None) -> Outcome | None:
     if code is None:
         return None
@@ -81,12 +99,10 @@ class LocalPlatform:
         """Starts `python -m jaxpipe.runtime.worker` for one rank with its caps; returns at once."""
         cap = max(int(memory_mb), MIN_MEMORY_MB) * 2**20
         env = dict(os.environ)
-        cpus = self.platform.cpus(memory_mb)
-        flags = env.get("XLA_FLAGS", "")
-        if cpus < 1.5:  # one core's worth: no intra-op thread pool
-            flags += " --xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
-        env.update(XLA_FLAGS=flags.strip(), JAX_PLATFORMS="cpu", OMP_NUM_THREADS="1",
-                   PYTHONUNBUFFERED="1")
+        env.update(worker_env(self.platform, memory_mb, env.get("XLA_FLAGS", "")))
+        # A fresh compile cache per process, as a cold function has: only the store carries
+        # compiled programs from one window to the next (`runtime.compile_cache`).
+        env.setdefault(CACHE_DIR_VARIABLE, FRESH)
 
         event = dataclasses.replace(event, launched_at=time.time())
         log = self.log_dir / f"rank{event.rank}-{event.attempt}-{event.invocation}.log"
