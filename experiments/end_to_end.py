@@ -10,12 +10,14 @@ Full: 4 models x batch {64, 128, 256} x {aws-lambda, alibaba-fc}, 20 layer group
 6 s per MILP (about 25 min on 2 shared cores). Quick: BERT-Large and ResNet-101, batch 64,
 both platforms, 10 groups, 2 s (about 1 min).
 
+The MIQP searches both schedules (``Problem(schedule="any")``: FuncPipe's order and 1F1B), so
+every single-stage baseline below but the parameter server is a point of its search space.
+
 LambdaML-style data parallelism, two ways: ``data-parallel`` is planners' method (whole model on
 the largest memory, best d and b, FuncPipe's pipelined scatter-reduce; its memory model keeps
 all n = B/(b d) micro-batches' activations, as a FuncPipe stage does, so big models must
-recompute); ``dp-accumulate`` (modelled here) is the same with gradient accumulation, one
-micro-batch's activations in memory (``StageModel.terms(..., in_flight=1)``), as a LambdaML
-worker runs.
+recompute); ``dp-accumulate`` is the same with gradient accumulation, planners' method under
+the 1F1B schedule, one micro-batch's activations in memory, as a LambdaML worker runs.
 
 Hybrid parameter server (modelled here; planners has no such method): d workers each hold the whole
 model on the largest memory, accumulating as dp-accumulate, and compute B/d samples in
@@ -53,32 +55,14 @@ QUICK = {"models": ("bert-large", "resnet101"), "batches": (64,),
          "matched_batches": ()}
 
 
-def dp_accumulate(problem: Problem) -> dict[str, Any] | None:
+def dp_accumulate(problem: Problem) -> Plan | None:
     """LambdaML-style data parallelism that accumulates gradients one micro-batch at a time:
-    planners' ``data-parallel`` with one micro-batch's activations in memory instead of the
-    n_s a FuncPipe-scheduled stage keeps (``StageModel.terms(..., in_flight=1)``), stash mode
-    only; times, sync and prices are the same cost model's."""
-    L, m = problem.profile.num_layers, problem.platform.max_memory_mb
-    best = None
-    for b in problem.valid_micro_batches:
-        model = cost.StageModel(problem, b)
-        for d in problem.replicas_for(b):
-            t = model.terms(0, L - 1, m, d, "stash", in_flight=1)
-            if t.peak_mb > m:
-                continue
-            seconds, dollars = cost.aggregate([t], problem)
-            value = problem.objective.value(seconds, dollars)
-            if best is None or value < best[0]:
-                best = (value, seconds, dollars, b, d, t.peak_mb)
-    if best is None:
-        return None
-    value, seconds, dollars, b, d, peak = best
-    p = Plan((StagePlan(0, L - 1, m, d, "stash"),), b, problem.global_batch)
-    sim, sim_dollars = common.simulated(p, problem)  # durations and requests ignore in_flight
-    return {"method": "dp-accumulate", "seconds": seconds, "dollars": dollars, "objective": value,
-            "micro_batch": b, "functions": d, "stages": 1, "replicas": [d], "memory_mb": [m],
-            "modes": ["stash"], "peak_mb": [peak], "sim_seconds": sim,
-            "sim_dollars": sim_dollars}
+    planners' ``data-parallel`` under the 1F1B schedule, whose one stage alternates forward and
+    backward and so holds one micro-batch's activations (``StageModel.terms(..., in_flight=1)``)
+    instead of the n a FuncPipe-scheduled stage keeps; times, sync and prices are the same cost
+    model's, and the simulator replays the same schedule."""
+    found = common.solve(dataclasses.replace(problem, schedule="1f1b"), "data-parallel")
+    return None if found is None else dataclasses.replace(found, method="dp-accumulate")
 
 
 def hybrid_ps(problem: Problem) -> dict[str, Any] | None:
@@ -148,7 +132,8 @@ def matched(problem: Problem, base: dict[str, Any], time_limit: float) -> dict[s
                     else 1 - p.iteration_dollars / base["dollars"])
         out[key.replace("speedup", "plan").replace("saving", "plan")] = {
             "seconds": p.iteration_seconds, "dollars": p.iteration_dollars,
-            "status": p.status, "stages": len(p.stages), "functions": p.num_functions}
+            "status": p.status, "stages": len(p.stages), "functions": p.num_functions,
+            "schedule": p.schedule}
     return out
 
 
@@ -156,20 +141,23 @@ def run_setting(model: str, platform: str, batch: int, groups: int, time_limit: 
                 cpu_scale: float, match: bool = False) -> dict[str, Any]:
     """Every method on one (model, platform, batch)."""
     problem = common.make_problem(model, platform, batch, groups, cpu_scale)
+    searched = dataclasses.replace(problem, schedule="any")  # the MIQP chooses the schedule
     rows: dict[str, Any] = {}
     for method in METHODS:
         t0 = time.perf_counter()
-        if method in ("hybrid-ps", "dp-accumulate"):
-            row = hybrid_ps(problem) if method == "hybrid-ps" else dp_accumulate(problem)
+        if method == "hybrid-ps":
+            row = hybrid_ps(problem)
         else:
             p = (common.gpipe_largest(problem) if method == "gpipe-largest"
-                 else common.solve(problem, method, time_limit))
-            row = None if p is None else common.plan_row(p, problem)
+                 else dp_accumulate(problem) if method == "dp-accumulate"
+                 else common.solve(searched if method == "miqp" else problem, method,
+                                   time_limit))
+            row = None if p is None else common.plan_row(p, problem) | {"schedule": p.schedule}
         rows[method] = row or {"method": method, "infeasible": True}
         rows[method]["wall_seconds"] = round(time.perf_counter() - t0, 2)
     for method in BASELINES if match else ():
         if not rows[method].get("infeasible"):
-            rows[method]["matched"] = matched(problem, rows[method], time_limit)
+            rows[method]["matched"] = matched(searched, rows[method], time_limit)
     return {"model": model, "platform": platform, "batch": batch,
             "currency": problem.platform.currency,
             "profile": problem.profile.meta.get("source"), "methods": rows}

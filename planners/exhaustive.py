@@ -33,7 +33,8 @@ class Scored(NamedTuple):
 def enumerate_plans(problem: Problem, limit: int = LIMIT) -> Iterator[Scored]:
     """Every plan that fits memory and max_functions (whatever the objective), scored by the
     closed form, micro-batch sizes ascending, then schedules (``Problem.schedules``; 1F1B plans
-    by stage count), then stages in lexicographic order.
+    by replica count, the same on every stage, and stage count), then stages in lexicographic
+    order.
 
     Raises:
       PlanError: the search space exceeds ``limit`` plans.
@@ -52,19 +53,22 @@ def enumerate_plans(problem: Problem, limit: int = LIMIT) -> Iterator[Scored]:
         for schedule in problem.schedules:
             if schedule == "funcpipe":
                 yield from _walk(problem, model, modes, schedule, None)
-            else:  # 1F1B: a stage's memory depends on S - s, so S is fixed per walk
-                for S in range(1, min(L, problem.max_functions) + 1):
-                    yield from _walk(problem, model, modes, schedule, S)
+            else:  # 1F1B: a stage's memory depends on S - s, so S is fixed per walk, and
+                # every stage has the same replica count (unequal ones can deadlock)
+                for d in problem.replicas_for(b):
+                    for S in range(1, min(L, problem.max_functions // d) + 1):
+                        yield from _walk(problem, model, modes, schedule, S, d)
 
 
 Option = tuple[StagePlan, StageTerms]
 
 
 def _walk(problem: Problem, model: StageModel, modes: tuple[str, ...], schedule: str,
-          stages: int | None) -> Iterator[Scored]:
+          stages: int | None, replicas: int | None = None) -> Iterator[Scored]:
     """Every plan of ``model``'s micro-batch size under ``schedule``, stages in lexicographic
-    order; with ``stages`` only plans of that many stages, stage s priced with S - s
-    micro-batches in flight (1F1B), else with all it owns (FuncPipe's order)."""
+    order; with ``stages`` only plans of that many stages, each on ``replicas`` replicas,
+    stage s priced with S - s micro-batches in flight (1F1B), else with all it owns
+    (FuncPipe's order)."""
     L, b = model.L, model.b
     options: dict[tuple[int, int, int | None], list[Option]] = {}
 
@@ -73,7 +77,7 @@ def _walk(problem: Problem, model: StageModel, modes: tuple[str, ...], schedule:
             options[i, j, held] = [
                 (StagePlan(i, j, m, d, mode), t)
                 for m in problem.platform.memory_options_mb
-                for d in problem.replicas_for(b) for mode in modes
+                for d in problem.replicas_for(b) if replicas in (None, d) for mode in modes
                 if (t := model.terms(i, j, m, d, mode, held)).peak_mb <= m]
         return options[i, j, held]
 

@@ -16,11 +16,16 @@ so every plan is again a path 0 -> sink whose edges tile the nodes 0..sink - 1, 
 argument the search makes on the layer chain (shortest paths, one chosen edge covering every
 position, the DP over nodes, the MILP's flow and cover rows) holds on this chain unchanged.
 
-R = min(M, max_functions, L). A stage never holds more than the n <= M micro-batches it owns,
-so when M < min(max_functions, L) the state r = R stands for "R or more stages to come" and
-gets the extra edges node(i, R) -> node(j + 1, R), priced with R in flight, which is exact
-there. Each edge is kept only when the layers left can hold the stages to come, and the
-dominance filter of ``stage_grid.kept_columns`` runs per (interval, d, r).
+Every stage of a 1F1B plan has the same replica count d, so one expanded chain per d holds
+its candidates. (With unequal counts, 6 of 81 small 1F1B schedules deadlock in the simulator,
+and the runtime runs the same task lists; with equal ones replica r of every stage serves the
+same micro-batches, d independent pipelines, which never deadlock.) A plan has at most
+min(max_functions // d, L) stages, and a replica never holds more than the n = ceil(M / d)
+micro-batches it owns, so R = min(n, max_functions // d, L); when n is the smaller, the state
+r = R stands for "R or more stages to come" and gets the extra edges node(i, R) ->
+node(j + 1, R), priced with R in flight, which is exact there. Each edge is kept only when the
+layers left can hold the stages to come, and the dominance filter of
+``stage_grid.kept_columns`` runs per (interval, r).
 """
 
 from __future__ import annotations
@@ -41,45 +46,46 @@ from planners.stage_grid import (
 __all__: list[str] = []  # internal to planners.bands and planners.diagnosis
 
 
-def depth(problem: Problem, micro_batch: int) -> tuple[int, bool]:
+def depth(problem: Problem, micro_batch: int, replicas: int) -> tuple[int, bool]:
     """(R, whether r = R means "R or more"): the largest number of stages to come the
-    expanded chain of ``micro_batch`` tells apart."""
-    L, m = problem.profile.num_layers, problem.global_batch // micro_batch
-    R = min(m, problem.max_functions, L)
-    return R, R < min(problem.max_functions, L)
+    expanded chain of ``micro_batch`` on ``replicas`` replicas per stage tells apart."""
+    L, M = problem.profile.num_layers, problem.global_batch // micro_batch
+    n = -(-M // replicas)  # micro-batches a replica owns, the most it ever holds
+    most = min(problem.max_functions // replicas, L)  # stages a plan can have
+    return min(n, most), n < most
 
 
-def candidate_grid_1f1b(problem: Problem, micro_batch: int) -> CandidateGrid:
-    """Every non-dominated 1F1B stage candidate of ``micro_batch``, as edges of the expanded
-    chain (``nodes`` = its sink, ``layers`` = each candidate's layers): replicas, then stages
-    to come r, then first layer, last layer and memory."""
+def candidate_grid_1f1b(problem: Problem, micro_batch: int, replicas: int) -> CandidateGrid:
+    """Every non-dominated 1F1B stage candidate of ``micro_batch`` on ``replicas`` replicas,
+    as edges of the expanded chain (``nodes`` = its sink, ``layers`` = each candidate's
+    layers): stages to come r, then first layer, last layer and memory."""
     L = problem.profile.num_layers
-    R, loops = depth(problem, micro_batch)
+    R, loops = depth(problem, micro_batch, replicas)
 
     def node(i: IntArray, r: int) -> IntArray:
         return np.where(i == 0, 0, 1 + (i - 1) * (R + 1) + (R - r))
 
     parts: list[Columns] = []
     layers: list[tuple[IntArray, IntArray]] = []
-    for d in problem.replicas_for(micro_batch):
-        for r in range(1, R + 1):
-            cols = kept_columns(problem, stage_configs(problem, micro_batch, d, r, "1f1b"), d)
-            i, j = cols["first"], cols["last"]
-            edges: list[tuple[IntArray, IntArray]] = []  # (rows kept, their end nodes)
-            if r == 1:
-                rows = np.flatnonzero(j == L - 1)
-                edges.append((rows, np.full(len(rows), L * (R + 1))))
-            else:  # the r - 1 stages to come need r - 1 layers after j
-                rows = np.flatnonzero(j <= L - r)
-                edges.append((rows, node(j[rows] + 1, r - 1)))
-            if loops and r == R:  # R or more to come: R or more after this stage too
-                rows = np.flatnonzero(j <= L - 1 - R)
-                edges.append((rows, node(j[rows] + 1, R)))
-            for rows, end in edges:
-                part = {key: col[rows] for key, col in cols.items()}
-                part["first"], part["last"] = node(i[rows], r), end - 1
-                parts.append(part)
-                layers.append((i[rows], j[rows]))
+    for r in range(1, R + 1):
+        cols = kept_columns(problem, stage_configs(problem, micro_batch, replicas, r, "1f1b"),
+                            replicas)
+        i, j = cols["first"], cols["last"]
+        edges: list[tuple[IntArray, IntArray]] = []  # (rows kept, their end nodes)
+        if r == 1:
+            rows = np.flatnonzero(j == L - 1)
+            edges.append((rows, np.full(len(rows), L * (R + 1))))
+        else:  # the r - 1 stages to come need r - 1 layers after j
+            rows = np.flatnonzero(j <= L - r)
+            edges.append((rows, node(j[rows] + 1, r - 1)))
+        if loops and r == R:  # R or more to come: R or more after this stage too
+            rows = np.flatnonzero(j <= L - 1 - R)
+            edges.append((rows, node(j[rows] + 1, R)))
+        for rows, end in edges:
+            part = {key: col[rows] for key, col in cols.items()}
+            part["first"], part["last"] = node(i[rows], r), end - 1
+            parts.append(part)
+            layers.append((i[rows], j[rows]))
     firsts = [a for a, _ in layers]
     lasts = [b for _, b in layers]
     cat = (np.concatenate(firsts).astype(np.int64) if firsts else np.zeros(0, np.int64),
@@ -88,6 +94,13 @@ def candidate_grid_1f1b(problem: Problem, micro_batch: int) -> CandidateGrid:
 
 
 def grids(problem: Problem, micro_batch: int) -> list[CandidateGrid]:
-    """The candidate grid of ``micro_batch`` for every schedule the problem allows."""
-    return [candidate_grid(problem, micro_batch) if s == "funcpipe"
-            else candidate_grid_1f1b(problem, micro_batch) for s in problem.schedules]
+    """The candidate grids of ``micro_batch`` for every schedule the problem allows: one for
+    FuncPipe's order, one per replica count for 1F1B."""
+    out: list[CandidateGrid] = []
+    for schedule in problem.schedules:
+        if schedule == "funcpipe":
+            out.append(candidate_grid(problem, micro_batch))
+        else:
+            out += [candidate_grid_1f1b(problem, micro_batch, d)
+                    for d in problem.replicas_for(micro_batch)]
+    return out

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from planners import InfeasibleError, Objective, Plan, StagePlan, cost, plan
+from planners import InfeasibleError, Objective, Plan, StagePlan, cost, plan, simulate
 from planners.exhaustive import enumerate_plans
 from planners.grid_1f1b import candidate_grid_1f1b, depth
 
@@ -54,6 +54,9 @@ def test_miqp_equals_exhaustive_over_schedules(seed, layers, kind, slack, functi
         assert got.objective_value == pytest.approx(want.objective_value, rel=1e-9)
         assert got.schedule in prob.schedules and cost.violations(got, prob) == []
         assert got.iteration_seconds == pytest.approx(cost.iteration_time(got, prob), rel=1e-12)
+        if got.schedule == "1f1b":  # equal replicas on every stage: the schedule never
+            assert len(set(got.stage_replicas)) == 1  # deadlocks (replayed here)
+            assert simulate.simulate(got, prob).iteration_seconds > 0
 
 
 def test_any_is_never_worse_than_either_schedule() -> None:
@@ -74,9 +77,9 @@ def test_expanded_chain_edges_are_priced_as_the_cost_model_prices_their_position
     stage of layers i..j with r - 1 stages after it, in the memory and mode the edge says."""
     prob = small_problem(3, 4, global_batch=8, micro_batches=(2,), max_functions=8)
     L = prob.profile.num_layers
-    R, loops = depth(prob, 2)
-    assert (R, loops) == (4, False)
-    grid = candidate_grid_1f1b(prob, 2)
+    R, loops = depth(prob, 2, 1)
+    assert (R, loops) == (4, False) and depth(prob, 2, 2) == (2, True)
+    grid = candidate_grid_1f1b(prob, 2, 1)
     c = grid.arrays
     assert grid.layers is not None and grid.nodes == L * (R + 1)
 
