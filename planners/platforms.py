@@ -45,6 +45,8 @@ class Platform(JsonMixin):
         (``request_dollars``).
       currency: unit of every price.
       timeout_s: longest run of one invocation, seconds; a worker hands over before it.
+      cold_start_s: seconds from an invocation's launch to its first micro-batch (runtime
+        start, imports, stage load, compile), paid once per window; 0 until measured.
       max_concurrency: most functions that may run at once.
       runtime_base_mb: memory of the runtime itself (Python, jaxlib, buffers), MB.
       safety_margin_mb: headroom kept free in every function, MB.
@@ -64,6 +66,7 @@ class Platform(JsonMixin):
     currency: str = "USD"
     timeout_s: float = 900.0
     max_concurrency: int = 1000
+    cold_start_s: float = 0.0
     runtime_base_mb: float = 400.0
     safety_margin_mb: float = 200.0
     cpu_table: dict[int, float] = field(default_factory=dict[int, float], hash=False)
@@ -76,6 +79,9 @@ class Platform(JsonMixin):
         for name in ("uplink_bytes_per_s", "downlink_bytes_per_s", "max_cpus"):
             if getattr(self, name) <= 0:
                 problems.append(f"{name} must be > 0, got {getattr(self, name)}")
+        if not 0 <= self.cold_start_s < self.timeout_s:
+            problems.append(f"cold_start_s must be in [0, timeout_s = {self.timeout_s}), got "
+                            f"{self.cold_start_s}")
         if problems:
             raise PlanError(f"platform {self.name!r}: " + "; ".join(problems))
 
