@@ -1,4 +1,4 @@
-"""The `jaxpipe` command: train, plan, profile, calibrate, deploy, demo."""
+"""The `jaxpipe` command: train, plan, profile, calibrate, deploy, demo, report, jobs, gc."""
 
 from __future__ import annotations
 
@@ -62,6 +62,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     plan = commands.add_parser("plan", help="plan stages, memory and replicas from a profile")
     add_plan_arguments(plan)
     plan.set_defaults(run=run_plan)
+
+    from jaxpipe.runtime.report import command as report_command
+
+    for name, help_text in (("report", "one job's page: plan, loss, timeline, measured against "
+                             "predicted, requests, restarts (HTML, PNGs, Chrome trace)"),
+                            ("jobs", "list the jobs of a store: state, iterations, dollars, age"),
+                            ("gc", "remove finished jobs' messages and all but their latest "
+                             "checkpoint")):
+        sub = commands.add_parser(name, help=help_text)
+        getattr(report_command, f"add_{name}_arguments")(sub)
+        sub.set_defaults(run=getattr(report_command, f"run_{name}"))
 
     args = parser.parse_args(argv)
     return int(args.run(args) or 0)

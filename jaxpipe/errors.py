@@ -45,6 +45,7 @@ __all__ = [
     "ModelConfigError",
     "ModelKindError",
     "NoCheckpointError",
+    "NoIterationError",
     "NoLayersError",
     "NotAnOptimizerError",
     "OptimizerStateError",
@@ -56,6 +57,7 @@ __all__ = [
     "StructureError",
     "TiedParameterError",
     "TraceError",
+    "UnknownJobError",
     "UnknownModelError",
     "UnknownOptimizerError",
     "UnknownPlatformError",
@@ -403,6 +405,21 @@ class NoCheckpointError(InputError):
     """The job has no complete checkpoint to read variables from (or to resume from).
 
     Fix: check the job id and the store (`--store`).
+    """
+
+
+class UnknownJobError(InputError):
+    """`jaxpipe report` (or `load_variables`) names a job the store does not hold.
+
+    Fix: check the id and `--store`; `jaxpipe jobs --store ...` lists the store's jobs.
+    """
+
+
+class NoIterationError(InputError):
+    """`jaxpipe report --iteration N` asks for an iteration the ranks' timelines do not hold
+    (each rank keeps the spans of its last whole iterations).
+
+    Fix: choose one of the iterations the message lists, or leave `--iteration` out.
     """
 
 

@@ -129,6 +129,8 @@ def prepare(options: TrainOptions, setup: TrainingSetup | None = None) -> Prepar
         planning_problem, traced, _profile_name(setup, options), checked.platform, options,
         data.nbytes if cache is None else None))
     plan = given if given is not None else plan_for(problem(), options.method, traced)  # 4
+    if given is None:  # the report replays the plan on it (`runtime.report`)
+        _store_problem(checked.store, Keys(checked.job_id), problem())
     check_plan(plan, traced, checked.platform, options)  # 5
     lithops_job.check_plan(options, plan)
     staged = traced.split(plan.cuts, [s.mode for s in plan.stages])  # 6
@@ -146,7 +148,8 @@ def prepare(options: TrainOptions, setup: TrainingSetup | None = None) -> Prepar
         shard_size=options.shard_size, shuffle=options.shuffle, shard_cache=cache,
         checkpoint_every=options.checkpoint_every, wait_timeout_s=options.wait_timeout_s,
         allreduce=options.allreduce, meta={"model_overrides": dict(options.model_overrides),
-                                           "eval_every": options.eval_every})
+                                           "eval_every": options.eval_every,
+                                           "created": time.time()})
     _upload(checked.store, job, staged, stages, traced, data, programs)
     return Prepared(job, checked.store, setup, problem)
 
@@ -335,11 +338,20 @@ def _summarize(prepared: Prepared, progress: Progress, wall: float) -> Summary:
     metrics = [RankMetrics.from_dict(json.loads(store.get(k)))
                for k in store.list(spec.keys.all_metrics())]
     problem = prepared.problem() if prepared.problem is not None else None
+    if problem is not None:
+        _store_problem(store, spec.keys, problem)
     setup = prepared.setup
     scored = (evaluation.evaluate_job(store, spec, setup, spec.meta.get("eval_every"))
               if setup is not None and setup.eval_data is not None else {})
     accuracy = scored[spec.iterations].get("accuracy") if scored else None
     return summarize(spec, metrics, progress, wall, problem, accuracy, scored)
+
+
+def _store_problem(store: ObjectStore, keys: Keys, problem: Problem) -> None:
+    """The planning problem at `jobs/<id>/problem.json`, for `jaxpipe report`'s replay."""
+    from jaxpipe.runtime.report.record import problem_key
+
+    store.put(problem_key(keys), json.dumps(problem.to_dict()).encode())
 
 
 def _clean_up(store: ObjectStore, spec: JobSpec) -> None:
