@@ -56,6 +56,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     add_aws_arguments(aws)
     aws.set_defaults(run=run_aws)
+    lithops = clouds.add_parser("lithops", help="any cloud through Lithops: its config, and a "
+                                "runtime with JaxPipe in it (docs/alibaba.md)")
+    from jaxpipe.deploy.lithops import add_lithops_arguments, run_lithops
+
+    add_lithops_arguments(lithops)
+    lithops.set_defaults(run=run_lithops)
 
     from planners.cli import add_plan_arguments, run_plan
 

@@ -64,6 +64,11 @@ def job_platform(options: TrainOptions) -> Platform:
         the backend with (the message names the `lithops[...]` extra).
     """
     checked = settings(options)
+    if checked.mode != "localhost" and not checked.runtime:
+        raise LithopsConfigError(
+            f"{checked.path}: {checked.backend} has no `runtime`; Lithops' default runtime has "
+            "no JaxPipe in it: build one with `jaxpipe deploy lithops --lithops-config "
+            f"{checked.path} --run` and set {checked.backend}.runtime to the name it prints")
     missing = lithops_config.missing_client(checked)
     if missing is not None:
         raise LithopsConfigError(f"this machine cannot call {checked.backend} through Lithops: "

@@ -40,9 +40,9 @@ from jaxpipe.errors import (
 )
 from planners import Platform, platforms
 
-__all__ = ["CATALOGS", "S3_STORAGES", "LithopsSettings", "backend_accepts", "check_memory",
-           "check_workers", "interpreter", "missing_client", "job_platform", "load_settings",
-           "store_location"]
+__all__ = ["CATALOGS", "EXTRAS", "S3_STORAGES", "LithopsSettings", "backend_accepts",
+           "backend_module", "check_memory", "check_workers", "interpreter", "job_platform",
+           "load_settings", "missing_client", "store_location"]
 
 CATALOGS = {"aws_lambda": "aws-lambda", "aliyun_fc": "alibaba-fc", "localhost": "local"}
 """The planner catalog each Lithops backend is priced and planned by; other backends need a
@@ -242,20 +242,20 @@ def backend_accepts(backend: str) -> tuple[str, Any]:
       ('range', (128, 10240))
     """
     if backend == "aws_lambda":
-        aws = _backend_config(backend)
+        aws = backend_module(backend)
         return "range", (aws.RUNTIME_MEMORY_MIN, aws.RUNTIME_MEMORY_MAX)
     if backend == "gcp_functions":
-        return "set", tuple(sorted(_backend_config(backend).RUNTIME_MEMORY_OPTIONS))
+        return "set", tuple(sorted(backend_module(backend).RUNTIME_MEMORY_OPTIONS))
     if backend == "code_engine":
-        return "set", tuple(_backend_config(backend).VALID_MEMORY_VALUES)
+        return "set", tuple(backend_module(backend).VALID_MEMORY_VALUES)
     if backend == "azure_functions":
-        return "set", tuple(sorted(_backend_config(backend).FLEX_INSTANCE_MEMORY))
+        return "set", tuple(sorted(backend_module(backend).FLEX_INSTANCE_MEMORY))
     if backend == "aliyun_fc":
         return "step", (ALIYUN_MEMORY_STEP_MB, *ALIYUN_MEMORY_RANGE_MB)
     return "any", None
 
 
-def _backend_config(backend: str) -> Any:
+def backend_module(backend: str) -> Any:
     """Lithops' config module of a serverless backend (its constants), without its SDK."""
     package = f"lithops.serverless.backends.{backend}"
     with _config_modules_only([package]):
@@ -279,10 +279,12 @@ def check_memory(settings: LithopsSettings, memory_mb: Sequence[int]) -> None:
     refused = sorted({int(m) for m in memory_mb if not _accepted(rule, int(m))})
     if refused:
         kind, value = rule
-        says = {"set": f"one of {list(value) if value else []} MB",
-                "range": f"{value[0]}-{value[1]} MB" if value else "",
-                "step": f"a multiple of {value[0]} MB in {value[1]}-{value[2]} MB" if value
-                else ""}.get(kind, "positive")
+        if kind == "set":
+            says = f"one of {list(value)} MB"
+        elif kind == "range":
+            says = f"{value[0]}-{value[1]} MB"
+        else:
+            says = f"a multiple of {value[0]} MB in {value[1]}-{value[2]} MB"
         raise LithopsMemoryError(f"backend {settings.backend} gives a function {says}; the plan "
                                  f"asks for {refused} MB: plan with memory options it accepts")
 
