@@ -26,6 +26,7 @@ __all__ = [
     "DataFileError",
     "DataLengthError",
     "DatasetError",
+    "DriverStopped",
     "EventTooLargeError",
     "FunctionsNotReadyError",
     "ImportPathError",
@@ -47,6 +48,7 @@ __all__ = [
     "NoCheckpointError",
     "NoIterationError",
     "NoLayersError",
+    "NonFiniteLossError",
     "NotAnOptimizerError",
     "OptimizerStateError",
     "PartialBundleError",
@@ -314,6 +316,23 @@ class JobFailed(JaxPipeError, RuntimeError):
 
     Fix: the message shows the failing rank's output. Its checkpoints stay in the store: after
     fixing the cause, resume with `jaxpipe train --resume <job-id>`.
+    """
+
+
+class NonFiniteLossError(JobFailed):
+    """An iteration's loss was NaN or infinite: training diverged, and the job stopped at once
+    (its attempt cancelled) rather than train on.
+
+    Fix: lower the learning rate, or check the data for NaN or infinite values; resume from
+    the last checkpoint (`--resume <job-id>`) once fixed, or start afresh.
+    """
+
+
+class DriverStopped(JobFailed):
+    """The driver was stopped (SIGTERM, SIGINT or Ctrl-C): it cancelled the running attempt,
+    stopped its ranks and left the job resumable.
+
+    Fix: resume it with `jaxpipe train --resume <job-id>` when you are ready.
     """
 
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import sys
 import time
 import uuid
 from collections.abc import Callable
@@ -25,16 +26,29 @@ from pathlib import Path
 
 import numpy as np
 
-from jaxpipe.errors import BudgetExceeded, JobFailed
+from jaxpipe.errors import BudgetExceeded, DriverStopped, JobFailed
 from jaxpipe.runtime import checkpoint
+from jaxpipe.runtime.attempts import (
+    RankDeath,
+    Recovery,
+    Window,
+    failure_message,
+    last_line,
+    next_attempt,
+    recovery,
+)
 from jaxpipe.runtime.billing import CostGuard, measured_dollars, steady_dollars
+from jaxpipe.runtime.cancel import cancel_attempt
 from jaxpipe.runtime.event import Fault, RankEvent
 from jaxpipe.runtime.job import JobSpec
-from jaxpipe.runtime.metrics import LossRecord, RankMetrics
-from jaxpipe.runtime.platforms import Invocation, Launcher, LocalPlatform, Outcome
+from jaxpipe.runtime.metrics import RankMetrics
+from jaxpipe.runtime.patience import PatientStore
+from jaxpipe.runtime.platforms import Invocation, Launcher, LocalPlatform
+from jaxpipe.runtime.stopping import Stopped, stop_signals
+from jaxpipe.runtime.watching import WindowWatch
 from planners import Schedule
 from planners.schedule import build
-from transports import ObjectStore, store_to_spec
+from transports import ObjectStore, StoreError, store_to_spec
 
 __all__ = ["BudgetExceeded", "CostGuard", "JobFailed", "Progress", "RankDeath", "Recovery",
            "RunConfig", "Window", "job_id", "measured_dollars", "recovery", "run_job",
@@ -78,56 +92,6 @@ class Progress:
     dollars: float = 0.0  # spent so far: measured windows plus estimates for failed ones
 
 
-@dataclass(frozen=True)
-class Window:
-    """One launch of every rank: iterations [start, stop) in attempt `attempt`, the job's
-    `invocation`-th launch."""
-
-    start: int
-    stop: int
-    attempt: int
-    invocation: int
-
-    @property
-    def size(self) -> int:
-        return self.stop - self.start
-
-
-@dataclass(frozen=True)
-class RankDeath:
-    """A rank that did not finish its window, and how it ended (never `Outcome.FINISHED`)."""
-
-    rank: int
-    outcome: Outcome
-
-
-@dataclass(frozen=True)
-class Recovery:
-    """What the driver does after a death: start attempt + 1 at `restart_at`, with windows of
-    at most `cap` iterations from then on."""
-
-    restart_at: int
-    cap: int
-
-
-def recovery(death: RankDeath, window: Window, cap: int, checkpoint_at: int | None) -> Recovery:
-    """The restart after `death` in `window`: from the latest complete checkpoint (0 if none).
-
-    A refused window (too little time left in the invocation) halves the window size for the
-    rest of the job; any other death keeps it.
-
-    Example:
-      >>> died = Window(start=4, stop=12, attempt=0, invocation=1)
-      >>> recovery(RankDeath(1, Outcome.REFUSED), died, cap=100, checkpoint_at=4)
-      Recovery(restart_at=4, cap=4)
-      >>> recovery(RankDeath(1, Outcome.FAILED), died, cap=100, checkpoint_at=None)
-      Recovery(restart_at=0, cap=100)
-    """
-    if death.outcome is Outcome.REFUSED:
-        cap = max(1, window.size // 2)
-    return Recovery(restart_at=checkpoint_at if checkpoint_at is not None else 0, cap=cap)
-
-
 def run_job(store: ObjectStore, spec: JobSpec, start: int = 0, config: RunConfig = RunConfig(),
             on_iteration: Callable[[int, Progress], None] | None = None,
             launcher: Launcher | None = None) -> Progress:
@@ -137,15 +101,23 @@ def run_job(store: ObjectStore, spec: JobSpec, start: int = 0, config: RunConfig
               |
         (2) launch every rank    one RankEvent each, on `launcher`
               |
-        (3) watch                the losses of t .. stop-1, then every rank's Outcome
-              |
+        (3) watch                the losses of t .. stop-1, then every rank's end
+              |                  (`watching.WindowWatch`: exit codes, statuses, the marker)
         all FINISHED -------------------------- a RankDeath (FAILED, REFUSED, SILENT)
               |                                     |
-        (4) charge the measured dollars;       (5) kill the attempt's ranks, charge its
-            t = stop (a handover)                  wall time; JobFailed after max_restarts
+        (4) charge the measured dollars;       (5) cancel the attempt (its marker) and kill
+            t = stop (a handover)                  its ranks, charge its wall time; JobFailed
+              |                                    after max_restarts, or at once when it
+              |                                    failed as the attempt before it did
               |                                (6) `recovery`: t = the latest complete
               |                                    checkpoint, attempt + 1 (refused: cap / 2)
               +------------ back to (1) until t = spec.iterations ----------+
+
+    The first attempt is numbered after every attempt the store shows (`next_attempt`), so a
+    resumed job never reads an earlier run's messages, claims or losses. Store requests ride
+    outages (`patience.PatientStore`). On SIGTERM or SIGINT (when run in the main thread), and
+    on any error, the running attempt is cancelled and its ranks stopped before the error
+    propagates: no rank runs on unattended.
 
     Args:
       store: the job's store (`train.prepare` put the bundle, data and checkpoint 0 there).
@@ -159,9 +131,11 @@ def run_job(store: ObjectStore, spec: JobSpec, start: int = 0, config: RunConfig
       Progress: the losses, times, restarts, handovers, invocations and dollars of the run.
 
     Raises:
-      JobFailed: ranks kept dying; BudgetExceeded (a JobFailed): `config.max_cost` reached.
+      JobFailed: ranks kept dying; BudgetExceeded (a JobFailed): `config.max_cost` reached;
+      NonFiniteLossError: a loss was NaN or infinite; DriverStopped: SIGTERM or SIGINT.
     """
     plan, keys = spec.plan, spec.keys
+    store = PatientStore(store)
     schedule = build(plan)
     if launcher is None:
         launcher = LocalPlatform(spec.platform, Path(config.log_dir) / spec.job_id)
@@ -170,92 +144,92 @@ def run_job(store: ObjectStore, spec: JobSpec, start: int = 0, config: RunConfig
     per_iteration = plan.iteration_seconds or 1.0
     progress = Progress()
     cap = spec.iterations  # shrinks when ranks refuse a window they cannot finish in time
-    attempt, t = 0, start
-    while t < spec.iterations:
-        wanted = min(cap, window_for(limit, per_iteration, config.startup_seconds))  # (1)
-        stop = min(spec.iterations, t + guard.affordable(wanted, t, spec.job_id))
-        window = Window(t, stop, attempt, progress.invocations)
-        launched = time.time()
-        ranks = _launch(launcher, store, spec, schedule, window, config, per_iteration)  # (2)
-        progress.invocations += 1
-        progress.clock = time.time()
-        death = _watch(store, spec, schedule, window, ranks, progress, limit,  # (3)
-                       on_iteration)
-        if death is None:
-            per_iteration = _charge_window(store, spec, window, guard, progress, per_iteration)
-            t = stop  # (4)
-            continue
-        for rank in ranks:  # (5)
-            rank.kill()
-        guard.charge_failure(time.time() - launched, len(ranks))
-        progress.dollars = guard.spent
-        progress.restarts += 1
-        if progress.restarts > config.max_restarts:
-            raise _job_failed(death, ranks[death.rank], config.max_restarts)
-        restart = recovery(death, window, cap,  # (6)
-                           checkpoint.latest_complete(store, keys, spec.num_stages))
-        store.delete_prefix(keys.run(attempt))
-        attempt, t, cap = attempt + 1, restart.restart_at, restart.cap
+    attempt = first = next_attempt(store, keys)
+    t, previous = start, None
+    ranks: list[Invocation] = []
+    with stop_signals():
+        try:
+            while t < spec.iterations:
+                wanted = min(cap, window_for(limit, per_iteration, config.startup_seconds))  # (1)
+                stop = min(spec.iterations, t + guard.affordable(wanted, t, spec.job_id))
+                window = Window(t, stop, attempt, progress.invocations)
+                launched = time.time()
+                ranks = _launch(launcher, store, spec, schedule, window, config,  # (2)
+                                per_iteration, first)
+                progress.invocations += 1
+                progress.clock = time.time()
+                watch = WindowWatch(store, spec, schedule, window, ranks,  # (3)
+                                    spec.wait_timeout_s + limit)
+                death = (watch.losses(lambda t, loss: _record(t, loss, progress, on_iteration))
+                         or watch.ends())
+                if death is None:
+                    per_iteration = _charge_window(store, spec, window, guard, progress,
+                                                   per_iteration)
+                    t, ranks = stop, []  # (4)
+                    continue
+                _abandon(store, spec, attempt, ranks, _why(death))  # (5)
+                guard.charge_failure(time.time() - launched, len(ranks))
+                progress.dollars = guard.spent
+                progress.restarts += 1
+                tail = _tail(ranks, death.rank)
+                stage = schedule.tasks[death.rank][0].stage
+                if progress.restarts > config.max_restarts or _same(death, previous):
+                    raise JobFailed(failure_message(death, stage, attempt, tail,
+                                                    progress.restarts - 1))
+                previous = death
+                print(f"attempt {attempt}: {_why(death)}; restarting", file=sys.stderr)
+                restart = recovery(death, window, cap,  # (6)
+                                   checkpoint.latest_complete(store, keys, spec.num_stages))
+                store.delete_prefix(keys.run(attempt))
+                attempt, t, cap, ranks = attempt + 1, restart.restart_at, restart.cap, []
+        except BaseException as err:
+            if ranks:
+                _abandon(store, spec, attempt, ranks, f"the driver ended: {_describe(err)}")
+            if isinstance(err, Stopped | KeyboardInterrupt):
+                raise DriverStopped(
+                    f"the driver was stopped ({_describe(err)}) in attempt {attempt}; its "
+                    f"ranks were cancelled and the job {spec.job_id} is resumable: jaxpipe "
+                    f"train --resume {spec.job_id} (same --store)") from None
+            raise
     store.delete_prefix(keys.run(attempt))
     return progress
 
 
+def _record(t: int, loss: float, progress: Progress,
+            on_iteration: Callable[[int, Progress], None] | None) -> None:
+    progress.losses[t] = loss
+    progress.times[t] = time.time() - progress.clock
+    progress.clock = time.time()
+    if on_iteration:
+        on_iteration(t, progress)
+
+
 def _launch(launcher: Launcher, store: ObjectStore, spec: JobSpec, schedule: Schedule,
-            window: Window, config: RunConfig, per_iteration: float) -> list[Invocation]:
-    """Launches every rank for `window`, in rank order; the fault hook in attempt 0 only."""
-    fault = config.faults[0] if window.attempt == 0 and config.faults else None
+            window: Window, config: RunConfig, per_iteration: float,
+            first: int) -> list[Invocation]:
+    """Launches every rank for `window`, in rank order; the fault hook in this run's first
+    attempt only."""
+    fault = config.faults[0] if window.attempt == first and config.faults else None
     event = RankEvent(job=spec.job_id, rank=0, store=store_to_spec(store), start=window.start,
                       stop=window.stop, attempt=window.attempt, invocation=window.invocation,
                       link=config.link, iteration_s=per_iteration, fault=fault)
-    return [launcher.launch(dataclasses.replace(event, rank=r),
-                            spec.plan.stages[schedule.tasks[r][0].stage].memory_mb)
-            for r in range(schedule.num_ranks)]
+    ranks: list[Invocation] = []
+    for r in range(schedule.num_ranks):  # appended one by one: a failed launch stops the rest
+        ranks.append(launcher.launch(dataclasses.replace(event, rank=r),
+                                     spec.plan.stages[schedule.tasks[r][0].stage].memory_mb))
+    return ranks
 
 
-def _watch(store: ObjectStore, spec: JobSpec, schedule: Schedule, window: Window,
-           ranks: list[Invocation], progress: Progress, limit: float,
-           on_iteration: Callable[[int, Progress], None] | None) -> RankDeath | None:
-    """Follows a window: the losses of each iteration, then every rank's end; the first rank
-    that did not finish, or None."""
-    last = spec.num_stages - 1
-    last_ranks = [schedule.rank(last, r) for r in range(spec.plan.stages[last].replicas)]
-    for t in range(window.start, window.stop):
-        death = _wait_for_losses(store, spec, t, last_ranks, ranks, progress, limit)
-        if death is not None:
-            return death
-        if on_iteration:
-            on_iteration(t, progress)
+def _abandon(store: ObjectStore, spec: JobSpec, attempt: int, ranks: list[Invocation],
+             reason: str) -> None:
+    """Cancels the attempt (its marker, for ranks the driver cannot kill) and kills its ranks."""
+    try:
+        cancel_attempt(store, spec.keys, attempt, reason)
+    except StoreError as err:
+        print(f"could not write the cancellation marker of attempt {attempt}: {err}",
+              file=sys.stderr)
     for rank in ranks:
-        outcome = rank.wait(timeout=spec.wait_timeout_s)
-        if outcome is not Outcome.FINISHED:
-            return RankDeath(rank.rank, outcome)
-    return None
-
-
-def _wait_for_losses(store: ObjectStore, spec: JobSpec, t: int, last_ranks: list[int],
-                     ranks: list[Invocation], progress: Progress,
-                     limit: float) -> RankDeath | None:
-    """Waits until every last-stage rank reported iteration t, watching for dead ranks; a rank
-    that stays silent for the job's wait timeout plus an invocation's limit counts as dead."""
-    began = time.time()
-    losses: list[float] = []
-    for r in last_ranks:
-        while True:
-            for rank in ranks:
-                outcome = rank.poll()
-                if outcome is not None and outcome is not Outcome.FINISHED:
-                    return RankDeath(rank.rank, outcome)
-            try:
-                body = store.get(spec.keys.loss(t, r), timeout=0.5)
-                break
-            except TimeoutError:
-                if time.time() - began > spec.wait_timeout_s + limit:
-                    return RankDeath(r, Outcome.SILENT)
-        losses += LossRecord.from_json(body).losses
-    progress.losses[t] = float(np.mean(losses))
-    progress.times[t] = time.time() - progress.clock
-    progress.clock = time.time()
-    return None
+        rank.kill()
 
 
 def _charge_window(store: ObjectStore, spec: JobSpec, window: Window, guard: CostGuard,
@@ -273,11 +247,25 @@ def _charge_window(store: ObjectStore, spec: JobSpec, window: Window, guard: Cos
     return float(np.median(measured)) if measured else per_iteration
 
 
-def _job_failed(death: RankDeath, rank: Invocation, restarts: int) -> JobFailed:
-    return JobFailed(
-        f"rank {death.rank} ended {death.outcome.name} and the job has been restarted "
-        f"{restarts} times; its last output:\n{rank.tail()}\nIf it ran out of memory, give "
-        "its stage more memory in the plan.")
+def _why(death: RankDeath) -> str:
+    said = last_line(death.error) or death.reason or ""
+    return f"rank {death.rank} ended {death.outcome.name}" + (f": {said}" if said else "")
+
+
+def _same(death: RankDeath, previous: RankDeath | None) -> bool:
+    """Whether two attempts in a row failed with the same error (retrying will not help)."""
+    return (previous is not None and death.error is not None and previous.error is not None
+            and death.rank == previous.rank and last_line(death.error) == last_line(previous.error))
+
+
+def _tail(ranks: list[Invocation], rank: int) -> str:
+    found = [r for r in ranks if r.rank == rank]
+    return found[0].tail() if found else "(not launched)"
+
+
+def _describe(err: BaseException) -> str:
+    return str(err) if isinstance(err, Stopped) else (type(err).__name__ + (
+        f": {err}" if str(err) else ""))
 
 
 def job_id(model: str) -> str:

@@ -35,8 +35,8 @@ from jaxpipe.errors import (
     UnsupportedModelError,
 )
 from jaxpipe.runtime import lithops_job, sources
+from jaxpipe.runtime.attempts import job_losses
 from jaxpipe.runtime.job import JobSpec, Keys
-from jaxpipe.runtime.metrics import LossRecord
 from jaxpipe.runtime.options import TrainOptions
 from jaxpipe.runtime.reporting import announce_job
 from jaxpipe.runtime.summary import Summary
@@ -233,10 +233,5 @@ def check_optimizer(optimizer: object) -> str | optax.GradientTransformation:
 
 def stored_losses(store: ObjectStore, spec: JobSpec) -> tuple[float, ...]:
     """The mean loss of every iteration of a job, from the last stage's loss records (so a
-    resumed job's earlier iterations count too)."""
-    out = []
-    for t in range(spec.iterations):
-        keys = store.list(spec.keys.loss(t, 0).rsplit("/", 1)[0] + "/")
-        losses = [x for k in keys for x in LossRecord.from_json(store.get(k)).losses]
-        out.append(float(np.mean(losses)))
-    return tuple(out)
+    resumed job's earlier iterations count too; of each iteration, the latest attempt's)."""
+    return job_losses(store, spec.keys, spec.iterations)

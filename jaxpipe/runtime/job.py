@@ -11,9 +11,13 @@ Every key of a job lives under `jobs/<job-id>/` (docs/design.md), laid out as:
     run/<attempt>/it/<t>/grad/<s>/<m> cotangents of micro-batch m leaving stage s (backwards)
     run/<attempt>/it/<t>/sync/<s>     the all-reduce group of stage s (a prefix)
     run/<attempt>/it/<t>/opt/<s>      stage s's partial sums for the optimizer (`partials`)
-    metrics/loss/<t>/rank<r>          micro-batch losses of a last-stage rank
+    metrics/loss/<t>/<attempt>/rank<r>   micro-batch losses of a last-stage rank (the
+                                      latest attempt that ran t holds the job's)
     metrics/rank<r>/<attempt>-<inv>.json   per-invocation metrics and timeline
     status/<attempt>/<inv>/rank<r>    how an invocation ended (`event.RankStatus`)
+    status/<attempt>/<inv>/rank<r>.claim   the first delivery's claim of that invocation
+    cancel/<attempt>                  the attempt's cancellation marker (`runtime.cancel`)
+    driver.json                       the running driver's lease and heartbeat (`runtime.lease`)
     status/<attempt>/<inv>/rank<r>.claim   the first delivery's claim of that invocation
     cancel/<attempt>                  the attempt's cancellation marker (`runtime.cancel`)
     driver.json                       the running driver's lease and heartbeat (`runtime.lease`)
@@ -157,8 +161,13 @@ class Keys:
     def partials(self, attempt: int, t: int, stage: int) -> str:
         return f"{self.run(attempt)}it/{t}/opt/{stage}"
 
-    def loss(self, t: int, rank: int) -> str:
-        return f"{self.prefix}metrics/loss/{t:08d}/rank{rank}"
+    def loss(self, t: int, rank: int, attempt: int) -> str:
+        """The loss record of last-stage rank `rank` in iteration t of attempt `attempt`."""
+        return f"{self.prefix}metrics/loss/{t:08d}/{attempt}/rank{rank}"
+
+    def losses(self, t: int) -> str:
+        """The prefix of iteration t's loss records, of every attempt."""
+        return f"{self.prefix}metrics/loss/{t:08d}/"
 
     def metrics(self, rank: int, attempt: int, invocation: int) -> str:
         return f"{self.prefix}metrics/rank{rank}/{attempt}-{invocation}.json"

@@ -37,6 +37,7 @@ import numpy as np
 
 from jaxpipe.runtime import checkpoint, optim
 from jaxpipe.runtime.arrays import decode_list
+from jaxpipe.runtime.cancel import RankWatch
 from jaxpipe.runtime.dataset import ShardReader, batch_indices, micro_batch_keys
 from jaxpipe.runtime.event import RankEvent
 from jaxpipe.runtime.job import JobSpec
@@ -83,8 +84,9 @@ class Rank:
     `metrics(...)` reports what the invocation measured.
     """
 
-    def __init__(self, spec: JobSpec, store: ObjectStore, event: RankEvent):
-        self.spec, self.store, self.event = spec, store, event
+    def __init__(self, spec: JobSpec, store: ObjectStore, event: RankEvent,
+                 watch: RankWatch | None = None):
+        self.spec, self.store, self.event, self.watch = spec, store, event, watch
         self.keys, self.plan, self.platform = spec.keys, spec.plan, spec.platform
         self.rank, self.attempt = event.rank, event.attempt
         self.tasks: tuple[Task, ...] = build(self.plan).tasks[self.rank]
@@ -123,6 +125,8 @@ class Rank:
         """Iterations [event.start, event.stop); replica 0 checkpoints every
         `checkpoint_every` iterations and after the window's last."""
         for t in range(self.event.start, self.event.stop):
+            if self.watch is not None:
+                self.watch.check()  # AttemptCancelled: the attempt is over, stop here
             self.iteration(t)
             last = t + 1 == self.event.stop
             if self.replica == 0 and (last or (t + 1) % self.spec.checkpoint_every == 0):
@@ -243,8 +247,8 @@ class Rank:
         background: list[Future[Any]] = []
         if self.last:
             record = LossRecord.of(it.losses)
-            background.append(self.cleaner.submit(self.store.put, self.keys.loss(it.t, self.rank),
-                                                  record.to_json()))
+            key = self.keys.loss(it.t, self.rank, self.attempt)
+            background.append(self.cleaner.submit(self.store.put, key, record.to_json()))
         consumed = [self._message_key(it.t, task) for task in self.tasks
                     if task.kind in RECEIVES and task.peer is not None]
         if consumed:

@@ -161,13 +161,19 @@ def summarize(spec: JobSpec, metrics: Sequence[RankMetrics], progress: Progress,
 def iteration_period(metrics: Sequence[RankMetrics]) -> float | None:
     """Median time between the ends of successive iterations, from the workers' own clocks.
 
-    An iteration ends when its last rank finishes it. The first gap is left out: it still
-    includes warm-up (first calls, first shard reads).
+    An iteration ends when its last rank finishes it, in the latest attempt that ran it (a
+    failed attempt's records of t never count). The first gap is left out: it still includes
+    warm-up (first calls, first shard reads).
     """
+    latest: dict[int, int] = {}
+    for m in metrics:
+        for it in m.iterations:
+            latest[it.iteration] = max(latest.get(it.iteration, m.attempt), m.attempt)
     ends: dict[int, float] = {}
     for m in metrics:
         for it in m.iterations:
-            ends[it.iteration] = max(ends.get(it.iteration, 0.0), it.end)
+            if m.attempt == latest[it.iteration]:
+                ends[it.iteration] = max(ends.get(it.iteration, 0.0), it.end)
     ts = sorted(ends)
     gaps = [ends[b] - ends[a] for a, b in itertools.pairwise(ts) if b == a + 1]
     steady = gaps[1:] or gaps

@@ -11,16 +11,22 @@ only small values; the rest is read from the store under the job's prefix (see
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 import traceback
 import uuid
+from collections.abc import Callable
 from typing import Any, Protocol
 
+from jaxpipe.runtime import compile_cache
+from jaxpipe.runtime.cancel import AttemptCancelled, RankWatch, cancel_attempt
 from jaxpipe.runtime.event import RankEvent, RankStatus, Status, TaskEvent, parse_event
 from jaxpipe.runtime.job import JobSpec
 from jaxpipe.runtime.rank import Rank
+from jaxpipe.versions import check_versions
 from planners import Plan, Platform
+from planners.schedule import build
 from transports import Backoff, ObjectStore, ThrottledStore, store_from_spec
 
 __all__ = ["HANDOVER_MARGIN_S", "LambdaContext", "handler", "run_rank"]
@@ -59,14 +65,19 @@ def handler(event: dict[str, Any], context: Any = None) -> dict[str, Any]:
     return run_rank(parsed, context)
 
 
-def run_rank(event: RankEvent, context: LambdaContext | None = None) -> dict[str, Any]:
+def run_rank(event: RankEvent, context: LambdaContext | None = None,
+             on_stop: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Runs rank `event.rank` of job `event.job` for iterations [start, stop).
 
     (a) The first delivery of an event claims its slot (job, attempt, invocation, rank) with a
     conditional write, and a duplicate delivery (Lambda may deliver an asynchronous event
     twice) returns at once. (b) On a serverless platform (a `context`), a window that cannot
     finish in the time left is refused with status "refused" before any iteration starts.
-    (c) A rank that raises writes status "failed" with the traceback, then raises.
+    (c) A rank that raises writes status "failed" with the traceback, then its attempt's
+    cancellation marker (so its peers stop within seconds, `jaxpipe.runtime.cancel`), then
+    raises. (d) A `RankWatch` follows the attempt's marker and the driver's heartbeat: it calls
+    `on_stop(reason)` (the local worker exits there), and the rank raises `AttemptCancelled`
+    at its next iteration; a cancelled rank writes no status.
 
     Returns:
       dict: `status` ("done", "handover", "refused" or "duplicate"), `next` iteration, and
@@ -79,19 +90,42 @@ def run_rank(event: RankEvent, context: LambdaContext | None = None) -> dict[str
                         "request": getattr(context, "aws_request_id", None)}).encode()
     if not base.put_if_absent(event.claim_key, token):
         return _reply(RankStatus(Status.DUPLICATE, next=event.start), None)
+    watch = RankWatch(base, event.keys, event.attempt, on_stop=on_stop).start()  # (d)
     try:
-        return _run(event, context, base, began)
-    except Exception:  # (c) tell the driver why, then fail as the platform expects
+        return _run(event, context, base, began, watch)
+    except AttemptCancelled:
+        raise
+    except Exception as err:  # (c) tell the driver and the peers why, then fail
+        watch.stop()
         failed = RankStatus(Status.FAILED, error=traceback.format_exc()[-4000:])
         base.put(event.status_key, json.dumps(failed.to_dict()).encode())
+        cancel_attempt(base, event.keys, event.attempt, f"rank {event.rank} failed: "
+                       f"{type(err).__name__}: {err}"[:500], by=f"rank {event.rank}",
+                       rank=event.rank)
         raise
+    finally:
+        watch.stop()
 
 
 def _run(event: RankEvent, context: LambdaContext | None, base: ObjectStore,
-         began: float) -> dict[str, Any]:
+         began: float, watch: RankWatch) -> dict[str, Any]:
     spec = JobSpec.from_json(base.get(event.keys.spec, timeout=60))
+    check_versions(spec.job_id, spec.versions)  # VersionMismatchError: redeploy the image
     store = _linked(base, spec.platform) if event.link else base
-    rank = Rank(spec, store, event)
+    # The stage's compiled programs from the store, before it loads (`runtime.compile_cache`)
+    cache = compile_cache.for_rank(store, spec, build(spec.plan).tasks[event.rank][0].stage,
+                                   os.environ)
+    try:
+        return _run_window(event, context, spec, base, store, began, watch, cache)
+    finally:
+        cache.close()
+
+
+def _run_window(event: RankEvent, context: LambdaContext | None, spec: JobSpec,
+                base: ObjectStore, store: ObjectStore, began: float, watch: RankWatch,
+                cache: compile_cache.CompileCache) -> dict[str, Any]:
+    rank = Rank(spec, store, event, watch)
+    rank.after_first = cache.publish  # every program has compiled by the first iteration's end
     ready = time.time()
     refusal = deadline_refusal(event, context, spec.plan)
     if refusal is not None:  # (b) hand the window back whole rather than die in the middle of it
@@ -106,7 +140,9 @@ def _run(event: RankEvent, context: LambdaContext | None, base: ObjectStore,
     # locally the process start is part of the emulated function.
     launched = event.launched_at if event.launched_at is not None else began
     billed_from = began if context is not None else launched
-    metrics = rank.metrics(cold_start=ready - launched, billed=time.time() - billed_from)
+    cache.publish()
+    metrics = rank.metrics(cold_start=ready - launched, billed=time.time() - billed_from,
+                           compile=cache.record())
     store.put(event.metrics_key, json.dumps(metrics.to_dict()).encode())
     store.put(event.status_key, json.dumps(status.to_dict()).encode())
     return _reply(status, event.metrics_key)
@@ -157,10 +193,28 @@ def deadline_refusal(event: RankEvent, context: LambdaContext | None,
 
 def main() -> int:
     """`python -m jaxpipe.runtime.worker`: reads one event as JSON on stdin (the local platform)."""
-    event = json.loads(sys.stdin.read())
-    result = handler(event)
+    event = parse_event(json.loads(sys.stdin.read()))
+    if isinstance(event, TaskEvent):
+        print(json.dumps(handler(event.to_dict())))
+        return 0
+    try:
+        result = run_rank(event, on_stop=_exit_now)
+    except BaseException:  # noqa: BLE001 - the process ends here either way
+        # Exit at once: a lane may be blocked in a wait for a peer that is gone, and the
+        # interpreter would join it (up to the job's wait timeout) before exiting.
+        traceback.print_exc()
+        _exit_now(None, code=1)
     print(json.dumps(result))
     return 0
+
+
+def _exit_now(reason: str | None, code: int = 3) -> None:
+    """Ends this process without joining its threads (exit code 3: cancelled)."""
+    if reason is not None:
+        print(f"stopping: {reason}", file=sys.stderr)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 if __name__ == "__main__":

@@ -88,8 +88,7 @@ class FakeLauncher:
         outcome = self.script(event)
         if outcome is Outcome.FINISHED:
             self._finish(event, memory_mb)
-        rank = FakeRank(event.rank, None if outcome in (Outcome.FINISHED, Outcome.SILENT)
-                        else outcome, outcome)
+        rank = FakeRank(event.rank, None if outcome is Outcome.SILENT else outcome, outcome)
         self.ranks.append(rank)
         return rank
 
@@ -98,7 +97,7 @@ class FakeLauncher:
         self.store.put(keys.message(event.attempt, event.start, "act", task.stage, 0), b"x")
         if task.stage == len(PLAN.stages) - 1:
             for t in range(event.start, event.stop):
-                self.store.put(keys.loss(t, event.rank), LossRecord.of(
+                self.store.put(keys.loss(t, event.rank, event.attempt), LossRecord.of(
                     {task.replica: loss(t, event.rank)}).to_json())
         metrics = RankMetrics(
             rank=event.rank, stage=task.stage, replica=task.replica, attempt=event.attempt,
@@ -273,7 +272,7 @@ def test_a_silent_rank_counts_as_dead_after_the_wait_timeout_and_the_limit(store
 def test_ranks_that_keep_dying_fail_the_job_with_the_ranks_last_output(store):
     spec = job(4)
     launcher = FakeLauncher(store, spec, lambda event: Outcome.FAILED)
-    with pytest.raises(JobFailed, match="rank 0 ended FAILED .* restarted 2 times") as failed:
+    with pytest.raises(JobFailed, match="rank 0 .*FAILED.* restarted 2 times") as failed:
         run_job(store, spec, config=RunConfig(max_restarts=2, startup_seconds=0),
                 launcher=launcher)
     assert "rank 0: the last words" in str(failed.value)

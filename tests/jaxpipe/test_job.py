@@ -48,7 +48,7 @@ def every_key(keys: Keys) -> dict[str, str]:
         "run": keys.run(2),
         "message": keys.message(2, 7, "act", 1, 3),
         "sync_group": keys.sync_group(2, 7, 1),
-        "loss": keys.loss(7, 4),
+        "loss": keys.loss(7, 4, 1),
         "metrics": keys.metrics(4, 2, 1),
         "status": keys.status(2, 1, 4),
     }
@@ -64,7 +64,7 @@ def test_every_key_has_the_documented_layout():
         "run": "jobs/j/run/2/",
         "message": "jobs/j/run/2/it/7/act/1/3",
         "sync_group": "jobs/j/run/2/it/7/sync/1",
-        "loss": "jobs/j/metrics/loss/00000007/rank4",
+        "loss": "jobs/j/metrics/loss/00000007/1/rank4",
         "metrics": "jobs/j/metrics/rank4/2-1.json",
         "status": "jobs/j/status/2/1/rank4",
     }
@@ -116,7 +116,7 @@ def test_checkpoint_and_loss_keys_sort_in_iteration_order():
     ts = [0, 9, 10, 99, 100, 12345]
     assert sorted(keys.checkpoint(t, 0, "done") for t in ts) == [
         keys.checkpoint(t, 0, "done") for t in ts]
-    assert sorted(keys.loss(t, 0) for t in ts) == [keys.loss(t, 0) for t in ts]
+    assert sorted(keys.loss(t, 0, 0) for t in ts) == [keys.loss(t, 0, 0) for t in ts]
     assert sorted(keys.shard(i) for i in ts) == [keys.shard(i) for i in ts]
 
 

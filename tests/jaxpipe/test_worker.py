@@ -79,7 +79,7 @@ def metrics_of(job: Prepared, rank: int) -> RankMetrics:
 
 def losses_of(job: Prepared, rank: int) -> list[float]:
     return [x for t in range(ITERATIONS)
-            for x in LossRecord.from_json(job.store.get(job.spec.keys.loss(t, rank))).losses]
+            for x in LossRecord.from_json(job.store.get(job.spec.keys.loss(t, rank, 0))).losses]
 
 
 @pytest.fixture(scope="module")
