@@ -18,9 +18,6 @@ Every key of a job lives under `jobs/<job-id>/` (docs/design.md), laid out as:
     status/<attempt>/<inv>/rank<r>.claim   the first delivery's claim of that invocation
     cancel/<attempt>                  the attempt's cancellation marker (`runtime.cancel`)
     driver.json                       the running driver's lease and heartbeat (`runtime.lease`)
-    status/<attempt>/<inv>/rank<r>.claim   the first delivery's claim of that invocation
-    cancel/<attempt>                  the attempt's cancellation marker (`runtime.cancel`)
-    driver.json                       the running driver's lease and heartbeat (`runtime.lease`)
     results/summary.json              the run's `summary.Summary`
     xla-cache/<host>/stage<k>/<entry> compiled programs of stage k (`runtime.compile_cache`)
 
