@@ -4,7 +4,8 @@ model, run in this process on the variables reassembled from the stage checkpoin
 The whole evaluation set goes through `eval_model.apply` at once (default the training model;
 its state collections are passed as mutable and their updates dropped, so a BatchNorm in
 training mode runs), and `metrics_fn` sees every output and target together, so any metric,
-not only means, comes out right.
+not only means, comes out right. An NNX model is evaluated on a clone (`nnx.clone` of
+`eval_model` or `model`) updated with the trained state, so the user's module stays as it was.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+from flax import nnx
 
 from jaxpipe.runtime import sources
 from jaxpipe.runtime.job import JobSpec
@@ -22,14 +24,18 @@ from transports import ObjectStore
 __all__ = ["evaluate", "evaluate_job", "evaluation_points"]
 
 
-def evaluate(setup: TrainingSetup, variables: dict[str, Any]) -> dict[str, float]:
+def evaluate(setup: TrainingSetup, variables: dict[str, Any] | nnx.State) -> dict[str, float]:
     """`setup.metrics_fn` of `setup.eval_data` under `variables`, as floats."""
     assert setup.metrics_fn is not None and setup.eval_data is not None
     data = sources.examples(setup.eval_data, "eval_data")
     inputs, targets = data.rows(0, data.count)
     model = setup.eval_model if setup.eval_model is not None else setup.model
     state = [k for k in variables if k != "params"]
-    if state:
+    if isinstance(model, nnx.Module):
+        model = nnx.clone(model)
+        nnx.update(model, variables)
+        outputs = model(inputs)
+    elif state:
         outputs, _ = model.apply(variables, inputs, rngs=setup.rngs, mutable=state)
     else:
         outputs = model.apply(variables, inputs, rngs=setup.rngs)

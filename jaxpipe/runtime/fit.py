@@ -25,6 +25,7 @@ import flax.linen as nn
 import jax
 import numpy as np
 import optax
+from flax import nnx
 
 from jaxpipe.errors import (
     BatchTooLargeError,
@@ -32,7 +33,8 @@ from jaxpipe.errors import (
     MissingMetricsError,
     ModelKindError,
     NotAnOptimizerError,
-    UnsupportedModelError,
+    RngError,
+    VariablesError,
 )
 from jaxpipe.runtime import lithops_job, sources
 from jaxpipe.runtime.attempts import job_losses
@@ -58,8 +60,10 @@ class FitResult:
 
     Attributes:
       losses: the mean training loss of every iteration, in order (a resumed job's too).
-      variables: the trained variables, `{"params": ..., <state collections>}` as
-        `model.init` returns them (numpy arrays).
+      variables: the trained variables. Linen: `{"params": ..., <state collections>}` as
+        `model.init` returns them (numpy arrays). NNX: an `nnx.State` of the whole module
+        (parameters and state, PRNG keys typed again) for `nnx.update(model, variables)`;
+        the user's module itself is left as it was.
       summary: measured against predicted seconds and dollars per iteration, restarts, and
         the evaluation metrics (`summary.eval_metrics`, `summary.final_metrics`).
       job_id: the job in the store; `jaxpipe.load_variables(store, job_id)` reads it again.
@@ -68,7 +72,7 @@ class FitResult:
     """
 
     losses: tuple[float, ...]
-    variables: dict[str, Any]
+    variables: dict[str, Any] | nnx.State
     summary: Summary
     job_id: str
     plan: Plan
@@ -98,17 +102,20 @@ def fit(model: Any, loss_fn: LossFn, data: Any, variables: Variables | None = No
     """Trains `model` on `data`, pipelined over functions, and returns the trained variables.
 
     Args:
-      model: a `flax.linen.Module` whose `__call__` takes the inputs pytree.
+      model: a `flax.linen.Module` whose `__call__` takes the inputs pytree, or an
+        `nnx.Module` (called as `model(inputs)`; it holds its variables and `nnx.Rngs`, and
+        is not changed: `nnx.update(model, result.variables)` takes the trained ones).
       loss_fn: `loss_fn(outputs, targets) -> scalar`, the mean over the batch.
       data: `(inputs, targets)` pytrees of numpy arrays with a leading example axis, or a
         random-access source (`len`, `source[i] -> (inputs_i, targets_i)`).
       variables: the dict from `model.init`; None: `model.init` on the first batch with
-        `PRNGKey(seed)`.
+        `PRNGKey(seed)`. None for an NNX module.
       optimizer: any `optax.GradientTransformation` (run in the workers as exported
         per-stage programs, `jaxpipe.runtime.optimizer`), or a name
         (`jaxpipe.runtime.optim.OPTIMIZERS`) with `learning_rate`.
       batch_size, iterations: the global batch and the number of iterations.
-      rngs: PRNG collections the model draws from (names only; keys come from `seed`).
+      rngs: PRNG collections the model draws from (names only; keys come from `seed`);
+        None for an NNX module, whose dropout draws from its own `nnx.Rngs` (state).
       shuffle, seed: the example order (`jaxpipe.runtime.dataset`): with `shuffle=False`
         iteration t uses examples [t*B, (t+1)*B) modulo N; with True a permutation per epoch
         drawn from `seed`.
@@ -173,12 +180,13 @@ def check_setup(setup: TrainingSetup, options: TrainOptions, resuming: bool = Fa
     """The setup checked before any work, with its variables initialised if None.
 
     Raises:
-      UnsupportedModelError, ModelKindError: an NNX model, or not a Flax module.
+      ModelKindError: not a Flax linen or NNX module.
+      VariablesError, RngError: variables or rngs given with an NNX module.
       MissingMetricsError: `eval_data` without `metrics_fn`.
       MissingTargetsError, DataLengthError: bad `data` or `eval_data` (`sources.examples`).
       BatchTooLargeError, IndivisibleBatchError: a batch the data or the plan cannot give.
     """
-    _check_model(setup.model)
+    _check_model(setup)
     if setup.eval_data is not None and setup.metrics_fn is None:
         raise MissingMetricsError("eval_data was given without metrics_fn(outputs, targets)")
     if setup.eval_data is not None:
@@ -191,23 +199,26 @@ def check_setup(setup: TrainingSetup, options: TrainOptions, resuming: bool = Fa
                                  f"set's {data.count} examples")
     if options.plan is not None:
         _check_divisible(options.batch, options.plan)
-    if setup.variables is None:
+    if setup.variables is None and not isinstance(setup.model, nnx.Module):
         inputs, _ = data.rows(0, options.batch)
         keys = {"params": jax.random.PRNGKey(options.seed), **(setup.rngs or {})}
         setup = dataclasses.replace(setup, variables=dict(setup.model.init(keys, inputs)))
     return setup
 
 
-def _check_model(model: Any) -> None:
+def _check_model(setup: TrainingSetup) -> None:
+    model = setup.model
     if isinstance(model, nn.Module):
         return
-    from flax import nnx
-
-    if isinstance(model, nnx.Module):
-        raise UnsupportedModelError(
-            f"{type(model).__name__} is an NNX model; the distributed runtime trains linen "
-            "models for now (trace and split NNX models in one process with jaxpipe.trace)")
-    raise ModelKindError(f"fit needs a flax.linen Module; got {type(model).__qualname__}")
+    if not isinstance(model, nnx.Module):
+        raise ModelKindError(f"fit needs a flax.linen or flax.nnx Module; got "
+                             f"{type(model).__qualname__}")
+    if setup.variables is not None:
+        raise VariablesError("an NNX module holds its own variables; pass variables=None "
+                             "(its current parameters and state are trained)")
+    if setup.rngs:
+        raise RngError("an NNX module draws its random numbers from its own nnx.Rngs; pass "
+                       "rngs=None (dropout keys and counters are part of its state)")
 
 
 def _check_divisible(batch: int, plan: Plan) -> None:

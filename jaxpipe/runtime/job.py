@@ -64,6 +64,13 @@ class JobSpec:
         (`runtime.compile_cache`) where the platform turns the cache on.
       versions: the driver's jax, jaxlib, flax and optax (`jaxpipe.versions`); a worker of
         other versions refuses the job (None: a job written before they were recorded).
+      model_kind: "linen", or "nnx": the checkpoints' leaves are an NNX module's (paths
+        `params/...` and `state/...`), read back as an `nnx.State` (`runtime.variables`).
+      key_impls: {state path: PRNG implementation} of the state leaves that are typed keys
+        (stored as raw key data; NNX's `RngKey`s).
+      state_counters: {state path: step} of the integer state leaves every forward advances
+        by a constant (`staging.counters`: NNX's `RngCount`s); replicated stages set them by
+        micro-batch (`runtime.rank`).
 
     `to_json` and `from_json` are the only translation to and from the stored `job.json`; the
     plan and the platform are parsed there, once.
@@ -87,6 +94,9 @@ class JobSpec:
     allreduce: str = "pipelined"
     meta: dict[str, Any] = field(default_factory=dict, compare=False)
     optimizer_programs: bool = True
+    model_kind: str = "linen"
+    key_impls: dict[str, str] = field(default_factory=dict)
+    state_counters: dict[str, Any] = field(default_factory=dict)
     compile_cache: bool = True
     versions: dict[str, str] | None = None
 

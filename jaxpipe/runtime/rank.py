@@ -42,6 +42,7 @@ from jaxpipe.runtime.dataset import ShardReader, batch_indices, micro_batch_keys
 from jaxpipe.runtime.event import RankEvent
 from jaxpipe.runtime.job import JobSpec
 from jaxpipe.runtime.metrics import (
+    CompileRecord,
     IterationRecord,
     LossRecord,
     RankMetrics,
@@ -54,6 +55,7 @@ from jaxpipe.runtime.optimizer import (
     load_optimizer,
     sum_partials,
 )
+from jaxpipe.runtime.replica_state import averaged_paths, set_counters, stage_counters
 from jaxpipe.staging.bundle import load_stages
 from jaxpipe.staging.stage import StageProgram
 from planners.schedule import Kind, Task, build
@@ -75,6 +77,7 @@ class _Iteration:
     saved: dict[int, Any] = field(default_factory=dict)  # m -> residuals of its forward
     losses: dict[int, float] = field(default_factory=dict)  # m -> its loss (last stage)
     summed: list[Any] | None = None  # gradients summed over this rank's micro-batches
+    counted: dict[str, Any] = field(default_factory=dict)  # counters at the iteration's start
 
 
 class Rank:
@@ -104,6 +107,9 @@ class Rank:
         # optimizer's outputs are committed, so uncommitted loaded arrays made every rank
         # compile its stage programs a second time in its second iteration.
         self.params, self.opt_state, self.state = jax.device_put(loaded, jax.devices()[0])
+        self.counters = stage_counters(spec, self.program.spec.state_paths,
+                                       self.program.spec.new_state_paths, self.state,
+                                       self.replicas)  # `runtime.replica_state`
         self.reader = ShardReader(store, self.keys, spec.shard_size, self.timeout,
                                   spec.shard_cache)
         self.up = ThreadPoolExecutor(1, thread_name_prefix="upload")
@@ -116,6 +122,9 @@ class Rank:
         self.pending: deque[list[Future[Any]]] = deque()
         self.timeline = Timeline()
         self.records: list[IterationRecord] = []
+        # Called once the window's first iteration ended (the worker publishes the compiled
+        # programs there: `runtime.compile_cache`).
+        self.after_first: Callable[[], Any] | None = None
         # The compute thread's rule per task kind; receives and sends run on their lanes.
         self.steps: dict[Kind, Callable[[_Iteration, Task], None]] = {
             Kind.FWD: self._forward, Kind.BWD: self._backward, Kind.SYNC: self._all_reduce,
@@ -128,6 +137,8 @@ class Rank:
             if self.watch is not None:
                 self.watch.check()  # AttemptCancelled: the attempt is over, stop here
             self.iteration(t)
+            if t == self.event.start and self.after_first is not None:
+                self.cleaner.submit(self.after_first)  # off the critical path; close() waits
             last = t + 1 == self.event.stop
             if self.replica == 0 and (last or (t + 1) % self.spec.checkpoint_every == 0):
                 self.save(t + 1)
@@ -149,10 +160,12 @@ class Rank:
         self.timeline.iteration_started(t)
         params = [self.params[p] for p in self.program.spec.param_paths]
         it = _Iteration(t, params, self._queue_receives(t))  # (1)
+        it.counted = {p: self.state[p] for p in self.counters}
         for task in self.tasks:  # (2)
             step = self.steps.get(task.kind)
             if step is not None:
                 step(it, task)
+        self.state.update(set_counters(self.counters, it.counted, self.count))
         for future in it.sent:  # (3)
             future.result(timeout=self.timeout)
         self._drain_background(keep=1)  # (4)
@@ -171,6 +184,7 @@ class Rank:
         m, spec = _micro_batch(task), self.program.spec
         self._fault(it.t, m)
         acts = it.received[(Kind.RECV_ACT, m)].result(timeout=self.timeout)
+        self.state.update(set_counters(self.counters, it.counted, m))
         with self.timeline.span("compute", f"FWD {m}"):
             outs, new_state, it.saved[m] = self.program.forward(
                 it.params, [self.state[p] for p in spec.state_paths], acts)
@@ -289,9 +303,10 @@ class Rank:
         return [leaves[i] for i in self.program.spec.input_data]
 
     def _sync(self, t: int, grads: dict[str, Any]) -> dict[str, Any]:
-        """Sum of gradients over replicas (mean times d); BatchNorm state is averaged."""
+        """Sum of gradients over replicas (mean times d); float state (BatchNorm's) is averaged,
+        integer state never (`runtime.replica_state`)."""
         paths = list(grads)
-        state_paths = list(self.program.spec.state_paths)
+        state_paths = averaged_paths(self.program.spec.state_paths, self.state)
         parts = [np.ravel(grads[p]) for p in paths] + [np.ravel(self.state[p]) for p in state_paths]
         vector = np.concatenate(parts).astype(np.float32)
         # In place, with the group's cleanup on the cleanup thread (close() waits for it). One
@@ -349,15 +364,17 @@ class Rank:
         self._drain_background(keep=0)
         self.cleaner.shutdown(wait=True)
 
-    def metrics(self, cold_start: float, billed: float) -> RankMetrics:
-        """What this invocation measured; `cold_start` and `billed` in seconds."""
+    def metrics(self, cold_start: float, billed: float, compile: CompileRecord | None = None,
+                init_s: float = 0.0) -> RankMetrics:
+        """What this invocation measured; `cold_start`, `billed` and `init_s` in seconds."""
         timeline, first = self.timeline.kept()
         return RankMetrics(
             rank=self.rank, stage=self.stage, replica=self.replica, attempt=self.attempt,
             invocation=self.event.invocation, cold_start_s=cold_start, billed_s=billed,
             peak_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
             memory_mb=self.plan.stages[self.stage].memory_mb, iterations=tuple(self.records),
-            requests=self.store.stats, timeline=timeline, timeline_from=first)
+            requests=self.store.stats, timeline=timeline, timeline_from=first,
+            compile=compile, init_s=init_s)
 
 
 def _load_program(bundle: bytes, stage: int) -> tuple[StageProgram, dict[str, Any]]:

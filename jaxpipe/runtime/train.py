@@ -22,6 +22,7 @@ from typing import Any
 
 import jax
 import numpy as np
+from flax import nnx
 import optax
 
 from jaxpipe import models
@@ -51,7 +52,10 @@ from jaxpipe.runtime.zoo import linen_module, trains_on_digits
 from jaxpipe.staging.split import Staged
 from jaxpipe.staging.stage import StageProgram
 from jaxpipe.staging.tracing import Traced, trace
+from jaxpipe.versions import driver_versions
 from planners import Plan, Platform, Problem, platforms
+from jaxpipe.staging.counters import counter_steps
+from jaxpipe.staging.nnx_trace import NnxTraced
 from transports import FileStore, ObjectStore, S3Store
 
 __all__ = ["Prepared", "TrainOptions", "TrainingSetup", "dataset_bytes", "first_rows",
@@ -149,7 +153,9 @@ def prepare(options: TrainOptions, setup: TrainingSetup | None = None) -> Prepar
         checkpoint_every=options.checkpoint_every, wait_timeout_s=options.wait_timeout_s,
         allreduce=options.allreduce, meta={"model_overrides": dict(options.model_overrides),
                                            "eval_every": options.eval_every,
-                                           "created": time.time()})
+                                           "created": time.time()},
+        compile_cache=options.compile_cache, versions=driver_versions().to_dict(),
+        **_state_kinds(traced))
     _upload(checked.store, job, staged, stages, traced, data, programs)
     return Prepared(job, checked.store, setup, problem)
 
@@ -189,7 +195,6 @@ def _read_plan(path: str | None) -> Plan | None:
 
 
 def _trace(setup: TrainingSetup, data: sources.Examples, options: TrainOptions) -> Traced:
-    assert setup.variables is not None, "fit and the zoo initialise the variables"
     batch = data.rows(0, options.batch)
     return trace(setup.model, setup.variables, batch, setup.loss_fn, rngs=setup.rngs)
 
@@ -199,9 +204,23 @@ def _profile_name(setup: TrainingSetup, options: TrainOptions) -> str:
     profile cache's key)."""
     if setup.name in models.names():
         return setup.label
-    shapes = jax.tree.map(np.shape, dict(setup.variables or {}))
-    tag = hashlib.sha256(f"{setup.model!r}{shapes}{options.model_overrides}".encode())
+    if isinstance(setup.model, nnx.Module):  # its repr holds its arrays: their shapes do
+        shapes = jax.tree.map(np.shape, nnx.state(setup.model))
+        described = f"{type(setup.model).__qualname__}{shapes}"
+    else:
+        described = f"{setup.model!r}{jax.tree.map(np.shape, dict(setup.variables or {}))}"
+    tag = hashlib.sha256(f"{described}{options.model_overrides}".encode())
     return f"{setup.label}-{tag.hexdigest()[:8]}"
+def _state_kinds(traced: Traced) -> dict[str, Any]:
+    """The JobSpec fields saying what the state leaves are: the model's kind, its typed PRNG
+    keys (by the user's paths, as `variables.read_variables` restacks them) and its counters
+    (by the program's paths, as the ranks hold them)."""
+    impls = getattr(traced, "key_impls", {})
+    return {"model_kind": "nnx" if isinstance(traced, NnxTraced) else "linen",
+            "key_impls": {traced.user_state.paths[i]: str(impl) for i, impl in impls.items()},
+            "state_counters": {p: step.tolist() for p, step in counter_steps(traced).items()}}
+
+
 
 
 def _cache_shards(data: sources.Examples, options: TrainOptions,
@@ -357,7 +376,7 @@ def _store_problem(store: ObjectStore, keys: Keys, problem: Problem) -> None:
 def _clean_up(store: ObjectStore, spec: JobSpec) -> None:
     """Leaves only results (job.json, metrics, summary) and checkpoints under the job prefix."""
     keys = spec.keys
-    for prefix in ("run/", "status/", "data/"):
+    for prefix in ("run/", "status/", "data/", "xla-cache/"):
         store.delete_prefix(keys.prefix + prefix)
     store.delete(keys.bundle)
     store.delete(keys.optimizer)

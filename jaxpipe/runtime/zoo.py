@@ -29,12 +29,17 @@ def zoo_setup(name: str, overrides: dict[str, Any], seed: int, batch: int) -> Tr
 
     Raises:
       UnknownModelError: no zoo model is called `name`.
-      UnsupportedModelError: the model is of an NNX family.
+
+    An NNX family's module is built from `seed` (`ModelSpec.build`) and holds its variables.
     """
     if name not in models.names():
         raise UnknownModelError(f"unknown model {name!r}; choose one of {models.names()} or "
                                 "pass an import path, mypkg.models:make")
     spec = models.get(name, **overrides)
+    if spec.kind == "nnx":
+        data, _ = training_data(spec, seed, batch)
+        return TrainingSetup(spec.build(jax.random.PRNGKey(seed)), spec.loss_fn, data,
+                             name=name)
     module = linen_module(spec)
     variables = spec.init(jax.random.PRNGKey(seed))
     assert isinstance(variables, dict), "a linen model's init returns its variables"
@@ -53,7 +58,7 @@ def accuracy(logits: Any, labels: Any) -> dict[str, float]:
 
 
 def linen_module(model: models.ModelSpec) -> nn.Module:
-    """The zoo model's Flax linen module, the kind of model the runtime trains.
+    """The zoo model's Flax linen module (for the commands that run linen models only).
 
     Raises:
       UnsupportedModelError: the model is of an NNX family.
