@@ -17,7 +17,6 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import jax
@@ -35,6 +34,12 @@ from jaxpipe.errors import (
 from jaxpipe.runtime import checkpoint, dataset, evaluation, lithops_job, optim, sources, zoo
 from jaxpipe.runtime.billing import functions_gigabytes
 from jaxpipe.runtime.driver import Progress, job_id, run_job
+from jaxpipe.runtime.input_checks import (
+    check_memory_floor,
+    check_options,
+    check_store_location,
+    read_plan_file,
+)
 from jaxpipe.runtime.job import JobSpec, Keys
 from jaxpipe.runtime.metrics import RankMetrics
 from jaxpipe.runtime.optimizer import OptimizerPrograms, compile_optimizer
@@ -136,6 +141,7 @@ def prepare(options: TrainOptions, setup: TrainingSetup | None = None) -> Prepar
     if given is None:  # the report replays the plan on it (`runtime.report`)
         _store_problem(checked.store, Keys(checked.job_id), problem())
     check_plan(plan, traced, checked.platform, options)  # 5
+    check_memory_floor(plan, checked.platform)
     lithops_job.check_plan(options, plan)
     staged = traced.split(plan.cuts, [s.mode for s in plan.stages])  # 6
     stages = staged.stages(plan.micro_batch)
@@ -161,8 +167,10 @@ def prepare(options: TrainOptions, setup: TrainingSetup | None = None) -> Prepar
 
 
 def _validate(options: TrainOptions, setup: TrainingSetup | None) -> _Checked:
-    """Every check that needs no tracing: the setup and its data, names, the platform and
-    its store, the job id."""
+    """Every check that needs no tracing: the options' ranges and the store's place
+    (`input_checks`), the setup and its data, names, the platform and its store, the job id."""
+    check_options(options)
+    check_store_location(options.store)
     if setup is None:
         setup = zoo.zoo_setup(options.model, dict(options.model_overrides), options.seed,
                               options.batch)
@@ -191,7 +199,7 @@ def _validate(options: TrainOptions, setup: TrainingSetup | None) -> _Checked:
 
 
 def _read_plan(path: str | None) -> Plan | None:
-    return Plan.from_dict(json.loads(Path(path).read_text())) if path else None
+    return read_plan_file(path)  # PlanFileError: missing, not JSON, not a plan
 
 
 def _trace(setup: TrainingSetup, data: sources.Examples, options: TrainOptions) -> Traced:
