@@ -12,8 +12,16 @@ __all__ = ["main"]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the `jaxpipe` console script."""
+    """Entry point of the `jaxpipe` console script.
+
+    A project error (bad input, a failed job, a store error) prints as one message and exits
+    non-zero (`jaxpipe.error_report`); `--debug`, anywhere on the line, adds its traceback.
+    """
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv
+    argv = [a for a in argv if a != "--debug"]
     parser = argparse.ArgumentParser(prog="jaxpipe", description=__doc__)
+    parser.add_argument("--debug", action="store_true", help="show the traceback of an error")
     commands = parser.add_subparsers(dest="command", required=True)
 
     train = commands.add_parser(
@@ -81,7 +89,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         sub.set_defaults(run=getattr(report_command, f"run_{name}"))
 
     args = parser.parse_args(argv)
-    return int(args.run(args) or 0)
+    from jaxpipe.error_report import report_errors
+
+    return report_errors(lambda: int(args.run(args) or 0), debug)
 
 
 def _add_train_arguments(parser: argparse.ArgumentParser) -> None:

@@ -17,7 +17,9 @@ from __future__ import annotations
 
 __all__ = [
     "BatchError",
+    "BatchSizeError",
     "BatchTooLargeError",
+    "CheckpointEveryError",
     "BudgetExceeded",
     "BundleError",
     "ConcurrencyError",
@@ -30,6 +32,10 @@ __all__ = [
     "EventTooLargeError",
     "FunctionsNotReadyError",
     "ImportPathError",
+    "IterationsError",
+    "JobFinishedError",
+    "JobRunningError",
+    "LearningRateError",
     "IndivisibleBatchError",
     "InputError",
     "JaxPipeError",
@@ -42,6 +48,7 @@ __all__ = [
     "LithopsStorageError",
     "LithopsWorkersError",
     "MissingMetricsError",
+    "MemoryFloorError",
     "MissingTargetsError",
     "ModelConfigError",
     "ModelKindError",
@@ -51,11 +58,14 @@ __all__ = [
     "NonFiniteLossError",
     "NotAnOptimizerError",
     "OptimizerStateError",
+    "OptionRangeError",
     "PartialBundleError",
+    "PlanFileError",
     "PlanMismatchError",
     "PlatformError",
     "ProfileError",
     "RngError",
+    "StoreLocationError",
     "StructureError",
     "TiedParameterError",
     "TraceError",
@@ -242,6 +252,85 @@ class PlatformError(InputError):
     Fix: the message says what the platform needs: `--platform local` or `aws-lambda` for
     training, and an `s3://` store for `aws-lambda` (its functions cannot see this machine's
     disk).
+    """
+
+
+class IterationsError(InputError):
+    """`--iterations` (`iterations=`) is below 1 or not a whole number.
+
+    Fix: pass the number of iterations to train, at least 1.
+    """
+
+
+class BatchSizeError(InputError):
+    """`--batch` (`batch_size=`) is below 1 or not a whole number.
+
+    Fix: pass a global batch of at least 1 example (a multiple of the plan's micro-batch size
+    times its replicas).
+    """
+
+
+class CheckpointEveryError(InputError):
+    """`--checkpoint-every` is below 1 or not a whole number.
+
+    Fix: pass how many iterations lie between checkpoints, at least 1.
+    """
+
+
+class LearningRateError(InputError):
+    """The learning rate of a named optimizer is not a finite number above 0 (NaN, inf, 0 or
+    negative), so training could only diverge or stand still.
+
+    Fix: pass `--lr` with a positive value such as 0.003.
+    """
+
+
+class OptionRangeError(InputError):
+    """A numeric option (`--shard-size`, `--max-functions`, `--eval-every`, the wait timeout)
+    is out of its range.
+
+    Fix: the message names the option, its value and the range.
+    """
+
+
+class PlanFileError(InputError):
+    """The `--plan` file is missing, is not JSON, or does not hold a plan.
+
+    Fix: write the plan with `jaxpipe plan ... -o FILE` and pass that file.
+    """
+
+
+class StoreLocationError(InputError):
+    """`--store` is neither a directory (or a path where one can be made) nor `s3://bucket`.
+
+    Fix: pass a directory path that is not a file, or `s3://<bucket>`.
+    """
+
+
+class MemoryFloorError(InputError):
+    """A stage's memory is below what a rank on the local platform needs to start (a JAX
+    process needs about 350 MB of address space), so it would run with more than it is billed.
+
+    Fix: give the stage at least the size the message names, or drop smaller sizes from the
+    platform file.
+    """
+
+
+class JobFinishedError(InputError):
+    """A resumed job has already run all its iterations; resuming it would do nothing (and must
+    never overwrite its results).
+
+    Fix: read its results (`results/summary.json`), or train it further with
+    `--resume <job-id> --iterations N` for an N above the job's iterations.
+    """
+
+
+class JobRunningError(InputError):
+    """Another driver holds this job (it is being started or run): one job id, one driver.
+
+    Fix: wait for it to end, or stop it (SIGTERM to the pid the message names); a driver that
+    was killed leaves a lease that is taken over once its heartbeat has been still for a
+    minute. Or choose another `--job-id`.
     """
 
 

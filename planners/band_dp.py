@@ -1,26 +1,28 @@
 """One band's plans by dynamic programming over the layer chain (exact, no solver).
 
 After pruning, a band of the search (``planners.bands``) keeps a few hundred candidates. Their
-plans are the paths 0 -> L of the candidate DAG, and a path's objective is a function of seven
+plans are the paths 0 -> L of the candidate DAG, and a path's objective is a function of eight
 sums and maxima along it, each the same for every continuation:
 
   F = sum fill_v   R = sum rate_v   Q = sum req_v   n = sum d_v
-  mF = max aF_v    mB = max aB_v    mY = max y_v
+  mF = max aF_v    mB = max aB_v    mY = max y_v    mH = max (W - life_v)
   T = F + mF + mB + mY,   dollars = R T + Q,   objective = f(T, dollars)
 
-f is non-decreasing in all seven for every objective kind, and so are the budget, deadline and
-functions limits. So a partial path (a *label* at chain node k) is dropped when another label
-at k is no larger in all seven (dominance), or when a lower bound on any of its completions is
-worse than the incumbent or leaves the band (T above ``band.hi``: those plans belong to a later
-band, which covers them). What survives at node L contains an optimal plan of the band, and
-every label there is a real plan, priced exactly: the band is solved, not bounded.
+f is non-decreasing in all of them for every objective kind, and so are the budget, deadline,
+functions and lifetime limits (T <= min_v life_v = W - mH, W = timeout - cold start; mH is kept
+only when some candidate's life_v could bind in the band, else it is 0). So a partial path (a
+*label* at chain node k) is dropped when another label at k is no larger in all eight
+(dominance), or when a lower bound on any of its completions is worse than the incumbent or
+leaves the band (T above ``band.hi``: those plans belong to a later band, which covers them).
+What survives at node L contains an optimal plan of the band, and every label there is a real
+plan, priced exactly: the band is solved, not bounded.
 
 ``solve_band_dp`` returns the best few complete paths (the caller scores them with the cost
 model, which decides feasibility), or None when a node holds more than ``max_labels`` labels
 (the caller then falls back to the band's LP and MILP).
 
 Notation: L layers; V candidates (the band's, positions into its ``CandidateArrays``); a label
-is a row of seven floats in the column order above (``_COLS``).
+is a row of eight floats in the column order above (``_COLS``).
 """
 
 from __future__ import annotations
@@ -36,12 +38,12 @@ __all__: list[str] = []  # internal to planners.bands
 
 MAX_LABELS = 20_000  # labels at one chain node before the DP gives up (the caller falls back)
 BEST = 64  # most complete paths returned, best first
-_COLS = ("F", "R", "Q", "n", "mF", "mB", "mY")
+_COLS = ("F", "R", "Q", "n", "mF", "mB", "mY", "mH")
 _MARGIN = 1e-9  # relative slack on every pruning test: the cost model, not the DP, decides
 
 
 class Labels(NamedTuple):
-    """The labels of one chain node: values (K, 7), and how each was reached: the candidate
+    """The labels of one chain node: values (K, 8), and how each was reached: the candidate
     of its last stage (K,) and the label it extended at that candidate's first node (K,)."""
 
     values: FloatArray
@@ -50,18 +52,19 @@ class Labels(NamedTuple):
 
 
 def dominates(a: FloatArray, b: FloatArray) -> BoolArray:
-    """[i, o]: label a[o] dominates label b[i] (a (K, 7), b (C, 7)): no more R, Q and n, and
-    F_a + sum_k max(0, m_k,a - m_k,b) <= F_b. Then every completion of a is no slower than the
-    same completion of b, since max(m_a, x) <= max(m_b, x) + max(0, m_a - m_b) for each
-    bottleneck term, and no dearer, so a is at least as good for every objective."""
+    """[i, o]: label a[o] dominates label b[i] (a (K, 8), b (C, 8)): no more R, Q, n and mH, and
+    F_a + sum_k max(0, m_k,a - m_k,b) <= F_b over the three bottleneck terms k. Then every
+    completion of a is no slower than the same completion of b, since max(m_a, x) <=
+    max(m_b, x) + max(0, m_a - m_b) for each bottleneck term, and no dearer, so a is at
+    least as good for every objective."""
     ok = (a[None, :, 1] <= b[:, None, 1]) & (a[None, :, 2] <= b[:, None, 2])
-    ok &= a[None, :, 3] <= b[:, None, 3]
-    excess = np.maximum(a[None, :, 4:] - b[:, None, 4:], 0.0).sum(axis=2)
+    ok &= (a[None, :, 3] <= b[:, None, 3]) & (a[None, :, 7] <= b[:, None, 7])
+    excess = np.maximum(a[None, :, 4:7] - b[:, None, 4:7], 0.0).sum(axis=2)
     return ok & (a[None, :, 0] + excess <= b[:, None, 0])
 
 
 def pareto(values: FloatArray, step: int = 128) -> IntArray:
-    """Indices of the rows of ``values`` (K, 7) no other row ``dominates``, one of each set
+    """Indices of the rows of ``values`` (K, 8) no other row ``dominates``, one of each set
     of rows dominating each other; ascending in F (a dominator never has a larger F, and
     lexicographic order puts it first at equal F).
 
@@ -107,15 +110,18 @@ def solve_band_dp(problem: Problem, L: int, c: CandidateArrays, band: Band, cuto
     max_labels = MAX_LABELS if max_labels is None else max_labels
     slack = 1 + _MARGIN
     t_cap = min(band.hi, obj.deadline_limit) * slack
+    window = problem.platform.timeout_s - problem.platform.cold_start_s
+    binds = len(c) > 0 and float(c.life.min()) < t_cap  # can the lifetime limit bind here?
+    life_gap = np.maximum(window - c.life, 0.0) if binds else np.zeros(len(c))
     data = np.stack([c.fill, c.rate, c.req, c.replicas.astype(np.float64), c.a_fwd, c.a_bwd,
-                     c.tail], axis=1)  # (V, 7)
+                     c.tail, life_gap], axis=1)  # (V, 8)
     if obj.kind == "budget" and obj.budget is None:  # min time: dollars play no part, so
         data[:, 1:3] = 0.0  # R and Q neither bound nor dominate (labels collapse)
     suf = shortest_paths(L, c.first, c.last, data[:, :4])[1]  # (L+1, 4): F, R, Q, n to go
     suf_cost = shortest_paths(L, c.first, c.last, c.rate * band.lo + c.req)[1]  # (L+1,)
-    suf_max = _suffix_minimax(L, c, data[:, 4:])  # (L+1, 3): least bottlenecks to go
+    suf_max = _suffix_minimax(L, c, data[:, 4:])  # (L+1, 4): least maxima to go
     nodes: list[Labels | None] = [None] * (L + 1)
-    nodes[0] = Labels(np.zeros((1, 7)), np.full(1, -1, np.int64), np.full(1, -1, np.int64))
+    nodes[0] = Labels(np.zeros((1, 8)), np.full(1, -1, np.int64), np.full(1, -1, np.int64))
     ends = _groups(c.last + 1, L)  # ends[k]: candidates ending at node k, ascending
     for k in range(1, L + 1):
         values: list[FloatArray] = []
@@ -134,12 +140,14 @@ def solve_band_dp(problem: Problem, L: int, c: CandidateArrays, band: Band, cuto
             nodes[k] = None
             continue
         x = np.concatenate(values)
-        t_lb = x[:, 0] + suf[k, 0] + np.maximum(x[:, 4:], suf_max[k]).sum(axis=1)
+        maxima = np.maximum(x[:, 4:], suf_max[k])
+        t_lb = x[:, 0] + suf[k, 0] + maxima[:, :3].sum(axis=1)
         # plans faster than band.lo lie in an earlier band, which covers them; the stages to
         # go cost at least suf_cost (at lo) plus their rates times (T - lo)
         t_in = np.maximum(t_lb, band.lo)
         cost_lb = x[:, 1] * t_in + x[:, 2] + suf_cost[k] + suf[k, 1] * (t_in - band.lo)
         ok = (t_lb <= t_cap) & (x[:, 3] + suf[k, 3] <= problem.max_functions)
+        ok &= t_lb <= (window - maxima[:, 3]) * slack
         ok &= cost_lb <= obj.budget_limit * slack
         ok &= _objective(problem, t_in, cost_lb) <= cutoff * slack
         keep = np.flatnonzero(ok)
@@ -158,7 +166,8 @@ def solve_band_dp(problem: Problem, L: int, c: CandidateArrays, band: Band, cuto
     dollars = x[:, 1] * t + x[:, 2]
     near = 1 + 1e-12  # the DP's sums differ from the cost model's by rounding only
     feasible = np.flatnonzero((t <= obj.deadline_limit * near)
-                              & (dollars <= obj.budget_limit * near))
+                              & (dollars <= obj.budget_limit * near)
+                              & (t <= (window - x[:, 7]) * near))
     value = _objective(problem, t[feasible], dollars[feasible])
     order = feasible[np.argsort(value, kind="stable")]
     return [_path(nodes, c, int(i)) for i in order[:best]]

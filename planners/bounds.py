@@ -76,8 +76,10 @@ class CandidateArrays:
       a_fwd, a_bwd: aF_v = (n-1) tauF and aB_v = (n-1) tauB, in seconds.
       tail: y_v = sync + update, in seconds.
       replicas: d_v, functions of the stage.
-      rate: rate_v, currency per second of iteration time (GB-seconds and invocations).
+      rate: rate_v, currency per second of iteration time (GB-seconds and invocations,
+        times the window factor, ``cost.StageTerms.rate``).
       req: req_v, currency per iteration (storage requests).
+      life: life_v, the longest iteration the stage's windows hold, seconds (T <= life_v).
     """
 
     first: IntArray
@@ -89,6 +91,7 @@ class CandidateArrays:
     replicas: IntArray
     rate: FloatArray
     req: FloatArray
+    life: FloatArray
 
     def __len__(self) -> int:
         return len(self.first)
@@ -97,7 +100,7 @@ class CandidateArrays:
         """The candidates selected by ``idx`` (indices or a boolean mask), in that order."""
         return CandidateArrays(self.first[idx], self.last[idx], self.fill[idx], self.a_fwd[idx],
                                self.a_bwd[idx], self.tail[idx], self.replicas[idx],
-                               self.rate[idx], self.req[idx])
+                               self.rate[idx], self.req[idx], self.life[idx])
 
     def term(self, k: Term) -> FloatArray:
         """aF, aB or y: the values of bottleneck term ``k``."""
@@ -130,9 +133,9 @@ def candidate_arrays(problem: Problem, cands: list[Candidate]) -> CandidateArray
         a_bwd=floats([(x.per_replica - 1) * x.period_bwd for x in t]),
         tail=floats([x.sync + x.update for x in t]),
         replicas=np.array([x.replicas for x in t], dtype=np.int64),
-        rate=floats([plat.compute_dollars(x.gigabytes, 1.0)  # currency per second
-                     + plat.handover_invocation_dollars(x.replicas, 1.0) for x in t]),
+        rate=floats([x.rate(plat) for x in t]),  # currency per second
         req=floats([plat.request_dollars(x.puts, x.gets) for x in t]),
+        life=floats([x.life for x in t]),
     )
 
 
@@ -208,6 +211,7 @@ def time_caps(problem: Problem, L: int, c: CandidateArrays, incumbent: Incumbent
     r_lb = through[:, 2]
     longest = -pre[L, 3]  # DAG longest path via negated weights
     t_max = np.full(len(f), longest + c.a_fwd.max() + c.a_bwd.max() + c.tail.max())
+    t_max = np.minimum(t_max, c.life)  # an iteration fits every window of the plan
     if band is not None:
         t_lb = np.maximum(t_lb, band.lo)
         t_max = np.minimum(t_max, band.hi)

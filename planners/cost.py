@@ -19,10 +19,18 @@ and, for FuncPipe's schedule (all forwards, then all backwards; ``planners.sched
 With every d_s = 1 this is the exact makespan of the 3S-lane flow shop the simulator replays.
 For 1F1B one lane serves both phases: period_s = max(F+G, U^a+U^g, D^a+D^g).
 
-Dollars per iteration = price_gb_s * T * sum_s d_s m_s / 1024 + price_inv * N * T / timeout
-                        + price_put * PUTs + price_get * GETs   (N = sum_s d_s functions),
-the three terms priced by ``Platform.compute_dollars``, ``Platform.handover_invocation_dollars``
-and ``Platform.request_dollars``.
+Windows: a function runs consecutive iterations in one invocation (a *window*) and hands over
+to a fresh one before ``timeout``; each window pays the cold start and the stage's checkpoint
+hand-over H_s = (state/up + lat) + (state/down + lat), state = W_s (1 + slots). So an
+iteration must fit T <= life_s = timeout - cold_start - H_s (``fits_lifetime``; ``score``
+marks a plan that breaks it infeasible), a window holds life_s / T iterations, and a stage's
+functions are billed timeout / life_s (``window_factor``) times the time they run:
+
+Dollars per iteration = sum_s f_s * (price_gb_s * d_s m_s / 1024 + price_inv * d_s / timeout) * T
+                        + price_put * PUTs + price_get * GETs,     f_s = timeout / life_s,
+priced by ``Platform.compute_dollars``, ``Platform.handover_invocation_dollars`` (one
+invocation per function per window) and ``Platform.request_dollars``. Ignored: the
+checkpoint's own requests per window and the first window's extra compile time.
 """
 
 from __future__ import annotations
@@ -33,6 +41,7 @@ from dataclasses import dataclass, replace
 
 from planners.errors import PlanError
 from planners.plans import Plan
+from planners.platforms import Platform
 from planners.problem import Problem
 
 __all__ = [
@@ -41,6 +50,8 @@ __all__ = [
     "StageTerms",
     "aggregate",
     "breakdown",
+    "dollars",
+    "fits_lifetime",
     "iteration_cost",
     "iteration_time",
     "peak_memory",
@@ -87,6 +98,9 @@ class StageTerms:
     peak_mb: float  # predicted peak memory of one function, MB
     puts: float  # PUT requests per iteration, all replicas
     gets: float  # GET requests per iteration, all replicas
+    handover: float = 0.0  # checkpoint hand-over per window (PUT, then the next GET), s
+    life: float = math.inf  # longest iteration a window holds: timeout - cold start - handover
+    window_factor: float = 1.0  # billed / running time over a window, timeout / life
 
     @property
     def fill_fwd(self) -> float:
@@ -118,6 +132,12 @@ class StageTerms:
     def gigabytes(self) -> float:
         """Memory of all the stage's functions, GB (d_s * m_s / 1024)."""
         return self.replicas * self.memory_mb / 1024
+
+    def rate(self, plat: Platform) -> float:
+        """Currency per second of iteration time of the stage's functions: GB-seconds and
+        invocations, times ``window_factor`` (a window bills its cold start and hand-over)."""
+        return (plat.compute_dollars(self.gigabytes, 1.0)
+                + plat.handover_invocation_dollars(self.replicas, 1.0)) * self.window_factor
 
 
 class StageModel:
@@ -199,6 +219,9 @@ class StageModel:
         acts = held * stash if mode == "stash" else held * x_in + stash
         model = w * (2 + self.problem.optimizer_slots) + (2 * w if replicas > 1 else 0.0)
         cached = self.problem.cached_input_bytes if is_first else None
+        state = w * (1 + self.problem.optimizer_slots)  # parameters and optimizer slots
+        handover = (state / up + lat) + (state / down + lat)
+        life = plat.timeout_s - plat.cold_start_s - handover
         dataset = cached or 0.0
         peak = (model + acts + dataset + 2 * (x_in + x_out)) / MIB + self._fixed_mb
         m_total = self.M
@@ -217,6 +240,8 @@ class StageModel:
             # + one loss record per last-stage replica and iteration (the driver's progress)
             puts=m_total * ((not is_last) + (not is_first)) + sync_puts + replicas * is_last,
             gets=m_total * ((cached is None) + (not is_last)) + sync_gets,
+            handover=handover, life=life,
+            window_factor=plat.timeout_s / life if life > 0 else math.inf,
         )
 
     def fit(self, first: int, last: int, memory_mb: int, replicas: int,
@@ -247,13 +272,18 @@ def aggregate(terms: Sequence[StageTerms], problem: Problem,
 
 
 def dollars(terms: Sequence[StageTerms], problem: Problem, seconds: float) -> float:
-    """Dollars (platform currency) per iteration for stages running ``seconds``."""
+    """Dollars (platform currency) per iteration for stages running ``seconds``: each stage's
+    ``rate`` times seconds, plus the requests."""
     plat = problem.platform
-    gb = sum(t.gigabytes for t in terms)
-    functions = sum(t.replicas for t in terms)
-    return (plat.compute_dollars(gb, seconds)
-            + plat.handover_invocation_dollars(functions, seconds)
-            + plat.request_dollars(sum(t.puts for t in terms), sum(t.gets for t in terms)))
+    rate = sum(t.rate(plat) for t in terms)
+    return rate * seconds + plat.request_dollars(sum(t.puts for t in terms),
+                                                 sum(t.gets for t in terms))
+
+
+def fits_lifetime(terms: Sequence[StageTerms], seconds: float) -> bool:
+    """Whether an iteration of ``seconds`` fits every stage's window: seconds <= life_s =
+    timeout - cold start - checkpoint hand-over (a window must hold at least one iteration)."""
+    return all(seconds <= t.life for t in terms)
 
 
 def plan_terms(plan: Plan, problem: Problem) -> list[StageTerms]:
@@ -295,13 +325,14 @@ def breakdown(plan: Plan, problem: Problem) -> Breakdown:
     fill = sum(t.fill_fwd + t.fill_bwd for t in terms)
     tail = max(t.sync + t.update for t in terms)
     puts, gets = sum(t.puts for t in terms), sum(t.gets for t in terms)
-    functions = sum(t.replicas for t in terms)
     return Breakdown(
         seconds=seconds, fill_seconds=fill, bottleneck_seconds=seconds - fill - tail,
         sync_update_seconds=tail, dollars=total,
-        compute_dollars=plat.compute_dollars(sum(t.gigabytes for t in terms), seconds),
+        compute_dollars=sum(plat.compute_dollars(t.gigabytes, seconds) * t.window_factor
+                            for t in terms),
         request_dollars=plat.request_dollars(puts, gets),
-        invocation_dollars=plat.handover_invocation_dollars(functions, seconds),
+        invocation_dollars=sum(plat.handover_invocation_dollars(t.replicas, seconds)
+                               * t.window_factor for t in terms),
         puts=puts, gets=gets, stages=tuple(terms),
     )
 
@@ -333,6 +364,12 @@ def violations(plan: Plan, problem: Problem) -> list[str]:
             out.append(f"stage {s} needs {t.peak_mb:.0f} MB but has {st.memory_mb} MB")
         if st.memory_mb not in options:
             out.append(f"stage {s} memory {st.memory_mb} MB is not an option of {options}")
+    seconds = aggregate(plan_terms(plan, problem), problem, plan.schedule)[0]
+    for s, t in enumerate(plan_terms(plan, problem)):
+        if seconds > t.life:
+            out.append(f"stage {s}: an iteration of {seconds:.6g} s does not fit a window of "
+                       f"{problem.platform.timeout_s:g} s after the cold start and its "
+                       f"checkpoint hand-over ({t.life:.6g} s left)")
     if plan.num_functions > problem.max_functions:
         out.append(f"plan uses {plan.num_functions} functions > max_functions "
                    f"{problem.max_functions}")
@@ -345,7 +382,7 @@ def score(plan: Plan, problem: Problem, **fields: object) -> Plan:
     terms = plan_terms(plan, problem)
     seconds, cost = aggregate(terms, problem, plan.schedule)
     value = problem.objective.value(seconds, cost)
-    if not problem.objective.feasible(seconds, cost):
+    if not problem.objective.feasible(seconds, cost) or not fits_lifetime(terms, seconds):
         value = math.inf
     return replace(plan, iteration_seconds=seconds, iteration_dollars=cost,
                    peak_memory_mb=tuple(round(t.peak_mb, 3) for t in terms),

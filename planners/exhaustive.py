@@ -12,7 +12,7 @@ import time
 from collections.abc import Iterator
 from typing import NamedTuple
 
-from planners.cost import StageModel, StageTerms, aggregate, score
+from planners.cost import StageModel, StageTerms, aggregate, fits_lifetime, score
 from planners.errors import InfeasibleError, PlanError
 from planners.plans import Plan, StagePlan
 from planners.problem import MODES, Problem
@@ -31,7 +31,8 @@ class Scored(NamedTuple):
 
 
 def enumerate_plans(problem: Problem, limit: int = LIMIT) -> Iterator[Scored]:
-    """Every plan that fits memory and max_functions (whatever the objective), scored by the
+    """Every plan that fits memory, max_functions and the platform's window (``fits_lifetime``;
+    whatever the objective), scored by the
     closed form, micro-batch sizes ascending, then schedules (``Problem.schedules``; 1F1B plans
     by replica count, the same on every stage, and stage count), then stages in lexicographic
     order.
@@ -83,8 +84,9 @@ def _walk(problem: Problem, model: StageModel, modes: tuple[str, ...], schedule:
 
     def walk(start: int, chosen: list[Option], used: int) -> Iterator[Scored]:
         if start == L:
-            if stages is None or len(chosen) == stages:
-                seconds, dollars = aggregate([t for _, t in chosen], problem, schedule)
+            terms = [t for _, t in chosen]
+            seconds, dollars = aggregate(terms, problem, schedule)
+            if (stages is None or len(chosen) == stages) and fits_lifetime(terms, seconds):
                 yield Scored(Plan(tuple(s for s, _ in chosen), b, problem.global_batch,
                                   schedule), seconds, dollars)
             return

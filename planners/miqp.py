@@ -43,7 +43,7 @@ from planners.band_milp import incidence
 from planners.bands import plan_bands
 from planners.bounds import Incumbent, candidate_arrays, time_caps
 from planners.candidates import Candidate, candidates
-from planners.cost import score
+from planners.cost import plan_terms, score
 from planners.diagnosis import explain_infeasible, structural_infeasibility
 from planners.errors import InfeasibleError, PlanError, TimeLimitError
 from planners.plans import Plan, StagePlan
@@ -312,8 +312,10 @@ def _objective_infeasible(problem: Problem, time_limit: float) -> InfeasibleErro
     else the budget or deadline, quoting the cheapest or fastest plan when that is proven."""
     structural = structural_infeasibility(problem)
     obj = problem.objective
-    if structural is not None or obj.kind == "weighted":
-        return structural or explain_infeasible(problem)
+    if structural is not None:
+        return structural
+    if obj.kind == "weighted" or (obj.kind == "budget" and obj.budget is None):
+        return _lifetime_infeasibility(problem, time_limit) or explain_infeasible(problem)
     if obj.kind == "deadline":
         limit, relaxed, what = f"the deadline of {obj.deadline:.10g} s", Objective.min_time(), \
             "fastest plan takes"
@@ -336,6 +338,26 @@ def _objective_infeasible(problem: Problem, time_limit: float) -> InfeasibleErro
     return InfeasibleError(f"{head}; {quote}; fix: raise the "
                            f"{'deadline' if obj.kind == 'deadline' else 'budget'} to at least "
                            "that")
+
+
+def _lifetime_infeasibility(problem: Problem, time_limit: float) -> InfeasibleError | None:
+    """The message for a problem with plans whose iterations fit no window (None when even
+    windows without limit hold no plan): the fastest plan's time, what its windows hold."""
+    plat = problem.platform
+    unlimited = replace(problem, objective=Objective.min_time(), platform=replace(
+        plat, timeout_s=1e18, cold_start_s=0.0))
+    try:
+        fastest = plan_miqp(unlimited, time_limit)
+    except (InfeasibleError, TimeLimitError):
+        return None
+    seconds = fastest.iteration_seconds or math.inf
+    life = min(t.life for t in plan_terms(fastest, problem))
+    return InfeasibleError(
+        f"no plan's iteration fits one invocation of {plat.timeout_s:g} s: the fastest plan "
+        f"takes {seconds:.10g} s, and its windows hold {life:.10g} s after the cold start "
+        f"({plat.cold_start_s:g} s) and the checkpoint hand-over; fix: raise timeout_s if the "
+        "platform allows, lower cold_start_s (a compile cache), or allow more functions, "
+        "replicas or memory")
 
 
 def reduce(problem: Problem, micro_batch: int, cands: list[Candidate],

@@ -14,6 +14,8 @@ import time
 from collections.abc import Callable
 from typing import NamedTuple
 
+import numpy as np
+
 from planners.coarsening import balance_weights, partition_min_max
 from planners.cost import score
 from planners.errors import InfeasibleError
@@ -77,11 +79,10 @@ def best_homogeneous(problem: Problem, rule: Callable[[ModelProfile, int, int], 
                     bottleneck = (max(table.a_fwd[r][k] for r in rows)
                                   + max(table.a_bwd[r][k] for r in rows))
                     seconds = fill + bottleneck + max(table.tail[r][k] for r in rows)
-                    gb = sum(table.gb[k] for _ in rows)
-                    dollars = (plat.compute_dollars(gb, seconds)
-                               + plat.handover_invocation_dollars(S * d, seconds)
-                               + plat.request_dollars(puts, gets))
-                    if not obj.feasible(seconds, dollars):
+                    rate = sum(table.rate[r][k] for r in rows)
+                    dollars = rate * seconds + plat.request_dollars(puts, gets)
+                    if not obj.feasible(seconds, dollars) or any(
+                            seconds > table.life[r] for r in rows):
                         continue
                     value = obj.value(seconds, dollars)
                     if best is None or value < best[0]:
@@ -110,16 +111,21 @@ class _Table(NamedTuple):
     a_fwd: list[list[float]]
     a_bwd: list[list[float]]
     tail: list[list[float]]
-    gb: list[float]
+    rate: list[list[float]]  # StageTerms.rate per (interval, memory)
+    life: list[float]
     puts: list[int]
     gets: list[int]
 
 
 def _table(problem: Problem, micro_batch: int, d: int) -> _Table:
     cfg = stage_configs(problem, micro_batch, d)
+    plat = problem.platform
+    rate_k = np.array([plat.compute_dollars(g, 1.0) + plat.handover_invocation_dollars(d, 1.0)
+                       for g in cfg.gb.tolist()])  # as StageTerms.rate, before the factor
+    rate = rate_k[None, :] * cfg.window_factor[:, None]
     return _Table(cfg, cfg.fits.tolist(), cfg.recompute.tolist(), cfg.fill.tolist(),
-                  cfg.a_fwd.tolist(), cfg.a_bwd.tolist(), cfg.tail.tolist(), cfg.gb.tolist(),
-                  cfg.puts.tolist(), cfg.gets.tolist())
+                  cfg.a_fwd.tolist(), cfg.a_bwd.tolist(), cfg.tail.tolist(), rate.tolist(),
+                  cfg.life.tolist(), cfg.puts.tolist(), cfg.gets.tolist())
 
 
 def plan_uniform(problem: Problem) -> Plan:

@@ -135,7 +135,8 @@ class Problem(JsonMixin):
       global_batch: samples per iteration B.
       micro_batches: candidate micro-batch sizes b; those not dividing B are skipped.
       replica_options: candidate replica counts per stage d.
-      max_functions: most functions (sum of replicas over stages) a plan may use.
+      max_functions: most functions (sum of replicas over stages) a plan may use; at most the
+        platform's ``max_concurrency``, since every function of a plan runs at once.
       objective: what to minimise.
       optimizer_slots: optimizer state per parameter, in parameter-sized slots (Adam 2, SGD 0,
         momentum 1).
@@ -184,6 +185,12 @@ class Problem(JsonMixin):
             problems.append(f"replica_options must be >= 1, got {self.replica_options}")
         if self.max_functions < 1:
             problems.append(f"max_functions must be >= 1, got {self.max_functions}")
+        elif self.max_functions > self.platform.max_concurrency:
+            problems.append(
+                f"max_functions {self.max_functions} exceeds {self.platform.name!r}'s "
+                f"max_concurrency {self.platform.max_concurrency} (every function of a plan "
+                "runs at once); lower max_functions or raise the platform's max_concurrency "
+                "(your account's quota, in a platform override file)")
         if self.schedule not in (*SCHEDULES, ANY_SCHEDULE):
             problems.append(f"schedule {self.schedule!r} unknown; choose one of "
                             f"{(*SCHEDULES, ANY_SCHEDULE)}")

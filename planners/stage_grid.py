@@ -85,6 +85,7 @@ class StageConfigs(NamedTuple):
       fill, a_fwd, a_bwd, tail: (G, K) fill_v, aF_v, aB_v, y_v in its mode, seconds.
       gb: (K,) d m / 1024, the GB of the stage's functions.
       puts, gets: (G,) requests per iteration of the stage (all replicas).
+      life, window_factor: (G,) ``StageTerms.life`` and ``window_factor``.
     """
 
     first: IntArray
@@ -98,6 +99,8 @@ class StageConfigs(NamedTuple):
     gb: FloatArray
     puts: IntArray
     gets: IntArray
+    life: FloatArray
+    window_factor: FloatArray
 
     def row(self, i: int, j: int, L: int) -> int:
         """Row of interval i..j (inclusive) on a chain of L layers."""
@@ -128,6 +131,10 @@ def stage_configs(problem: Problem, micro_batch: int, d: int, in_flight: int | N
     w = par_p[j + 1] - par_p[i]
     stash = b * (stash_p[j + 1] - stash_p[i])
     cached = problem.cached_input_bytes
+    state = w * (1 + problem.optimizer_slots)
+    life = plat.timeout_s - plat.cold_start_s - ((state / up + lat) + (state / down + lat))
+    with np.errstate(divide="ignore"):
+        window_factor = np.where(life > 0, plat.timeout_s / life, np.inf)
     dataset = np.where(first, cached or 0.0, 0.0)
     fwd = r[None, :] * (fwd_p[j + 1] - fwd_p[i])[:, None]  # (G, K)
     bwd_base = r[None, :] * (bwd_p[j + 1] - bwd_p[i])[:, None]
@@ -167,7 +174,7 @@ def stage_configs(problem: Problem, micro_batch: int, d: int, in_flight: int | N
         tail=_sync(w, d, up, down, lat)[:, None] + update,
         gb=d * mems / 1024,
         puts=M * (not_last + not_first) + sync_puts + d * last.astype(np.int64),
-        gets=M * (reads + not_last) + sync_gets)
+        gets=M * (reads + not_last) + sync_gets, life=life, window_factor=window_factor)
 
 
 def candidate_grid(problem: Problem, micro_batch: int) -> CandidateGrid:
@@ -179,7 +186,7 @@ def candidate_grid(problem: Problem, micro_batch: int) -> CandidateGrid:
 
 
 Columns = dict[str, NDArray[Any]]  # first, last, fill, a_fwd, a_bwd, tail, replicas, rate,
-# req (the ``CandidateArrays`` fields), mem and rec (the grid's): one entry per candidate
+# req, life (the ``CandidateArrays`` fields), mem and rec (the grid's): one per candidate
 
 
 def kept_columns(problem: Problem, cfg: StageConfigs, d: int) -> Columns:
@@ -206,7 +213,8 @@ def kept_columns(problem: Problem, cfg: StageConfigs, d: int) -> Columns:
     return {"first": i[g_idx], "last": j[g_idx], "fill": fill[g_idx, k_idx],
             "a_fwd": a_fwd[g_idx, k_idx], "a_bwd": a_bwd[g_idx, k_idx],
             "tail": tail[g_idx, k_idx], "replicas": np.full(len(g_idx), d, dtype=np.int64),
-            "rate": rate_k[k_idx], "req": req_g[g_idx], "mem": mems[k_idx],
+            "rate": rate_k[k_idx] * cfg.window_factor[g_idx], "req": req_g[g_idx],
+            "life": cfg.life[g_idx], "mem": mems[k_idx],
             "rec": rec[g_idx, k_idx]}
 
 
@@ -222,6 +230,6 @@ def assemble(parts: list[Columns], schedule: str = "funcpipe", nodes: int | None
         first=cat("first", np.int64), last=cat("last", np.int64), fill=cat("fill", np.float64),
         a_fwd=cat("a_fwd", np.float64), a_bwd=cat("a_bwd", np.float64),
         tail=cat("tail", np.float64), replicas=cat("replicas", np.int64),
-        rate=cat("rate", np.float64), req=cat("req", np.float64))
+        rate=cat("rate", np.float64), req=cat("req", np.float64), life=cat("life", np.float64))
     return CandidateGrid(arrays, cat("mem", np.int64), cat("rec", np.bool_), schedule, nodes,
                          layers)

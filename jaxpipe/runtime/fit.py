@@ -38,6 +38,7 @@ from jaxpipe.errors import (
 )
 from jaxpipe.runtime import lithops_job, sources
 from jaxpipe.runtime.attempts import job_losses
+from jaxpipe.runtime.input_checks import check_options
 from jaxpipe.runtime.job import JobSpec, Keys
 from jaxpipe.runtime.options import TrainOptions
 from jaxpipe.runtime.reporting import announce_job
@@ -153,7 +154,8 @@ def fit_setup(setup: TrainingSetup, options: TrainOptions, resume: str | None = 
     """`fit` for a `TrainingSetup` and `TrainOptions` (the CLI's entry); `announce` defaults
     to printing the plan and the job's place when `progress` is on."""
     options = lithops_job.resolve(options)  # a Lithops job's store, before anything opens it
-    setup = check_setup(setup, options, resume is not None)  # 1
+    check_options(options)  # 1: the numbers first (a batch of 0 cannot even be traced)
+    setup = check_setup(setup, options, resume is not None)
     if resume is not None and _stored_model(options, resume) not in (None, setup.label):
         # another model's setup (the CLI's default, say): nothing of it fits this job to score
         setup = dataclasses.replace(setup, eval_data=None, metrics_fn=None)

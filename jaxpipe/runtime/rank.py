@@ -42,6 +42,7 @@ from jaxpipe.runtime.dataset import ShardReader, batch_indices, micro_batch_keys
 from jaxpipe.runtime.event import RankEvent
 from jaxpipe.runtime.job import JobSpec
 from jaxpipe.runtime.metrics import (
+    CompileRecord,
     IterationRecord,
     LossRecord,
     RankMetrics,
@@ -121,6 +122,9 @@ class Rank:
         self.pending: deque[list[Future[Any]]] = deque()
         self.timeline = Timeline()
         self.records: list[IterationRecord] = []
+        # Called once the window's first iteration ended (the worker publishes the compiled
+        # programs there: `runtime.compile_cache`).
+        self.after_first: Callable[[], Any] | None = None
         # The compute thread's rule per task kind; receives and sends run on their lanes.
         self.steps: dict[Kind, Callable[[_Iteration, Task], None]] = {
             Kind.FWD: self._forward, Kind.BWD: self._backward, Kind.SYNC: self._all_reduce,
@@ -133,6 +137,8 @@ class Rank:
             if self.watch is not None:
                 self.watch.check()  # AttemptCancelled: the attempt is over, stop here
             self.iteration(t)
+            if t == self.event.start and self.after_first is not None:
+                self.cleaner.submit(self.after_first)  # off the critical path; close() waits
             last = t + 1 == self.event.stop
             if self.replica == 0 and (last or (t + 1) % self.spec.checkpoint_every == 0):
                 self.save(t + 1)
@@ -358,15 +364,17 @@ class Rank:
         self._drain_background(keep=0)
         self.cleaner.shutdown(wait=True)
 
-    def metrics(self, cold_start: float, billed: float) -> RankMetrics:
-        """What this invocation measured; `cold_start` and `billed` in seconds."""
+    def metrics(self, cold_start: float, billed: float, compile: CompileRecord | None = None,
+                init_s: float = 0.0) -> RankMetrics:
+        """What this invocation measured; `cold_start`, `billed` and `init_s` in seconds."""
         timeline, first = self.timeline.kept()
         return RankMetrics(
             rank=self.rank, stage=self.stage, replica=self.replica, attempt=self.attempt,
             invocation=self.event.invocation, cold_start_s=cold_start, billed_s=billed,
             peak_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
             memory_mb=self.plan.stages[self.stage].memory_mb, iterations=tuple(self.records),
-            requests=self.store.stats, timeline=timeline, timeline_from=first)
+            requests=self.store.stats, timeline=timeline, timeline_from=first,
+            compile=compile, init_s=init_s)
 
 
 def _load_program(bundle: bytes, stage: int) -> tuple[StageProgram, dict[str, Any]]:

@@ -17,13 +17,12 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import jax
 import numpy as np
-import optax
 from flax import nnx
+import optax
 
 from jaxpipe import models
 from jaxpipe.errors import (
@@ -35,6 +34,12 @@ from jaxpipe.errors import (
 from jaxpipe.runtime import checkpoint, dataset, evaluation, lithops_job, optim, sources, zoo
 from jaxpipe.runtime.billing import functions_gigabytes
 from jaxpipe.runtime.driver import Progress, job_id, run_job
+from jaxpipe.runtime.input_checks import (
+    check_memory_floor,
+    check_options,
+    check_store_location,
+    read_plan_file,
+)
 from jaxpipe.runtime.job import JobSpec, Keys
 from jaxpipe.runtime.metrics import RankMetrics
 from jaxpipe.runtime.optimizer import OptimizerPrograms, compile_optimizer
@@ -49,12 +54,13 @@ from jaxpipe.runtime.platforms import Launcher
 from jaxpipe.runtime.summary import Summary, summarize
 from jaxpipe.runtime.training_setup import TrainingSetup
 from jaxpipe.runtime.zoo import linen_module, trains_on_digits
-from jaxpipe.staging.counters import counter_steps
-from jaxpipe.staging.nnx_trace import NnxTraced
 from jaxpipe.staging.split import Staged
 from jaxpipe.staging.stage import StageProgram
 from jaxpipe.staging.tracing import Traced, trace
+from jaxpipe.versions import driver_versions
 from planners import Plan, Platform, Problem, platforms
+from jaxpipe.staging.counters import counter_steps
+from jaxpipe.staging.nnx_trace import NnxTraced
 from transports import FileStore, ObjectStore, S3Store
 
 __all__ = ["Prepared", "TrainOptions", "TrainingSetup", "dataset_bytes", "first_rows",
@@ -135,6 +141,7 @@ def prepare(options: TrainOptions, setup: TrainingSetup | None = None) -> Prepar
     if given is None:  # the report replays the plan on it (`runtime.report`)
         _store_problem(checked.store, Keys(checked.job_id), problem())
     check_plan(plan, traced, checked.platform, options)  # 5
+    check_memory_floor(plan, checked.platform)
     lithops_job.check_plan(options, plan)
     staged = traced.split(plan.cuts, [s.mode for s in plan.stages])  # 6
     stages = staged.stages(plan.micro_batch)
@@ -153,14 +160,17 @@ def prepare(options: TrainOptions, setup: TrainingSetup | None = None) -> Prepar
         allreduce=options.allreduce, meta={"model_overrides": dict(options.model_overrides),
                                            "eval_every": options.eval_every,
                                            "created": time.time()},
+        compile_cache=options.compile_cache, versions=driver_versions().to_dict(),
         **_state_kinds(traced))
     _upload(checked.store, job, staged, stages, traced, data, programs)
     return Prepared(job, checked.store, setup, problem)
 
 
 def _validate(options: TrainOptions, setup: TrainingSetup | None) -> _Checked:
-    """Every check that needs no tracing: the setup and its data, names, the platform and
-    its store, the job id."""
+    """Every check that needs no tracing: the options' ranges and the store's place
+    (`input_checks`), the setup and its data, names, the platform and its store, the job id."""
+    check_options(options)
+    check_store_location(options.store)
     if setup is None:
         setup = zoo.zoo_setup(options.model, dict(options.model_overrides), options.seed,
                               options.batch)
@@ -189,22 +199,12 @@ def _validate(options: TrainOptions, setup: TrainingSetup | None) -> _Checked:
 
 
 def _read_plan(path: str | None) -> Plan | None:
-    return Plan.from_dict(json.loads(Path(path).read_text())) if path else None
+    return read_plan_file(path)  # PlanFileError: missing, not JSON, not a plan
 
 
 def _trace(setup: TrainingSetup, data: sources.Examples, options: TrainOptions) -> Traced:
     batch = data.rows(0, options.batch)
     return trace(setup.model, setup.variables, batch, setup.loss_fn, rngs=setup.rngs)
-
-
-def _state_kinds(traced: Traced) -> dict[str, Any]:
-    """The JobSpec fields saying what the state leaves are: the model's kind, its typed PRNG
-    keys (by the user's paths, as `variables.read_variables` restacks them) and its counters
-    (by the program's paths, as the ranks hold them)."""
-    impls = getattr(traced, "key_impls", {})
-    return {"model_kind": "nnx" if isinstance(traced, NnxTraced) else "linen",
-            "key_impls": {traced.user_state.paths[i]: str(impl) for i, impl in impls.items()},
-            "state_counters": {p: step.tolist() for p, step in counter_steps(traced).items()}}
 
 
 def _profile_name(setup: TrainingSetup, options: TrainOptions) -> str:
@@ -219,6 +219,16 @@ def _profile_name(setup: TrainingSetup, options: TrainOptions) -> str:
         described = f"{setup.model!r}{jax.tree.map(np.shape, dict(setup.variables or {}))}"
     tag = hashlib.sha256(f"{described}{options.model_overrides}".encode())
     return f"{setup.label}-{tag.hexdigest()[:8]}"
+def _state_kinds(traced: Traced) -> dict[str, Any]:
+    """The JobSpec fields saying what the state leaves are: the model's kind, its typed PRNG
+    keys (by the user's paths, as `variables.read_variables` restacks them) and its counters
+    (by the program's paths, as the ranks hold them)."""
+    impls = getattr(traced, "key_impls", {})
+    return {"model_kind": "nnx" if isinstance(traced, NnxTraced) else "linen",
+            "key_impls": {traced.user_state.paths[i]: str(impl) for i, impl in impls.items()},
+            "state_counters": {p: step.tolist() for p, step in counter_steps(traced).items()}}
+
+
 
 
 def _cache_shards(data: sources.Examples, options: TrainOptions,
@@ -374,7 +384,7 @@ def _store_problem(store: ObjectStore, keys: Keys, problem: Problem) -> None:
 def _clean_up(store: ObjectStore, spec: JobSpec) -> None:
     """Leaves only results (job.json, metrics, summary) and checkpoints under the job prefix."""
     keys = spec.keys
-    for prefix in ("run/", "status/", "data/"):
+    for prefix in ("run/", "status/", "data/", "xla-cache/"):
         store.delete_prefix(keys.prefix + prefix)
     store.delete(keys.bundle)
     store.delete(keys.optimizer)

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from jaxpipe.errors import JobFailed
+from jaxpipe.errors import JobFailed, NonFiniteLossError
 from jaxpipe.runtime.cancel import cancellation
 from jaxpipe.runtime.driver import RunConfig, run_job
 from jaxpipe.runtime.train import Prepared, TrainOptions, prepare
@@ -57,3 +57,11 @@ def test_a_rank_that_raises_ends_its_attempt_with_its_own_error(workdir):
         marker = cancellation(job.store, job.spec.keys, attempt)
         assert marker is not None and marker.by == "rank 0" and marker.rank == 0
     assert cancellation(job.store, job.spec.keys, 2) is None
+
+
+def test_a_diverging_loss_ends_the_job_with_an_error(workdir):
+    job = prepare(options(workdir, "diverges", learning_rate=1e30))
+    with pytest.raises(NonFiniteLossError, match="the loss of iteration [12] is (nan|inf)"):
+        run_job(job.store, job.spec, config=RunConfig(log_dir=str(workdir / "logs"), link=False))
+    marker = cancellation(job.store, job.spec.keys, 0)
+    assert marker is not None and "NonFiniteLossError" in marker.reason

@@ -24,8 +24,8 @@ from .test_limits import BELOW, limited
 
 
 def label(F: float, R: float = 1.0, Q: float = 1.0, n: float = 1.0, mF: float = 0.0,
-          mB: float = 0.0, mY: float = 0.0) -> list[float]:
-    return [F, R, Q, n, mF, mB, mY]
+          mB: float = 0.0, mY: float = 0.0, mH: float = 0.0) -> list[float]:
+    return [F, R, Q, n, mF, mB, mY, mH]
 
 
 def test_a_faster_fill_pays_for_a_larger_bottleneck() -> None:
@@ -39,6 +39,8 @@ def test_a_faster_fill_pays_for_a_larger_bottleneck() -> None:
     assert not dominates(d, b)[0, 0]
     e = np.array([label(1.0, R=2.0)])  # dearer per second: never dominates b
     assert not dominates(e, b)[0, 0]
+    h = np.array([label(1.0, mH=1.0)])  # a window that holds a shorter iteration: neither
+    assert not dominates(h, b)[0, 0]
     rows = np.concatenate([b, a, d, e, a])
     assert sorted(pareto(rows).tolist()) == [1, 3]  # a once (equal rows), and e
 
