@@ -27,7 +27,9 @@ if TYPE_CHECKING:  # the runtime imports JAX; experiments import it only when th
     from transports import ObjectStore
 
 RESULTS = Path(__file__).parent / "results"
-SINGLE_THREAD_XLA = "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
+# One core's worth of XLA, as the local platform runs such a rank (`platforms.local.worker_env`;
+# XLA sizes its thread pool from the CPU affinity, and Eigen's pool is what this turns off).
+SINGLE_THREAD_XLA = "--xla_cpu_multi_thread_eigen=false"
 
 # Experiment-only model configs: registry name -> (base registry name, config overrides).
 SMALL_MODELS: dict[str, tuple[str, dict[str, Any]]] = {

@@ -25,6 +25,8 @@ from planners import Platform
 
 __all__ = ["LocalInvocation", "LocalPlatform", "worker_env"]
 
+SINGLE_THREAD_XLA = "--xla_cpu_multi_thread_eigen=false"
+"""XLA_FLAGS of a rank with about one core: Eigen's intra-op pool off."""
 MIN_MEMORY_MB = 400  # a JAX process does not start with less RLIMIT_DATA than about 350 MB
 
 
@@ -70,11 +72,16 @@ def worker_env(platform: Platform, memory_mb: int, xla_flags: str = "") -> dict[
     Example:
       >>> from planners import platforms
       >>> worker_env(platforms.get("local"), 1024)["XLA_FLAGS"]
-      '--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1'
+      '--xla_cpu_multi_thread_eigen=false'
     """
+    # XLA:CPU sizes its thread pool from the process's CPU affinity (on Lambda, the memory
+    # size's vCPUs); local ranks share this machine's cores, so a one-core rank keeps its ops
+    # on one thread with Eigen's pool off. (The `intra_op_parallelism_threads=1` once written
+    # here is no XLA flag: XLA_FLAGS skips a token without `--`, and jax 0.10 reads no such
+    # option, so it changed nothing; the process's thread count is the same with it.)
     flags = xla_flags
-    if platform.cpus(memory_mb) < 1.5:  # one core's worth: no intra-op thread pool
-        flags += " --xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
+    if platform.cpus(memory_mb) < 1.5 and SINGLE_THREAD_XLA not in flags.split():
+        flags += " " + SINGLE_THREAD_XLA
     return {"XLA_FLAGS": flags.strip(), "JAX_PLATFORMS": "cpu", "OMP_NUM_THREADS": "1",
             "PYTHONUNBUFFERED": "1"}
 
