@@ -21,8 +21,8 @@ from typing import Any
 
 import jax
 import numpy as np
-from flax import nnx
 import optax
+from flax import nnx
 
 from jaxpipe import models
 from jaxpipe.errors import (
@@ -54,13 +54,13 @@ from jaxpipe.runtime.platforms import Launcher
 from jaxpipe.runtime.summary import Summary, summarize
 from jaxpipe.runtime.training_setup import TrainingSetup
 from jaxpipe.runtime.zoo import linen_module, trains_on_digits
+from jaxpipe.staging.counters import counter_steps
+from jaxpipe.staging.nnx_trace import NnxTraced
 from jaxpipe.staging.split import Staged
 from jaxpipe.staging.stage import StageProgram
 from jaxpipe.staging.tracing import Traced, trace
 from jaxpipe.versions import driver_versions
 from planners import Plan, Platform, Problem, platforms
-from jaxpipe.staging.counters import counter_steps
-from jaxpipe.staging.nnx_trace import NnxTraced
 from transports import FileStore, ObjectStore, S3Store
 
 __all__ = ["Prepared", "TrainOptions", "TrainingSetup", "dataset_bytes", "first_rows",
@@ -207,6 +207,16 @@ def _trace(setup: TrainingSetup, data: sources.Examples, options: TrainOptions) 
     return trace(setup.model, setup.variables, batch, setup.loss_fn, rngs=setup.rngs)
 
 
+def _state_kinds(traced: Traced) -> dict[str, Any]:
+    """The JobSpec fields saying what the state leaves are: the model's kind, its typed PRNG
+    keys (by the user's paths, as `variables.read_variables` restacks them) and its counters
+    (by the program's paths, as the ranks hold them)."""
+    impls = getattr(traced, "key_impls", {})
+    return {"model_kind": "nnx" if isinstance(traced, NnxTraced) else "linen",
+            "key_impls": {traced.user_state.paths[i]: str(impl) for i, impl in impls.items()},
+            "state_counters": {p: step.tolist() for p, step in counter_steps(traced).items()}}
+
+
 def _profile_name(setup: TrainingSetup, options: TrainOptions) -> str:
     """The zoo name, or the model's label and a hash of its config and variable shapes (the
     profile cache's key)."""
@@ -219,16 +229,6 @@ def _profile_name(setup: TrainingSetup, options: TrainOptions) -> str:
         described = f"{setup.model!r}{jax.tree.map(np.shape, dict(setup.variables or {}))}"
     tag = hashlib.sha256(f"{described}{options.model_overrides}".encode())
     return f"{setup.label}-{tag.hexdigest()[:8]}"
-def _state_kinds(traced: Traced) -> dict[str, Any]:
-    """The JobSpec fields saying what the state leaves are: the model's kind, its typed PRNG
-    keys (by the user's paths, as `variables.read_variables` restacks them) and its counters
-    (by the program's paths, as the ranks hold them)."""
-    impls = getattr(traced, "key_impls", {})
-    return {"model_kind": "nnx" if isinstance(traced, NnxTraced) else "linen",
-            "key_impls": {traced.user_state.paths[i]: str(impl) for i, impl in impls.items()},
-            "state_counters": {p: step.tolist() for p, step in counter_steps(traced).items()}}
-
-
 
 
 def _cache_shards(data: sources.Examples, options: TrainOptions,
