@@ -29,7 +29,9 @@ from jaxpipe import cli, models
 from jaxpipe.errors import RngError, VariablesError
 from jaxpipe.runtime.dataset import batch_indices
 from jaxpipe.runtime.driver import RunConfig
+from jaxpipe.runtime.replica_state import averaged_paths, set_counters
 from jaxpipe.runtime.zoo import training_data
+from jaxpipe.staging.counters import counter_steps
 from planners import Plan, StagePlan
 from tests.jaxpipe.fresh import nnx_reference, state_error
 from tests.jaxpipe.helpers import max_relative_error
@@ -169,3 +171,26 @@ def test_nnx_variables_or_rngs_are_refused_before_any_work(tmp_path):
     with pytest.raises(RngError, match="own nnx.Rngs"):
         jaxpipe.fit(model, spec.loss_fn, data, rngs={"dropout": jax.random.PRNGKey(0)}, **run)
     assert not (tmp_path / "store").exists()
+
+
+def test_the_counters_are_the_rng_counts_advanced_by_their_draws_per_forward():
+    spec, model, data = lm_case()
+    traced = jaxpipe.trace(model, None, (data[0][:2], data[1][:2]), spec.loss_fn)
+    steps = counter_steps(traced)
+    # every Dropout stream's count (one draw in the embedding, three per block), no key, no float
+    assert sorted(steps) == sorted(p for p in traced.state.paths if p.endswith("rngs/count"))
+    assert {p: int(s) for p, s in steps.items()} == {
+        "state/embed/drop/rngs/count": 1, **{f"state/blocks/{i}/drop/rngs/count": 3
+                                             for i in range(3)}}
+    cnn = models.get("nnx-cnn-tiny")
+    traced = jaxpipe.trace(cnn.build(jax.random.PRNGKey(0)), None,
+                           cnn.make_batch(jax.random.PRNGKey(1), 2), cnn.loss_fn)
+    assert set(counter_steps(traced)) == {f"state/blocks/{i}/drop/rngs/count" for i in range(3)}
+
+
+def test_replicas_set_counters_by_micro_batch_and_never_average_integers():
+    base = {"count": np.uint32(2**32 - 1), "key": np.array([7, 9], np.uint32),
+            "mean": np.zeros(3, np.float32)}
+    steps = {"count": np.asarray(3, np.uint32)}
+    assert int(set_counters(steps, base, 2)["count"]) == (2**32 - 1 + 6) % 2**32  # wraps
+    assert averaged_paths(list(base), base) == ["mean"]
