@@ -225,7 +225,9 @@ def _add_cloud_arguments(parser: argparse.ArgumentParser, what: str) -> None:
     from jaxpipe.runtime.platforms.aws import FUNCTION_PREFIX
 
     parser.add_argument("--platform", default="local",
-                        help=f"local (this machine) or aws-lambda ({what})")
+                        help=f"local (this machine), aws-lambda or lithops ({what})")
+    parser.add_argument("--lithops-config", metavar="FILE",
+                        help="lithops: the Lithops config whose backend runs the calls")
     parser.add_argument("--memory", help="aws-lambda: memory sizes in MB, comma-separated "
                         "(default: the platform's grid)")
     parser.add_argument("--bucket", help="aws-lambda: the bucket `jaxpipe deploy aws` set up")

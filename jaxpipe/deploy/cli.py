@@ -222,6 +222,10 @@ def calibrate_platform(args: argparse.Namespace, client: Any = None) -> int:
         results = {0: aws_tasks.measure_link(store, "jobs/calibration-local/", size,
                                              args.repeats)}
         name = "local"
+    elif args.platform == "lithops":
+        from jaxpipe.deploy.lithops import lithops_calibration
+
+        results, name = lithops_calibration(args, size)
     else:
         _, store, sizes, client = _cloud_setup(args, client)
         results = aws_tasks.calibrate(store, sizes, client, args.function_prefix, size,
@@ -242,6 +246,10 @@ def calibrate_platform(args: argparse.Namespace, client: Any = None) -> int:
 
 def profile_on_platform(args: argparse.Namespace, client: Any = None) -> int:
     """`jaxpipe profile --platform aws-lambda`: the profile, plus the measured `cpu_table`."""
+    if args.platform == "lithops":
+        from jaxpipe.deploy.lithops import lithops_profile
+
+        return lithops_profile(args)
     from jaxpipe.runtime.platforms import aws_tasks
 
     platform, store, sizes, client = _cloud_setup(args, client)

@@ -35,8 +35,9 @@ from jaxpipe.deploy.aws import Change
 from jaxpipe.deploy.image import REPO, driver_versions, source_tag
 from jaxpipe.runtime.platforms import lithops_config
 
-__all__ = ["PINNED", "Step", "add_lithops_arguments", "config_template", "dockerfile", "pinned",
-           "requirements", "run", "run_lithops", "runtime_name", "steps"]
+__all__ = ["PINNED", "Step", "add_lithops_arguments", "config_template", "dockerfile",
+           "lithops_calibration", "lithops_profile", "pinned", "requirements", "run",
+           "run_lithops", "runtime_name", "steps"]
 
 PINNED = ("jax", "jaxlib", "flax", "optax", "numpy", "scipy", "boto3", "botocore", "lithops",
           "cloudpickle", "tblib", "ps-mem", "psutil")
@@ -288,4 +289,59 @@ def run_lithops(args: Any) -> int:
     if not args.run:
         print("# the files are written; run the commands (or again with --run: it skips what is "
               "done)")
+    return 0
+
+
+def _lithops_target(args: Any) -> tuple[Any, list[int]]:
+    """The `LithopsPlatform` of `--lithops-config` (its store: --store, --bucket, else the
+    config's storage bucket) and the memory sizes to measure (--memory, else the catalog's)."""
+    from jaxpipe.runtime.platforms.lithops import LithopsPlatform
+    from jaxpipe.runtime.train import open_store
+
+    settings = lithops_config.load_settings(args.lithops_config)
+    # --platform-file is where the measurements go; an existing one is the catalog too
+    existing = args.platform_file if args.platform_file and Path(args.platform_file).exists() \
+        else None
+    platform = lithops_config.job_platform(settings, existing)
+    default = ".jaxpipe/store"
+    given = getattr(args, "store", None) or (f"s3://{args.bucket}" if args.bucket else default)
+    location, endpoint = lithops_config.store_location(settings, given, args.endpoint_url,
+                                                       default)
+    sizes = ([int(m) for m in str(args.memory).split(",") if m] if args.memory
+             else list(platform.memory_options_mb))
+    lithops_config.check_memory(settings, sizes)
+    return LithopsPlatform(platform, open_store(location, endpoint), settings), sizes
+
+
+def lithops_calibration(args: Any, size_bytes: int) -> tuple[dict[int, dict[str, Any]], str]:
+    """`jaxpipe calibrate --platform lithops`: the link measured in a call of each size; the
+    results and the platform name the file is called after."""
+    from jaxpipe.runtime.platforms import lithops_tasks
+
+    target, sizes = _lithops_target(args)
+    try:
+        return (lithops_tasks.calibrate(target, sizes, size_bytes, args.repeats),
+                f"lithops-{target.settings.backend}")
+    finally:
+        target.close()
+
+
+def lithops_profile(args: Any) -> int:
+    """`jaxpipe profile --platform lithops`: the profile, plus the measured `cpu_table`."""
+    from jaxpipe.runtime.platforms import aws_tasks, lithops_tasks
+
+    target, sizes = _lithops_target(args)
+    micro = [int(b) for b in str(args.micro_batches).split(",") if b]
+    try:
+        profiles = lithops_tasks.profile_on_calls(target, args.model, sizes, micro,
+                                                  args.repeats)
+    finally:
+        target.close()
+    reference, fields = aws_tasks.profile_fields(profiles, target.platform)
+    Path(args.output).write_text(json.dumps(reference.to_dict(), indent=1))
+    path = args.platform_file or f"platform-lithops-{target.settings.backend}.json"
+    aws_tasks.merge_platform_file(path, fields, "profiles",
+                                  {str(m): p.to_dict() for m, p in profiles.items()})
+    print(f"wrote {args.output} and the cpu_table of {path}: " + ", ".join(
+        f"{m} MB {c:.2f} vCPU" for m, c in fields["cpu_table"].items()))
     return 0

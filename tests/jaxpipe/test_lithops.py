@@ -192,3 +192,17 @@ def test_a_store_without_an_s3_api_is_refused_before_anything_is_written(workdir
                                lithops_config=str(config), store=TrainOptions().store)
     with pytest.raises(LithopsStorageError, match="gcp_storage' has no S3 API"):
         train(opts, show_progress=False)
+
+
+def test_calibration_runs_inside_a_lithops_call_of_each_memory_size(workdir, s3, tmp_path):
+    from jaxpipe.cli import main
+
+    out = tmp_path / "platform.json"
+    assert main(["calibrate", "--platform", "lithops", "--lithops-config",
+                 str(workdir / "lithops.yaml"), "--bucket", BUCKET, "--endpoint-url", s3,
+                 "--memory", "1024", "--size-mb", "1", "--repeats", "2",
+                 "--platform-file", str(out)]) == 0
+    written = json.loads(out.read_text())
+    assert written["calibration"]["1024"]["memory_mb"] == 1024
+    assert written["platform"]["uplink_bytes_per_s"] > 0
+    assert written["platform"]["request_latency_s"] > 0

@@ -47,10 +47,14 @@ from jaxpipe.runtime.platforms.local import MIN_MEMORY_MB, worker_env
 from planners import Platform
 from transports import KeyNotFound, ObjectStore
 
-__all__ = ["CallContext", "CallRecord", "LithopsInvocation", "LithopsPlatform", "run_call"]
+__all__ = ["REPORT_WAIT_S", "CallContext", "CallRecord", "LithopsInvocation", "LithopsPlatform",
+           "run_call"]
+
+REPORT_WAIT_S = 60.0
+"""Seconds the bill waits for Lithops' reports of calls whose ranks finished."""
 
 
-@dataclass(frozen=True)
+@dataclass  # not frozen: the worker's LambdaContext protocol declares a plain attribute
 class CallContext:
     """What the worker asks of its platform, for a Lithops call (Lambda's context's part).
 
@@ -81,11 +85,23 @@ def run_call(payload: str) -> str:
         cap = max(int(data["memory_mb"]), MIN_MEMORY_MB) * 2**20
         resource.setrlimit(resource.RLIMIT_DATA, (cap, cap))
     _s3_credentials_from_alibaba()
-    from jaxpipe.runtime.worker import handler
+    from jaxpipe.runtime.event import parse_event
+    from jaxpipe.runtime.worker import handler, run_rank
 
     context = CallContext(started, float(data["timeout_s"]),
                           os.environ.get("__LITHOPS_ACTIVATION_ID", "?"))
+    event = parse_event(data["event"])
+    if isinstance(event, RankEvent):  # a cancelled attempt ends the call at once
+        return json.dumps(run_rank(event, context, on_stop=_end_call))
     return json.dumps(handler(data["event"], context))
+
+
+def _end_call(reason: str) -> None:
+    """Ends this call's process now (its lanes may be blocked in waits for peers that are
+    gone). Lithops runs the function in a process of its own (its JobRunner), which reports
+    the call as ended without a result; a cancelled rank writes no status."""
+    print(f"stopping: {reason}", flush=True)
+    os._exit(3)
 
 
 def _s3_credentials_from_alibaba() -> None:
@@ -146,13 +162,14 @@ class LithopsInvocation:
             return self.outcome
         return self._check()
 
-    def _call_ended(self) -> bool:
+    def ended(self) -> bool:
+        """Whether Lithops reported the call over (its status arrived, or it failed)."""
         f = self.future
         return bool(f.ready or f.done or f.error or f.success)
 
     def _check(self) -> Outcome | None:
         self._checked = time.time()
-        ended = self._call_ended()  # before the read: a status written before the end is seen
+        ended = self.ended()  # before the read: a status written before the end is seen
         try:
             self.status = RankStatus.from_dict(json.loads(self.store.get(self.status_key)))
         except KeyNotFound:
@@ -176,14 +193,14 @@ class LithopsInvocation:
     def kill(self) -> None:
         """Stops the call if it still runs (localhost: its process group; a cloud call runs on
         until its next wait times out, and writes nothing the next attempt reads)."""
-        if self.outcome is None and not self._call_ended():
+        if self.outcome is None and not self.ended():
             self.stop(self.future)
 
     def tail(self, lines: int = 15) -> str:
         if self.status is not None and self.status.error:
             return "\n".join(self.status.error.splitlines()[-lines:])
         logs = getattr(self.future, "logs", None) or ""
-        said = "Lithops reports the call ended" if self._call_ended() else "no end reported"
+        said = "Lithops reports the call ended" if self.ended() else "no end reported"
         return "\n".join([f"(no status from rank {self.rank}; {said}; Lithops call "
                           f"{self.future.job_key}/{self.future.call_id}, `lithops logs` has "
                           "its output)", *logs.splitlines()[-lines:]])
@@ -191,7 +208,7 @@ class LithopsInvocation:
     def record(self) -> CallRecord:
         """This call's seconds and id from Lithops' statistics (None if it died unreported)."""
         seconds, activation = None, getattr(self.future, "activation_id", None)
-        if self._call_ended() and not self.future.error:
+        if self.ended() and not self.future.error:
             try:
                 self.future.status(throw_except=False)
                 stats = self.future.stats
@@ -288,6 +305,16 @@ class LithopsPlatform:
     def bill(self) -> dict[str, Any]:
         """Every call's seconds from Lithops' statistics at the catalog's prices: each call's
         GB-s and one invocation; a call that died unreported is counted with no seconds."""
+        # A rank's status is written before its call returns, and Lithops reports the return
+        # a monitoring interval later: wait for the reports of the calls that ran to the end.
+        ran = [c.future for c in self.calls
+               if c.outcome in (Outcome.FINISHED, Outcome.REFUSED) and not c.ended()]
+        if ran:
+            try:
+                self.executor.wait(fs=ran, throw_except=False, timeout=REPORT_WAIT_S,
+                                   show_progressbar=False, clean_jobs=False)
+            except Exception:  # a report that never comes leaves that call unreported
+                pass
         records = [c.record() for c in self.calls]
         dollars = sum(self.platform.function_dollars(r.memory_mb, r.seconds or 0.0)
                       for r in records) + self.platform.invocation_dollars(len(records))
