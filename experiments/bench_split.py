@@ -29,7 +29,8 @@ dispatch, so only the full run speaks to the target.
 Usage:
     python -m experiments.bench_split           # full configs, 15 rounds (from the repo root)
     python -m experiments.bench_split --quick   # tiny configs, 3 rounds
-Writes experiments/results/bench_split[_quick].json and .png.
+    python -m experiments.bench_split --models lm-scan,nnx-lm --name bench_split_lm
+Writes experiments/results/bench_split[_quick].json and .png (or `--name`.json and .png).
 """
 
 from __future__ import annotations
@@ -300,11 +301,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, help="timed rounds (default: 15, or 3 with --quick)")
     parser.add_argument("--models", help="comma-separated zoo names to run (default: all three)")
     parser.add_argument("--out", type=Path, default=RESULTS, help="results folder")
+    parser.add_argument("--name", help="file stem (default: bench_split[_quick]); e.g. "
+                        "bench_split_lm for a --models subset, keeping the full run's file")
     args = parser.parse_args(argv)
     rounds = args.rounds or (3 if args.quick else 15)
     chosen = [m for m in MODELS if not args.models or m[1] in args.models.split(",")]
     results = [bench_model(*m, quick=args.quick, rounds=rounds) for m in chosen]
-    stem = "bench_split_quick" if args.quick else "bench_split"
+    stem = args.name or ("bench_split_quick" if args.quick else "bench_split")
     args.out.mkdir(parents=True, exist_ok=True)
     report = {
         "micro_batch": MICRO_BATCH, "stages": STAGES, "target": TARGET, "rounds": rounds,
