@@ -5,22 +5,26 @@ which must hold JaxPipe and exactly the driver's jax, jaxlib, flax, optax and Li
 programs exported by one jax may not load in another; Lithops refuses a runtime of another
 version). The steps, printed, or run with `--run`:
 
-    1 files     deploy/lithops/<backend>/: a Dockerfile (JaxPipe from the repository's sources,
-                pinned by constraints.txt, then the backend's Lithops entry point) or a
-                requirements.txt (backends that build from one)
-    2 build     lithops runtime build -c CONFIG -b BACKEND -f FILE RUNTIME
-    3 deploy    lithops runtime deploy -c CONFIG -b BACKEND --memory MB --timeout S RUNTIME,
+    1 base      deploy/lithops/base.Dockerfile and constraints.txt: JaxPipe from the
+                repository's sources, pinned; `docker build -t jaxpipe-base:<hash>` from the
+                root (Lithops builds a runtime in a context of its own, which holds no sources)
+    2 runtime   deploy/lithops/<backend>/Dockerfile: FROM the base, then the backend's Lithops
+                entry point; or a requirements.txt, for backends that build from one
+    3 build     lithops runtime build -c CONFIG -b BACKEND -f FILE RUNTIME
+    4 deploy    lithops runtime deploy -c CONFIG -b BACKEND --memory MB --timeout S RUNTIME,
                 one per memory size the plan (or the catalog) uses
 
 The runtime's name holds a hash of JaxPipe's sources and those versions (`image.source_tag`),
 so a changed driver is a new runtime and an unchanged one is the same: `--run` records what
-it built and deployed in `.jaxpipe/lithops-<backend>.json` and skips what is done. localhost
+it built and deployed in `.jaxpipe/lithops-<backend>-<config hash>.json` and skips what is
+done. localhost
 needs none of it: its runtime is this interpreter. `config_template` writes a Lithops config
 for a backend, in Lithops' own format, which `lithops_config.load_settings` checks.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shlex
 import subprocess
@@ -46,6 +50,10 @@ PINNED = ("jax", "jaxlib", "flax", "optax", "numpy", "scipy", "boto3", "botocore
 FROM_REQUIREMENTS = ("gcp_functions", "azure_functions", "ibm_cf")
 """Backends whose `lithops runtime build` takes a requirements file, not a Dockerfile."""
 
+PLAIN_NAMES = (*FROM_REQUIREMENTS, "aliyun_fc")
+"""Backends that make function and image names of their own from the runtime's name, which
+must then be a plain name (no registry, no tag)."""
+
 PYTHON = "3.11"  # slim Debian images: glibc 2.36, as the jaxlib and numpy wheels need
 
 
@@ -60,19 +68,31 @@ def pinned() -> str:
     return "".join(lines)
 
 
-def runtime_name(backend: str) -> str:
-    """`jaxpipe-worker:<hash>` (a container tag; `jaxpipe-worker-<hash>` for a requirements
-    backend), the hash covering JaxPipe's sources and the driver's versions."""
-    tag = source_tag(driver_versions()).split("-", 1)[0]
-    return f"jaxpipe-worker-{tag}" if backend in FROM_REQUIREMENTS else f"jaxpipe-worker:{tag}"
+def source_hash() -> str:
+    """A hash of JaxPipe's sources and the driver's versions (`image.source_tag`'s)."""
+    return source_tag(driver_versions()).split("-", 1)[0]
 
 
-_INSTALL = f"""FROM python:{PYTHON}-slim
-# JaxPipe and the driver's versions of what must match (jaxpipe deploy lithops wrote this file)
-# PIP_CONSTRAINT holds every later pip install (the backend's own lines too) to the pins
+def runtime_name(backend: str, registry: str | None = None) -> str:
+    """The runtime's name: `jaxpipe-worker-<hash>` where the backend names things itself
+    (PLAIN_NAMES), else the image `[<registry>/]jaxpipe-worker:<hash>`."""
+    if backend in PLAIN_NAMES:
+        return f"jaxpipe-worker-{source_hash()}"
+    return f"{registry.rstrip('/') + '/' if registry else ''}jaxpipe-worker:{source_hash()}"
+
+
+def base_image() -> str:
+    """The local image with JaxPipe installed that every backend's runtime starts FROM."""
+    return f"jaxpipe-base:{source_hash()}"
+
+
+BASE_DOCKERFILE = f"""FROM python:{PYTHON}-slim
+# JaxPipe and the driver's versions of what must match (jaxpipe deploy lithops wrote this file;
+# built from the repository's root). PIP_CONSTRAINT holds every later pip install, the
+# backend's own lines in the runtime's Dockerfile too, to the pins.
 ENV JAX_PLATFORMS=cpu PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PIP_CONSTRAINT=/opt/jaxpipe/constraints.txt
-COPY deploy/lithops/{{backend}}/constraints.txt /opt/jaxpipe/constraints.txt
+COPY deploy/lithops/constraints.txt /opt/jaxpipe/constraints.txt
 COPY pyproject.toml README.md /tmp/src/
 COPY jaxpipe /tmp/src/jaxpipe
 COPY planners /tmp/src/planners
@@ -91,9 +111,10 @@ CMD ["entry_point.lambda_handler"]
 
 
 def dockerfile(backend: str) -> str:
-    """The runtime image: JaxPipe pinned, then the backend's Lithops entry point (Lithops' own
-    DEFAULT_DOCKERFILE where its config module has one)."""
-    head = _INSTALL.format(backend=backend)
+    """The runtime image: FROM the base image (JaxPipe pinned), then the backend's Lithops
+    entry point (Lithops' own DEFAULT_DOCKERFILE where its config module has one). Lithops
+    builds it in a context of its own, so it copies nothing of the repository."""
+    head = f"FROM {base_image()}\n"
     if backend == "aws_lambda":
         return head + _AWS_LAMBDA_ENTRY
     try:
@@ -125,11 +146,12 @@ class Step:
 
 
 def steps(backend: str, config: str, memory_mb: Sequence[int], timeout_s: int,
-          jaxpipe_requirement: str | None = None, root: Path = REPO) -> list[Step]:
+          jaxpipe_requirement: str | None = None, root: Path = REPO,
+          registry: str | None = None) -> list[Step]:
     """Every step that makes the backend's runtime, in order (module docstring)."""
     if backend == "localhost":
         return []
-    name = runtime_name(backend)
+    name = runtime_name(backend, registry)
     folder = root / "deploy" / "lithops" / backend
     if backend in FROM_REQUIREMENTS:
         file = folder / "requirements.txt"
@@ -138,9 +160,14 @@ def steps(backend: str, config: str, memory_mb: Sequence[int], timeout_s: int,
                       content=requirements(wanted))]
     else:
         file = folder / "Dockerfile"
-        files = [Step("file:constraints.txt", "pins", path=str(folder / "constraints.txt"),
+        base = root / "deploy" / "lithops" / "base.Dockerfile"
+        files = [Step("file:constraints.txt", "pins", path=str(base.parent / "constraints.txt"),
                       content=pinned()),
-                 Step("file:Dockerfile", "image", path=str(file), content=dockerfile(backend))]
+                 Step("file:base.Dockerfile", "JaxPipe", path=str(base), content=BASE_DOCKERFILE),
+                 Step(f"base:{base_image()}", "base image",
+                      ("docker", "build", "--platform", "linux/amd64", "-t", base_image(), "-f",
+                       str(base.relative_to(root)), ".")),
+                 Step("file:Dockerfile", "runtime", path=str(file), content=dockerfile(backend))]
     lithops = ("lithops", "runtime")
     build = Step(f"build:{name}", "build", (*lithops, "build", "-c", config, "-b", backend,
                                             "-f", str(file.relative_to(root)), name))
@@ -241,6 +268,8 @@ def add_lithops_arguments(parser: Any) -> None:
     parser.add_argument("--jaxpipe-requirement", help="requirements backends: where their build "
                         "fetches JaxPipe (e.g. 'jaxpipe @ https://.../jaxpipe-0.1.0-py3-none-any"
                         ".whl'; default jaxpipe==<this version>)")
+    parser.add_argument("--registry", help="container backends (knative, k8s, code_engine, "
+                        "...): the registry the runtime image goes to, e.g. docker.io/<user>")
     parser.add_argument("--run", action="store_true",
                         help="write the files and run the lithops commands not yet done")
 
@@ -277,13 +306,17 @@ def run_lithops(args: Any) -> int:
         return 2
     timeout = int(platform.timeout_s + lithops_config.LITHOPS_TIMEOUT_MARGIN_S)
     todo = steps(settings.backend, args.lithops_config, sizes, timeout,
-                 args.jaxpipe_requirement)
+                 args.jaxpipe_requirement, registry=args.registry)
     if not todo:
         print(f"{settings.backend}: nothing to deploy, calls run in {lithops_config.interpreter()}")
         return 0
-    print(f"# runtime {runtime_name(settings.backend)} on {settings.backend}; set "
-          f"{settings.backend}.runtime to it in {args.lithops_config}")
-    state = Path(".jaxpipe") / f"lithops-{settings.backend}.json"
+    name = runtime_name(settings.backend, args.registry)
+    print(f"# runtime {name} on {settings.backend}; set {settings.backend}.runtime to it in "
+          f"{args.lithops_config}")
+    if settings.runtime != name:
+        print(f"# (the config's runtime is {settings.runtime!r})")
+    digest = hashlib.sha256(Path(args.lithops_config).read_bytes()).hexdigest()[:8]
+    state = Path(".jaxpipe") / f"lithops-{settings.backend}-{digest}.json"  # per config
     for change in run(todo, state, execute=args.run):
         print(change)
     if not args.run:

@@ -53,14 +53,18 @@ def test_runtime_steps_parse_with_lithops_own_cli_and_run_once(tmp_path, backend
 
     config = write(tmp_path, deploy.config_template(backend, "jaxpipe-jobs", "eu-west-1"))
     steps = deploy.steps(backend, config, [1024, 2048, 1024], 595, root=tmp_path)
-    commands = [s for s in steps if s.command]
+    commands = [s for s in steps if s.command and s.command[0] == "lithops"]
     assert [c.command[2] for c in commands] == ["build", "deploy", "deploy"]  # one per size
-    log = tmp_path / "calls.log"  # a stand-in `lithops` that records its arguments
-    fake = tmp_path / "bin" / "lithops"
-    fake.parent.mkdir()
-    fake.write_text(f"#!/bin/sh\necho \"$@\" >> {log}\n")
-    fake.chmod(fake.stat().st_mode | stat.S_IEXEC)
-    monkeypatch.setenv("PATH", f"{fake.parent}{os.pathsep}{os.environ['PATH']}")
+    containers = backend not in deploy.FROM_REQUIREMENTS
+    assert [s.command[:2] for s in steps if s.command and s.command[0] == "docker"] == (
+        [("docker", "build")] if containers else [])
+    log = tmp_path / "calls.log"  # stand-ins for `lithops` and `docker` that log their arguments
+    for tool in ("lithops", "docker"):
+        fake = tmp_path / "bin" / tool
+        fake.parent.mkdir(exist_ok=True)
+        fake.write_text(f"#!/bin/sh\necho {tool} \"$@\" >> {log}\n")
+        fake.chmod(fake.stat().st_mode | stat.S_IEXEC)
+    monkeypatch.setenv("PATH", f"{tmp_path / 'bin'}{os.pathsep}{os.environ['PATH']}")
     state = tmp_path / "state.json"
     first = deploy.run(steps, state, root=tmp_path)
     assert all(c.action in ("created", "done") for c in first)
@@ -71,9 +75,14 @@ def test_runtime_steps_parse_with_lithops_own_cli_and_run_once(tmp_path, backend
         sub.make_context(step.command[2], list(step.command[3:]))
     again = deploy.run(steps, state, root=tmp_path)
     assert {c.action for c in again} == {"unchanged"}
-    assert len(log.read_text().splitlines()) == len(commands)  # the second run ran nothing
-    image = (tmp_path / "deploy" / "lithops" / backend).iterdir()
-    texts = "".join(p.read_text() for p in image)
+    ran = [s for s in steps if s.command]
+    assert len(log.read_text().splitlines()) == len(ran)  # the second run ran nothing
+    if containers:  # the runtime starts from the base image, which holds the pinned JaxPipe
+        runtime_file = tmp_path / "deploy" / "lithops" / backend / "Dockerfile"
+        assert runtime_file.read_text().startswith(f"FROM {deploy.base_image()}\n")
+        texts = (tmp_path / "deploy" / "lithops" / "constraints.txt").read_text()
+    else:
+        texts = (tmp_path / "deploy" / "lithops" / backend / "requirements.txt").read_text()
     assert "jax==" in texts and "lithops==3.8.0" in texts
 
 
