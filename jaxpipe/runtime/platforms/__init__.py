@@ -1,4 +1,5 @@
-"""Where ranks run: `local` (one OS process per rank, the default) and `aws-lambda`.
+"""Where ranks run: `local` (one OS process per rank, the default), `aws-lambda`, and `lithops`
+(a Lithops call per rank on any Lithops backend: `platforms.lithops`, imported on use).
 
 A platform is anything with `launch(event, memory_mb) -> Invocation` (`platforms.base`): the
 driver hands it one rank's `RankEvent` and the memory size of that rank's stage, and watches
