@@ -17,7 +17,9 @@
     planning.py    the planning problem (profile, cached) and the checks of a plan
     train.py       `jaxpipe train`: prepare a job (validate, trace, plan, split, upload), run it
     summary.py     the run's Summary, measured against the predictions
-    platforms/     where ranks run: local processes or AWS Lambda (base.py: Outcome, Launcher)
+    lithops_job.py --platform lithops in a job: store, platform, checks, launcher, bill
+    platforms/     where ranks run: local processes, AWS Lambda or Lithops calls (base.py:
+                   Outcome, Launcher)
 
 The runtime may import `jaxpipe.staging`; never the other way round.
 """
