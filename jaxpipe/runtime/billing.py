@@ -4,7 +4,8 @@ Every price comes from `planners.Platform` (`compute_dollars`, `function_dollars
 `invocation_dollars`, `request_dollars`), so the driver, the summary and the cost model bill
 by one rule:
 
-    measured_dollars   every invocation's billed GB-s + one invocation each + its requests
+    measured_dollars   every invocation's billed GB-s (its INIT phase included: Lambda bills
+                       INIT for container images) + one invocation each + its requests
     steady_dollars     one steady iteration: every function's GB-s for its seconds, plus the
                        run's requests per iteration (no cold start, no compilation)
     CostGuard          predicts a window's dollars before it is launched, from the plan until
@@ -14,6 +15,7 @@ by one rule:
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -21,7 +23,12 @@ from jaxpipe.errors import BudgetExceeded
 from jaxpipe.runtime.metrics import RankMetrics, billed_requests
 from planners import Plan, Platform
 
-__all__ = ["CostGuard", "functions_gigabytes", "measured_dollars", "steady_dollars"]
+__all__ = ["FIRST_INVOCATION_GAP_S", "CostGuard", "functions_gigabytes", "init_seconds",
+           "measured_dollars", "process_started_at", "steady_dollars"]
+
+FIRST_INVOCATION_GAP_S = 2.0
+"""A handler that starts within this many seconds of its module's import is the process's first
+invocation (Lambda runs it right after INIT); a warm one starts a whole window later."""
 
 
 def functions_gigabytes(plan: Plan) -> float:
@@ -35,6 +42,34 @@ def functions_gigabytes(plan: Plan) -> float:
     return sum(s.replicas * s.memory_mb / 1024 for s in plan.stages)
 
 
+def init_seconds(process_started: float | None, imported: float, began: float) -> float:
+    """Seconds of Lambda's INIT phase this invocation pays: from the process's start to the
+    worker's import, for the first invocation of a process; 0 for a warm one (INIT ran for an
+    earlier invocation) and where the process start is unknown.
+
+    Example:
+      >>> init_seconds(100.0, 104.5, 104.6)  # a cold start: 4.5 s of INIT
+      4.5
+      >>> init_seconds(100.0, 104.5, 400.0)  # the same process, a later window
+      0.0
+    """
+    if process_started is None or began - imported > FIRST_INVOCATION_GAP_S:
+        return 0.0
+    return max(0.0, imported - process_started)
+
+
+def process_started_at() -> float | None:
+    """This process's start, in epoch seconds (Linux `/proc`), or None elsewhere."""
+    try:
+        with open("/proc/self/stat") as f:
+            ticks = int(f.read().rsplit(")", 1)[1].split()[19])
+        with open("/proc/stat") as f:
+            boot = next(int(line.split()[1]) for line in f if line.startswith("btime"))
+    except (OSError, ValueError, IndexError, StopIteration):
+        return None
+    return boot + ticks / os.sysconf("SC_CLK_TCK")
+
+
 def _requests(metrics: Sequence[RankMetrics]) -> tuple[int, int]:
     billed = [billed_requests(m.requests) for m in metrics]
     return sum(p for p, _ in billed), sum(g for _, g in billed)
@@ -42,9 +77,10 @@ def _requests(metrics: Sequence[RankMetrics]) -> tuple[int, int]:
 
 def measured_dollars(platform: Platform, metrics: Sequence[RankMetrics]) -> float:
     """Dollars of the invocations in `metrics` at the platform's prices: each one's billed
-    GB-s, one invocation each, and their storage requests."""
+    GB-s (its INIT phase, `RankMetrics.init_s`, included), one invocation each, and their
+    storage requests."""
     puts, gets = _requests(metrics)
-    return (sum(platform.function_dollars(m.memory_mb, m.billed_s) for m in metrics)
+    return (sum(platform.function_dollars(m.memory_mb, m.billed_s + m.init_s) for m in metrics)
             + platform.invocation_dollars(len(metrics)) + platform.request_dollars(puts, gets))
 
 
@@ -64,13 +100,16 @@ class CostGuard:
 
     Dollars per iteration are predicted from the plan (`iteration_dollars`, else its time at
     the platform's GB-s price) until a window has run, then measured from the workers' metrics
-    (billed GB-s, invocations and requests; startup included). A failed window is charged its
-    wall time for every function, since Lambda bills the dead ranks too.
+    (billed GB-s, invocations and requests; startup included). Until then a window is also
+    predicted to cost `startup_s` seconds of every function before its first iteration (INIT
+    and compiling, billed for container images). A failed window is charged its wall time for
+    every function, since Lambda bills the dead ranks too.
     """
 
     max_cost: float | None
     platform: Platform
     plan: Plan
+    startup_s: float = 0.0
     spent: float = 0.0
     measured_dollars: float = 0.0
     measured_iterations: int = 0
@@ -93,7 +132,8 @@ class CostGuard:
         if self.max_cost is None:
             return wanted
         per = self.per_iteration()
-        fits = math.floor((self.max_cost - self.spent) / per) if per > 0 else wanted
+        left = self.max_cost - self.spent - self.startup_dollars()
+        fits = math.floor(left / per) if per > 0 else wanted
         if fits < 1:
             raise BudgetExceeded(
                 f"stopped before iteration {t}: {self.spent:.4f} spent, one more iteration is "
@@ -101,6 +141,13 @@ class CostGuard:
                 f"({self.platform.currency}). The checkpoint of iteration {t} is in the store: "
                 f"continue with `jaxpipe train --resume {job} --max-cost <larger>`.")
         return min(wanted, fits)
+
+    def startup_dollars(self) -> float:
+        """Predicted dollars of a window's start-up: `startup_s` of every function until a
+        measured window (whose dollars include its start-up) says otherwise."""
+        if self.measured_iterations:
+            return 0.0
+        return self.platform.compute_dollars(functions_gigabytes(self.plan), self.startup_s)
 
     def charge_window(self, dollars: float, iterations: int) -> None:
         """A window of `iterations` ran and cost `dollars` (`measured_dollars`)."""

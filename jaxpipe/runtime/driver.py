@@ -139,7 +139,7 @@ def run_job(store: ObjectStore, spec: JobSpec, start: int = 0, config: RunConfig
     schedule = build(plan)
     if launcher is None:
         launcher = LocalPlatform(spec.platform, Path(config.log_dir) / spec.job_id)
-    guard = CostGuard(config.max_cost, spec.platform, plan)
+    guard = CostGuard(config.max_cost, spec.platform, plan, startup_s=config.startup_seconds)
     limit = config.invocation_seconds or spec.platform.timeout_s
     per_iteration = plan.iteration_seconds or 1.0
     progress = Progress()

@@ -104,6 +104,9 @@ class JobSpec:
         data = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
         if not self.optimizer_programs:  # a spec written before them keeps its bytes
             del data["optimizer_programs"]
+        for f in dataclasses.fields(self):  # fields added since: written only when not default
+            if f.name in _LATER_FIELDS and data[f.name] == _default(f):
+                del data[f.name]
         data.update(plan=self.plan.to_dict(), platform=self.platform.to_dict(),
                     rng_names=list(self.rng_names))
         return json.dumps(data, indent=1).encode()
@@ -123,6 +126,16 @@ class JobSpec:
     @property
     def keys(self) -> Keys:
         return Keys(self.job_id)
+
+
+_LATER_FIELDS = ("model_kind", "key_impls", "state_counters", "compile_cache", "versions")
+"""JobSpec fields a stored spec may lack (read back as their defaults)."""
+
+
+def _default(f: dataclasses.Field[Any]) -> Any:
+    if f.default_factory is not dataclasses.MISSING:
+        return f.default_factory()
+    return f.default
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,7 @@ import uuid
 from collections.abc import Callable
 from typing import Any, Protocol
 
-from jaxpipe.runtime import compile_cache
+from jaxpipe.runtime import billing, compile_cache
 from jaxpipe.runtime.cancel import AttemptCancelled, RankWatch, cancel_attempt
 from jaxpipe.runtime.event import RankEvent, RankStatus, Status, TaskEvent, parse_event
 from jaxpipe.runtime.job import JobSpec
@@ -30,6 +30,9 @@ from planners.schedule import build
 from transports import Backoff, ObjectStore, ThrottledStore, store_from_spec
 
 __all__ = ["HANDOVER_MARGIN_S", "LambdaContext", "handler", "run_rank"]
+
+_PROCESS_STARTED = billing.process_started_at()  # for the INIT phase (`billing.init_seconds`)
+_IMPORTED = time.time()
 
 HANDOVER_MARGIN_S = 15.0
 """Seconds kept free at the end of an invocation to checkpoint and write metrics and status."""
@@ -141,8 +144,10 @@ def _run_window(event: RankEvent, context: LambdaContext | None, spec: JobSpec,
     launched = event.launched_at if event.launched_at is not None else began
     billed_from = began if context is not None else launched
     cache.publish()
+    # Lambda bills a container image's INIT phase too: the first invocation of a process pays it
+    init = billing.init_seconds(_PROCESS_STARTED, _IMPORTED, began) if context is not None else 0
     metrics = rank.metrics(cold_start=ready - launched, billed=time.time() - billed_from,
-                           compile=cache.record())
+                           compile=cache.record(), init_s=init)
     store.put(event.metrics_key, json.dumps(metrics.to_dict()).encode())
     store.put(event.status_key, json.dumps(status.to_dict()).encode())
     return _reply(status, event.metrics_key)
