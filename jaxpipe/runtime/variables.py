@@ -85,7 +85,8 @@ def read_variables(store: ObjectStore, spec: JobSpec, t: int) -> dict[str, Any] 
 def nnx_state(leaves: dict[str, Any], key_impls: dict[str, str]) -> nnx.State:
     """An NNX module's `nnx.State` from its leaves by path (`params/blocks/0/kernel`,
     `state/blocks/0/drop/rngs/key`): the first part dropped, numeric parts as list indices,
-    keys in `key_impls` wrapped back into typed PRNG keys.
+    keys in `key_impls` wrapped back into typed PRNG keys, every leaf a jax array (NNX updates
+    some in place, `count[...] += 1`, which a read-only numpy array refuses).
 
     Example:
       >>> state = nnx_state({"params/blocks/0/w": np.ones(2), "state/blocks/0/n": np.zeros(1)},
@@ -99,8 +100,9 @@ def nnx_state(leaves: dict[str, Any], key_impls: dict[str, str]) -> nnx.State:
         node = tree
         for part in parts[:-1]:
             node = node.setdefault(part, {})
+        value = jax.numpy.asarray(value)
         if path in key_impls:
-            value = jax.random.wrap_key_data(jax.numpy.asarray(value), impl=key_impls[path])
+            value = jax.random.wrap_key_data(value, impl=key_impls[path])
         node[parts[-1]] = value
     return nnx.State(tree)
 
