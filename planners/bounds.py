@@ -144,7 +144,7 @@ def shortest_paths(L: int, first: IntArray, last: IntArray,
     """Shortest path weights 0 -> k (pre) and k -> L (suf) over candidate edges i -> j+1.
 
     ``w`` is (V,) or (V, K) for K weightings at once; pre and suf are (L+1,) or (L+1, K)."""
-    w2 = w.reshape(len(w), -1)  # (V, K)
+    w2 = w.reshape(len(w), -1 if len(w) else (w.shape[1] if w.ndim > 1 else 1))  # (V, K)
     pre = np.full((L + 1, w2.shape[1]), np.inf)  # (L+1, K)
     suf = pre.copy()
     pre[0], suf[L] = 0.0, 0.0

@@ -15,7 +15,7 @@ from typing import NamedTuple
 from planners.cost import StageModel, StageTerms, aggregate, fits_lifetime, score
 from planners.errors import InfeasibleError, PlanError
 from planners.plans import Plan, StagePlan
-from planners.problem import MODES, Problem
+from planners.problem import ANY_SCHEDULE, MODES, Problem
 
 __all__ = ["LIMIT", "Scored", "enumerate_plans", "plan_exhaustive"]
 
@@ -56,8 +56,9 @@ def enumerate_plans(problem: Problem, limit: int = LIMIT) -> Iterator[Scored]:
                 yield from _walk(problem, model, modes, schedule, None)
             else:  # 1F1B: a stage's memory depends on S - s, so S is fixed per walk, and
                 # every stage has the same replica count (unequal ones can deadlock)
+                most = 1 if problem.schedule == ANY_SCHEDULE else L  # "any": one-stage 1F1B
                 for d in problem.replicas_for(b):
-                    for S in range(1, min(L, problem.max_functions // d) + 1):
+                    for S in range(1, min(L, most, problem.max_functions // d) + 1):
                         yield from _walk(problem, model, modes, schedule, S, d)
 
 

@@ -33,7 +33,7 @@ from __future__ import annotations
 import numpy as np
 
 from planners.bounds import IntArray
-from planners.problem import Problem
+from planners.problem import ANY_SCHEDULE, Problem
 from planners.stage_grid import (
     CandidateGrid,
     Columns,
@@ -46,12 +46,19 @@ from planners.stage_grid import (
 __all__: list[str] = []  # internal to planners.bands and planners.diagnosis
 
 
+def max_stages(problem: Problem) -> int | None:
+    """The most stages a 1F1B plan of ``problem`` may have: 1 for ``schedule="any"`` (one-stage
+    1F1B, accumulating data parallelism, is the one 1F1B shape whose closed form equals the
+    simulator; planners/README.md), else None (no limit)."""
+    return 1 if problem.schedule == ANY_SCHEDULE else None
+
+
 def depth(problem: Problem, micro_batch: int, replicas: int) -> tuple[int, bool]:
     """(R, whether r = R means "R or more"): the largest number of stages to come the
     expanded chain of ``micro_batch`` on ``replicas`` replicas per stage tells apart."""
     L, M = problem.profile.num_layers, problem.global_batch // micro_batch
     n = -(-M // replicas)  # micro-batches a replica owns, the most it ever holds
-    most = min(problem.max_functions // replicas, L)  # stages a plan can have
+    most = min(problem.max_functions // replicas, L, max_stages(problem) or L)
     return min(n, most), n < most
 
 
@@ -73,7 +80,8 @@ def candidate_grid_1f1b(problem: Problem, micro_batch: int, replicas: int) -> Ca
         i, j = cols["first"], cols["last"]
         edges: list[tuple[IntArray, IntArray]] = []  # (rows kept, their end nodes)
         if r == 1:
-            rows = np.flatnonzero(j == L - 1)
+            alone = R == 1 and not loops  # plans of one stage: it starts at layer 0
+            rows = np.flatnonzero((j == L - 1) & ((i == 0) | (not alone)))
             edges.append((rows, np.full(len(rows), L * (R + 1))))
         else:  # the r - 1 stages to come need r - 1 layers after j
             rows = np.flatnonzero(j <= L - r)

@@ -144,8 +144,10 @@ class Problem(JsonMixin):
         holds all its micro-batches' activations), ``1f1b`` (PipeDream-flush: stage s of S
         holds at most S - s; a one-stage 1F1B plan is data parallelism that accumulates
         gradients one micro-batch at a time), or ``any``: ``miqp``, ``exhaustive`` and
-        ``data-parallel`` choose per plan (``schedules``); the fixed-rule rivals (uniform,
-        balanced, pipedream, maxload) keep ``funcpipe``, GPipe's order.
+        ``data-parallel`` choose per plan among FuncPipe-ordered plans and one-stage 1F1B plans
+        (``schedules``; multi-stage 1F1B plans stay out of ``any`` because the closed form
+        misprices them by up to 40 % against the simulator, planners/README.md); the
+        fixed-rule rivals (uniform, balanced, pipedream, maxload) keep ``funcpipe``.
       allow_recompute: whether a stage may keep only its inputs and recompute in backward.
       update_seconds_per_byte: optimizer update time per parameter byte at the reference CPU
         share, seconds/byte (1e-9: 1 GB/s); 0 makes updates free.

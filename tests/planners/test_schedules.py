@@ -59,17 +59,22 @@ def test_miqp_equals_exhaustive_over_schedules(seed, layers, kind, slack, functi
             assert simulate.simulate(got, prob).iteration_seconds > 0
 
 
-def test_any_is_never_worse_than_either_schedule() -> None:
+def test_any_is_funcpipe_plus_one_stage_1f1b() -> None:
+    """``any`` holds FuncPipe-ordered plans and one-stage 1F1B plans (accumulating data
+    parallelism), not multi-stage 1F1B ones, whose closed form the simulator does not confirm."""
     for seed in range(6):
         base = small_problem(seed, 3, global_batch=8, micro_batches=(1, 2, 4))
-        found = {}
-        for schedule in ("funcpipe", "1f1b", "any"):
-            try:
-                found[schedule] = plan(dataclasses.replace(base, schedule=schedule),
-                                       "miqp").objective_value
-            except InfeasibleError:
-                found[schedule] = np.inf
-        assert found["any"] == pytest.approx(min(found["funcpipe"], found["1f1b"]), rel=1e-9)
+        try:
+            funcpipe = plan(base, "miqp").objective_value
+        except InfeasibleError:
+            funcpipe = np.inf
+        one = dataclasses.replace(base, schedule="1f1b")
+        accumulate = min((one.objective.value(s.seconds, s.dollars)
+                          for s in enumerate_plans(one) if len(s.plan.stages) == 1),
+                         default=np.inf)
+        got = plan(dataclasses.replace(base, schedule="any"), "miqp")
+        assert got.objective_value == pytest.approx(min(funcpipe, accumulate), rel=1e-9)
+        assert got.schedule == "funcpipe" or len(got.stages) == 1
 
 
 def test_expanded_chain_edges_are_priced_as_the_cost_model_prices_their_position() -> None:
