@@ -11,6 +11,7 @@ bitwise equal, with a duplicate call of one rank, and with a rank killed mid-ite
 from __future__ import annotations
 
 import dataclasses
+import fcntl
 import json
 import os
 import sys
@@ -83,6 +84,13 @@ def options(workdir, s3, job, platform, **run_config) -> TrainOptions:
         run=RunConfig(log_dir=str(workdir / "logs"), link=False, **run_config))
 
 
+def flatten(tree, prefix=""):
+    """{"a/b/c": array} of a nested dict, the keys `nest` reads back."""
+    if not isinstance(tree, dict):
+        return {prefix[:-1]: np.asarray(tree)}
+    return {k: v for name, sub in tree.items() for k, v in flatten(sub, f"{prefix}{name}/").items()}
+
+
 def final_params(store, job):
     params = {}
     for k in range(len(PLAN.stages)):
@@ -98,25 +106,32 @@ def assert_bitwise_equal(a, b):
 
 
 @pytest.fixture(scope="module")
-def on_local(workdir, s3):
-    summary = train(options(workdir, s3, "on-local", "local"), show_progress=False)
-    return summary, final_params(open_store(f"s3://{BUCKET}", s3), "on-local")
+def on_local(workdir, s3, tmp_path_factory):
+    """The reference: the plan on --platform local, trained once per test session (pytest-xdist
+    workers share it through a file under the session's base directory, behind a lock)."""
+    shared = tmp_path_factory.getbasetemp().parent / "lithops-reference"
+    shared.mkdir(exist_ok=True)
+    with open(shared / "lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        saved = shared / "params.npz"
+        if not saved.exists():
+            summary = train(options(workdir, s3, "on-local", "local"), show_progress=False)
+            flat = flatten(final_params(open_store(f"s3://{BUCKET}", s3), "on-local"))
+            np.savez(shared / "tmp.npz", **flat)
+            (shared / "losses.json").write_text(json.dumps(summary.losses))
+            (shared / "tmp.npz").rename(saved)
+        with np.load(saved) as arrays:
+            params = nest({k: arrays[k] for k in arrays.files}, strip="params")
+        return json.loads((shared / "losses.json").read_text()), params
 
 
-@pytest.fixture(scope="module")
-def on_lithops(workdir, s3):
+def test_training_through_lithops_equals_the_local_platform_bitwise(workdir, s3, on_local):
     summary = train(options(workdir, s3, "on-lithops", "lithops"), show_progress=False)
-    return summary, final_params(open_store(f"s3://{BUCKET}", s3), "on-lithops")
-
-
-def test_training_through_lithops_equals_the_local_platform_bitwise(on_local, on_lithops):
-    assert_bitwise_equal(on_lithops[1], on_local[1])
-    assert on_lithops[0].losses == on_local[0].losses
-    assert on_lithops[0].restarts == 0
-
-
-def test_the_bill_comes_from_lithops_call_statistics_at_the_catalog_prices(on_lithops, s3):
     store = open_store(f"s3://{BUCKET}", s3)
+    assert_bitwise_equal(final_params(store, "on-lithops"), on_local[1])
+    assert list(summary.losses) == on_local[0]
+    assert summary.restarts == 0
+    # the bill: Lithops' call statistics at the catalog's prices
     bill = json.loads(store.get("jobs/on-lithops/" + lithops_job.BILL_FILE))
     assert bill["backend"] == "localhost" and bill["catalog"] == "local"
     calls = bill["calls"]
