@@ -109,7 +109,8 @@ def assert_bitwise_equal(a, b):
 def on_local(workdir, s3, tmp_path_factory):
     """The reference: the plan on --platform local, trained once per test session (pytest-xdist
     workers share it through a file under the session's base directory, behind a lock)."""
-    shared = tmp_path_factory.getbasetemp().parent / "lithops-reference"
+    base = tmp_path_factory.getbasetemp()  # an xdist worker's is popen-gwN/ in the session's
+    shared = (base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base) / "lithops-reference"
     shared.mkdir(exist_ok=True)
     with open(shared / "lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
