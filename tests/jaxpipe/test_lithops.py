@@ -140,6 +140,8 @@ def test_training_through_lithops_equals_the_local_platform_bitwise(workdir, s3,
     assert all(c["seconds"] > 0 and c["memory_mb"] == 1024 for c in calls)
     gb_s = sum(c["seconds"] * c["memory_mb"] / 1024 for c in calls)
     assert bill["dollars"] == pytest.approx(gb_s * 0.0000166667 + len(calls) * 0.20e-6)
+    # Lithops' own objects (its pickled calls) are gone with its executor
+    assert not store.list("lithops.jobs/")
     # everything JaxPipe keeps under the job's prefix is JSON or raw arrays, never a pickle
     for key in store.list("jobs/on-lithops/"):
         assert not store.get(key).startswith(b"\x80"), key

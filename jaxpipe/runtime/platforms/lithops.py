@@ -325,5 +325,17 @@ class LithopsPlatform:
                 "calls": [r.to_dict() for r in records]}
 
     def close(self) -> None:
-        """Stops Lithops' monitor and clears its jobs (their temporary data included)."""
-        self.executor.__exit__(None, None, None)
+        """Stops Lithops' monitor and calls, and deletes this executor's objects under
+        `lithops.jobs/` now, while the storage is surely there (Lithops' own cleaner would run
+        at the interpreter's exit, in a process of its own)."""
+        executor = self.executor
+        executor.__exit__(None, None, None)
+        try:
+            internal = executor.internal_storage
+            keys = internal.storage.list_keys(internal.bucket,
+                                              f"lithops.jobs/{executor.executor_id}")
+            if keys:
+                internal.storage.delete_objects(internal.bucket, keys)
+            executor.data_cleaner = False  # nothing is left for the cleaner at exit
+        except Exception:  # the storage is gone: Lithops' cleaner tries again at exit
+            pass
