@@ -12,7 +12,7 @@ from planners.api import METHODS, plan
 from planners.coarsening import coarsen, expand_plan
 from planners.errors import PlanError
 from planners.plans import Plan
-from planners.problem import Objective, Problem
+from planners.problem import ANY_SCHEDULE, SCHEDULES, Objective, Problem
 from planners.profile import ModelProfile
 from planners.report import compare_table, plan_table
 
@@ -40,6 +40,9 @@ def add_plan_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--groups", type=int, default=30,
                         help="coarsen the profile to at most this many layer groups")
     parser.add_argument("--optimizer-slots", type=int, default=2, help="Adam 2, SGD 0")
+    parser.add_argument("--schedule", default="funcpipe", choices=(*SCHEDULES, ANY_SCHEDULE),
+                        help="micro-batch order; 'any' also searches one-stage 1F1B plans "
+                             "(data parallelism accumulating gradients)")
     parser.add_argument("--time-limit", type=float, default=60.0, help="miqp: s per MILP")
     parser.add_argument("-o", "--output", help="write the plan (original layer indices) here")
     parser.add_argument("--compare", action="store_true",
@@ -61,7 +64,8 @@ def _problem(args: argparse.Namespace) -> Problem:
     return Problem(profile, platforms.get(args.platform, args.platform_file), args.batch,
                    micro_batches=args.micro_batches, replica_options=args.replicas,
                    max_functions=args.max_functions, objective=objective,
-                   optimizer_slots=args.optimizer_slots)
+                   optimizer_slots=args.optimizer_slots,
+                   schedule=getattr(args, "schedule", "funcpipe"))
 
 
 def _run(problem: Problem, method: str, args: argparse.Namespace) -> Plan:

@@ -41,3 +41,21 @@ def test_compare_prints_one_row_per_method(tmp_path) -> None:
 def test_errors_exit_with_status_2(tmp_path) -> None:
     res = run("--profile", str(tmp_path / "missing.json"), "--batch", "4")
     assert res.returncode == 2 and "error" in res.stderr
+
+
+def test_schedule_any_plans_accumulating_data_parallelism_where_it_is_best(tmp_path) -> None:
+    """One layer whose 8 micro-batches of residuals fit no memory together: FuncPipe's order
+    must recompute, a one-stage 1F1B plan (accumulation) stashes."""
+    prof = tmp_path / "p.json"
+    base = synthetic.random_profile(2, 1)
+    layer = base.layers[0]
+    prof.write_text(base.__class__(base.model, (layer.__class__(
+        layer.name, 1 << 20, 1.5e9, layer.boundary_bytes_per_sample, layer.fwd_alpha,
+        layer.fwd_beta, layer.bwd_alpha, layer.bwd_beta),), base.input_bytes_per_sample,
+        base.reference_cpus).to_json())
+    out = tmp_path / "plan.json"
+    res = run("--profile", str(prof), "--batch", "8", "--micro-batches", "1",
+              "--replicas", "1", "--max-functions", "1", "--schedule", "any", "-o", str(out))
+    assert res.returncode == 0, res.stderr
+    plan = Plan.from_json(out.read_text())
+    assert plan.schedule == "1f1b" and plan.stages[0].mode == "stash"
