@@ -5,7 +5,8 @@ its cloud backends (the call pickled into Lithops' storage, a runner that loads 
 its status written back). Here its storage is a `weed mini` S3 server on 127.0.0.1 (which
 enforces If-None-Match, the workers' claim), and the job's store is a bucket on the same
 server. The same plan trained on `--platform local` is the reference: the parameters must be
-bitwise equal, with a duplicate call of one rank, and with a rank killed mid-iteration.
+bitwise equal, with a duplicate call of one rank, and with a rank killed mid-iteration (that
+one through `jaxpipe.fit(..., platform="lithops")`).
 """
 
 from __future__ import annotations
@@ -23,12 +24,14 @@ import numpy as np
 import pytest
 import yaml
 
+import jaxpipe
 from jaxpipe.errors import LithopsStorageError, LithopsWorkersError
 from jaxpipe.runtime import lithops_job
 from jaxpipe.runtime.driver import RunConfig, run_job
 from jaxpipe.runtime.event import Fault, RankEvent
 from jaxpipe.runtime.platforms.lithops import LithopsInvocation, LithopsPlatform
 from jaxpipe.runtime.train import TrainOptions, open_store, prepare, train
+from jaxpipe.runtime.zoo import zoo_setup
 from jaxpipe.tree import nest
 from planners import Plan, StagePlan
 from tests.transports.seaweedfs import seaweedfs, weed_binary
@@ -178,11 +181,19 @@ def test_a_duplicate_call_of_one_rank_runs_once(workdir, s3, on_local):
 
 
 def test_a_rank_killed_mid_iteration_under_lithops_is_recovered(workdir, s3, on_local):
-    summary = train(options(workdir, s3, "killed", "lithops",
-                            faults=(Fault(rank=2, iteration=1),)), show_progress=False)
-    assert summary.restarts == 1
+    # through the Python API: jaxpipe.fit with platform="lithops", on the zoo's own setup
+    opts = options(workdir, s3, "killed", "lithops", faults=(Fault(rank=2, iteration=1),))
+    setup = zoo_setup("mlp", {}, opts.seed, BATCH)
+    result = jaxpipe.fit(
+        setup.model, setup.loss_fn, setup.data, variables=setup.variables,
+        optimizer="momentum", learning_rate=0.05, batch_size=BATCH, iterations=ITERATIONS,
+        platform="lithops", plan=opts.plan_file, store=opts.store, progress=False,
+        **{name: getattr(opts, name) for name in ("endpoint_url", "lithops_config", "job_id",
+                                                  "checkpoint_every", "profile_cache",
+                                                  "wait_timeout_s", "run")})
+    assert result.summary.restarts == 1
+    assert_bitwise_equal(result.variables["params"], on_local[1])
     store = open_store(f"s3://{BUCKET}", s3)
-    assert_bitwise_equal(final_params(store, "killed"), on_local[1])
     bill = json.loads(store.get("jobs/killed/" + lithops_job.BILL_FILE))
     assert bill["unreported"] >= 1  # the killed call's process died before Lithops' report
 

@@ -293,7 +293,10 @@ class LithopsPlatform:
     def _stop(self, future: Any) -> None:
         """Kills one call: Lithops clears its job (each call_async is a job of its own)."""
         handler = self.executor.compute_handler
-        handler.clear(job_keys=[future.job_key], exception=True)
+        try:
+            handler.clear(job_keys=[future.job_key], exception=True)
+        except Exception:  # a backend that cannot stop it: the attempt's marker will
+            return
         if self.local:
             # With no call left, the localhost backend stops its consumers and its job manager
             # exits; a launch before it has gone would queue behind no consumer.
