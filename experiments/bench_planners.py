@@ -86,14 +86,15 @@ def timed_miqp(problem: Problem, time_limit: float) -> dict[str, object]:
 
 
 def scaling(groups_list: tuple[int, ...], repeats: int, time_limit: float,
-            before: str | None) -> list[dict[str, object]]:
-    """Section 2: median solve times per (model, groups, objective), and the revision
-    ``before`` on the weighted objective."""
+            before: str | None, schedule: str = "funcpipe") -> list[dict[str, object]]:
+    """Section 2: median solve times per (model, groups, objective) under ``schedule``
+    (``Problem.schedule``), and the revision ``before`` on the weighted objective."""
     rows: list[dict[str, object]] = []
     old = _export(before) if before else None
     for model in SCALING_MODELS:
         for groups in groups_list:
-            base = Problem(coarsen(SHAPES[model](), groups), platforms.get("aws-lambda"), 64)
+            base = Problem(coarsen(SHAPES[model](), groups), platforms.get("aws-lambda"), 64,
+                           schedule=schedule)
             ref = plan(base, "miqp", time_limit=time_limit)
             assert ref.iteration_seconds is not None and ref.iteration_dollars is not None
             for name in OBJECTIVES:
@@ -148,6 +149,8 @@ def main() -> None:
     parser.add_argument("--frontier-points", type=int, default=4)
     parser.add_argument("--repeats", type=int, default=3, help="solves per scaling cell")
     parser.add_argument("--before", default=None, help="git revision to time as 'before'")
+    parser.add_argument("--schedule", default="funcpipe", choices=("funcpipe", "1f1b", "any"),
+                        help="Problem.schedule of the scaling section")
     args = parser.parse_args()
     groups, models = (8, ["bert-large", "resnet101"]) if args.quick else (30, list(SHAPES))
     load_start = os.getloadavg()
@@ -193,10 +196,10 @@ def main() -> None:
     single = [r["solve_seconds"] for r in rows if r["method"] == "miqp-single"]
     load_rivals = os.getloadavg()
     scale = scaling((8, 12) if args.quick else (30, 60), args.repeats, args.time_limit,
-                    args.before)
+                    args.before, args.schedule)
     summary = {"median_miqp_solve_seconds": statistics.median(miqp_times),
                "median_miqp_single_solve_seconds": statistics.median(single),
-               "groups": groups, "time_limit_per_milp": args.time_limit,
+               "groups": groups, "time_limit_per_milp": args.time_limit, "schedule": args.schedule,
                "load_average_start": load_start, "load_average_after_rivals": load_rivals,
                "load_average": os.getloadavg(), "cpus": os.cpu_count()}
     stem = "bench_planners_quick" if args.quick else "bench_planners"
