@@ -124,8 +124,9 @@ def _add_train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--method", default=d.method,
                         help=f"planner when no --plan is given (default: {d.method})")
     parser.add_argument("--batch", type=int, default=d.batch, help=f"global batch ({d.batch})")
-    parser.add_argument("--iterations", type=int, default=d.iterations,
-                        help=f"iterations ({d.iterations})")
+    parser.add_argument("--iterations", type=int,  # None: the default, or the resumed job's
+                        help=f"iterations ({d.iterations}); with --resume, train the job on to "
+                        "this many")
     parser.add_argument("--optimizer", default=d.optimizer,
                         help=f"optimizer name, or module:function returning an optax "
                         f"transformation ({d.optimizer})")
@@ -140,6 +141,9 @@ def _add_train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-functions", type=int, default=d.max_functions,
                         help=f"most functions the planner may use ({d.max_functions})")
     parser.add_argument("--checkpoint-every", type=int, default=d.checkpoint_every)
+    parser.add_argument("--keep-checkpoints", type=int, default=d.run.keep_checkpoints,
+                        help="checkpoints a finished job keeps, the final one included "
+                        f"(default {d.run.keep_checkpoints}; 0: all)")
     parser.add_argument("--allreduce", default=d.allreduce, choices=("pipelined", "lambdaml"))
     parser.add_argument("--no-link", action="store_true",
                         help="do not emulate the storage bandwidth and latency")

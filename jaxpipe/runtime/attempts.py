@@ -25,8 +25,8 @@ from jaxpipe.runtime.metrics import LossRecord
 from jaxpipe.runtime.platforms import Outcome
 from transports import KeyNotFound, ObjectStore
 
-__all__ = ["RankDeath", "Recovery", "Window", "failure_message", "job_losses", "next_attempt",
-           "recovery"]
+__all__ = ["RankDeath", "Recovery", "Window", "failure_message", "job_losses", "latest_losses",
+           "next_attempt", "recovery"]
 
 _NUMBERED = re.compile(r"^(?:run|status|cancel)/(\d+)(?:/|$)|^metrics/rank\d+/(\d+)-\d+\.json$"
                        r"|^metrics/loss/\d+/(\d+)/")
@@ -109,25 +109,30 @@ def next_attempt(store: ObjectStore, keys: Keys) -> int:
 
 
 def job_losses(store: ObjectStore, keys: Keys, iterations: int) -> tuple[float, ...]:
-    """The mean loss of each iteration 0 .. iterations-1, each from the records of the latest
-    attempt that ran it (an earlier, failed attempt's records of t never count).
+    """The mean loss of each iteration 0 .. iterations-1 (`latest_losses`).
 
     Raises:
       KeyNotFound: an iteration has no loss record.
     """
     out = []
     for t in range(iterations):
-        prefix = keys.losses(t)
-        per: dict[int, list[float]] = {}
-        for key in store.list(prefix):
-            attempt = key[len(prefix):].split("/")[0]
-            if attempt.isdigit():
-                per.setdefault(int(attempt), []).extend(
-                    LossRecord.from_json(store.get(key)).losses)
-        if not per:
-            raise KeyNotFound(prefix)
-        out.append(sum(per[max(per)]) / len(per[max(per)]))
+        losses = latest_losses(store, keys, t)
+        if not losses:
+            raise KeyNotFound(keys.losses(t))
+        out.append(sum(losses) / len(losses))
     return tuple(out)
+
+
+def latest_losses(store: ObjectStore, keys: Keys, t: int) -> list[float]:
+    """Iteration t's micro-batch losses from the records of the latest attempt that ran it (an
+    earlier, failed attempt's records of t never count); [] if there are none."""
+    prefix = keys.losses(t)
+    per: dict[int, list[float]] = {}
+    for key in store.list(prefix):
+        attempt = key[len(prefix):].split("/")[0]
+        if attempt.isdigit():
+            per.setdefault(int(attempt), []).extend(LossRecord.from_json(store.get(key)).losses)
+    return per[max(per)] if per else []
 
 
 def last_line(text: str | None) -> str:

@@ -68,6 +68,8 @@ class RunConfig:
       log_dir: where rank processes write their output.
       startup_seconds: time an invocation needs before its first iteration, seconds.
       max_cost: budget of the whole run, in the platform's currency; None means no limit.
+      keep_checkpoints: complete checkpoints a finished job keeps, the final one included
+        (`checkpoint.prune`, after the summary is made); 0 keeps all.
     """
 
     invocation_seconds: float | None = None
@@ -77,6 +79,7 @@ class RunConfig:
     log_dir: str = ".jaxpipe/logs"
     startup_seconds: float = 20.0
     max_cost: float | None = None
+    keep_checkpoints: int = 3
 
 
 @dataclass
@@ -180,6 +183,8 @@ def run_job(store: ObjectStore, spec: JobSpec, start: int = 0, config: RunConfig
                 print(f"attempt {attempt}: {_why(death)}; restarting", file=sys.stderr)
                 restart = recovery(death, window, cap,  # (6)
                                    checkpoint.latest_complete(store, keys, spec.num_stages))
+                for skipped, why in checkpoint.skipped(store, keys, spec.num_stages).items():
+                    print(f"checkpoint {skipped} skipped, it is corrupt: {why}", file=sys.stderr)
                 store.delete_prefix(keys.run(attempt))
                 attempt, t, cap, ranks = attempt + 1, restart.restart_at, restart.cap, []
         except BaseException as err:

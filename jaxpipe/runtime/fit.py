@@ -150,8 +150,10 @@ def fit(model: Any, loss_fn: LossFn, data: Any, variables: Variables | None = No
 
 def fit_setup(setup: TrainingSetup, options: TrainOptions, resume: str | None = None,
               progress: bool = True,
-              announce: Callable[[Prepared, int], None] | None = None) -> FitResult:
-    """`fit` for a `TrainingSetup` and `TrainOptions` (the CLI's entry); `announce` defaults
+              announce: Callable[[Prepared, int], None] | None = None,
+              extend_to: int | None = None) -> FitResult:
+    """`fit` for a `TrainingSetup` and `TrainOptions` (the CLI's entry); `extend_to` trains a
+    resumed job on to that many iterations (`train.train`); `announce` defaults
     to printing the plan and the job's place when `progress` is on."""
     options = lithops_job.resolve(options)  # a Lithops job's store, before anything opens it
     check_options(options)  # 1: the numbers first (a batch of 0 cannot even be traced)
@@ -162,7 +164,7 @@ def fit_setup(setup: TrainingSetup, options: TrainOptions, resume: str | None = 
     if announce is None and progress:
         announce = announce_job
     summary = train(options, resume=resume, show_progress=progress, setup=setup,  # 2
-                    announce=announce)
+                    announce=announce, extend_to=extend_to)
     store = open_store(options.store, options.endpoint_url)  # 3
     spec = JobSpec.from_json(store.get(Keys(summary.job).spec, timeout=10))
     return FitResult(stored_losses(store, spec), load_variables(store, summary.job), summary,

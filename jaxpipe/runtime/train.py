@@ -10,6 +10,7 @@ simulator's predictions (a run from a plan file profiles for those only at the e
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import hashlib
 import json
@@ -27,12 +28,10 @@ from flax import nnx
 from jaxpipe import models
 from jaxpipe.errors import (
     JobExistsError,
-    NoCheckpointError,
     PlatformError,
     UnknownPlatformError,
 )
 from jaxpipe.runtime import checkpoint, dataset, evaluation, lithops_job, optim, sources, zoo
-from jaxpipe.runtime.billing import functions_gigabytes
 from jaxpipe.runtime.driver import Progress, job_id, run_job
 from jaxpipe.runtime.input_checks import (
     check_memory_floor,
@@ -51,6 +50,8 @@ from jaxpipe.runtime.planning import (
     refuse_shared_parameters,
 )
 from jaxpipe.runtime.platforms import Launcher
+from jaxpipe.runtime.progress_bar import progress_bar
+from jaxpipe.runtime.resume import claim, fill_losses, resume_point
 from jaxpipe.runtime.summary import Summary, summarize
 from jaxpipe.runtime.training_setup import TrainingSetup
 from jaxpipe.runtime.zoo import linen_module, trains_on_digits
@@ -259,52 +260,54 @@ def _upload(store: ObjectStore, job: JobSpec, staged: Staged, stages: Sequence[S
 
 def train(options: TrainOptions, resume: str | None = None, show_progress: bool = True,
           setup: TrainingSetup | None = None,
-          announce: Callable[[Prepared, int], None] | None = None) -> Summary:
+          announce: Callable[[Prepared, int], None] | None = None,
+          extend_to: int | None = None) -> Summary:
     """Prepares (or resumes) a job, runs it, and returns its summary (also stored as JSON at
-    `Keys.summary`).
+    `Keys.summary`). The job's lease is held throughout (`resume.claim`).
 
     Raises:
-      InputError: before any work (see `prepare`).
+      InputError: before any work (see `prepare`); JobRunningError: another driver holds the
+        job; JobFinishedError: a resumed job has run all its iterations (and `extend_to`,
+        the iterations to extend it to, is None).
       JobFailed: the run could not finish; its checkpoints stay for `resume`.
 
     `setup` is what to train (default: the zoo model `options.model`); `announce(prepared,
     start)` is called once the job is in the store, before any function starts.
     """
     options = lithops_job.resolve(options)
-    prepared, start = (_resumed(options, resume, setup) if resume
-                       else (prepare(options, setup), 0))
-    spec, store = prepared.spec, prepared.store
-    if announce is not None:
-        announce(prepared, start)
-    began = time.time()
-    launcher = _launcher(spec, store, options)
+    job = resume or options.job_id or job_id(options.model)
+    lease = claim(options, job, resuming=resume is not None)
     try:
-        progress = run_job(store, spec, start, options.run,
-                           on_iteration=_progress_bar(spec, start, show_progress),
-                           launcher=launcher)
+        prepared, start = (_resumed(options, job, setup, extend_to) if resume else
+                           (prepare(dataclasses.replace(options, job_id=job), setup), 0))
+        spec, store = prepared.spec, prepared.store
+        if announce is not None:
+            announce(prepared, start)
+        began = time.time()
+        launcher = _launcher(spec, store, options)
+        try:
+            progress = run_job(store, spec, start, options.run,
+                               on_iteration=progress_bar(spec, start, show_progress),
+                               launcher=launcher)
+        finally:
+            lithops_job.finish(launcher, store, spec)  # Lithops' bill and executor; else nothing
+        wall = time.time() - began
+        if show_progress:
+            print(file=sys.stderr)
+        fill_losses(store, spec, progress)  # a resumed run's summary has every iteration's
+        summary = _summarize(prepared, progress, wall)
+        _clean_up(store, spec, options.run.keep_checkpoints)
+        store.put(spec.keys.summary, json.dumps(summary.to_dict(), indent=1).encode())
+        return summary
     finally:
-        lithops_job.finish(launcher, store, spec)  # Lithops' bill and executor; else nothing
-    wall = time.time() - began
-    if show_progress:
-        print(file=sys.stderr)
-    summary = _summarize(prepared, progress, wall)
-    _clean_up(store, spec)
-    store.put(spec.keys.summary, json.dumps(summary.to_dict(), indent=1).encode())
-    return summary
+        lease.release()
 
 
 def _resumed(options: TrainOptions, job: str, setup: TrainingSetup | None,
-             ) -> tuple[Prepared, int]:
-    """A stored job and the iteration of its latest complete checkpoint (no predictions),
-    with the scratch of the interrupted run (messages, status and claims) deleted, since the
-    resumed run numbers its attempts and invocations from 0 again."""
+             extend_to: int | None) -> tuple[Prepared, int]:
+    """A stored job and where it continues (`resume.resume_point`; no predictions)."""
     store = open_store(options.store, options.endpoint_url)
-    if not store.exists(Keys(job).spec):
-        raise NoCheckpointError(f"no job {job!r} to resume in {options.store}")
-    spec = JobSpec.from_json(store.get(Keys(job).spec, timeout=1))
-    start = checkpoint.latest_complete(store, spec.keys, spec.num_stages) or 0
-    for prefix in ("run/", "status/"):
-        store.delete_prefix(spec.keys.prefix + prefix)
+    spec, start = resume_point(store, job, options.store, extend_to)
     return Prepared(spec, store, setup), start
 
 
@@ -338,27 +341,6 @@ def first_rows(tree: Any, n: int) -> Any:
     return jax.tree.map(lambda a: np.asarray(a)[:n], tree)
 
 
-def _progress_bar(spec: JobSpec, start: int, show: bool,
-                  ) -> Callable[[int, Progress], None] | None:
-    """A tqdm bar with the loss, seconds and (GB-s) dollars of each iteration, or None."""
-    if not show:
-        return None
-    from tqdm import tqdm
-
-    gigabytes = functions_gigabytes(spec.plan)
-    bar = tqdm(total=spec.iterations, initial=start, desc=spec.job_id, unit="it")
-    spent = [0.0]
-
-    def update(t: int, progress: Progress) -> None:
-        seconds = progress.times.get(t, 0.0)
-        spent[0] += spec.platform.compute_dollars(gigabytes, seconds)
-        bar.set_postfix(loss=f"{progress.losses[t]:.4f}", s_per_it=f"{seconds:.2f}",
-                        dollars=f"{spent[0]:.5f}")
-        bar.update()
-
-    return update
-
-
 def _summarize(prepared: Prepared, progress: Progress, wall: float) -> Summary:
     """Every invocation's metrics and the predictions (building the problem if it must)."""
     spec, store = prepared.spec, prepared.store
@@ -381,10 +363,12 @@ def _store_problem(store: ObjectStore, keys: Keys, problem: Problem) -> None:
     store.put(problem_key(keys), json.dumps(problem.to_dict()).encode())
 
 
-def _clean_up(store: ObjectStore, spec: JobSpec) -> None:
-    """Leaves only results (job.json, metrics, summary) and checkpoints under the job prefix."""
+def _clean_up(store: ObjectStore, spec: JobSpec, keep_checkpoints: int) -> None:
+    """Leaves only results (job.json, metrics, summary) and the last `keep_checkpoints`
+    checkpoints (0: all) under the job prefix."""
     keys = spec.keys
-    for prefix in ("run/", "status/", "data/", "xla-cache/"):
+    checkpoint.prune(store, keys, spec.num_stages, keep_checkpoints)
+    for prefix in ("run/", "status/", "data/", "xla-cache/", "cancel/"):
         store.delete_prefix(keys.prefix + prefix)
     store.delete(keys.bundle)
     store.delete(keys.optimizer)

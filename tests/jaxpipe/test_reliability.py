@@ -9,15 +9,26 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
+import signal
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 
-from jaxpipe.errors import JobFailed, NonFiniteLossError
+from jaxpipe.errors import JobFailed, JobFinishedError, JobRunningError, NonFiniteLossError
+from jaxpipe.runtime.arrays import decode_named
 from jaxpipe.runtime.cancel import cancellation
 from jaxpipe.runtime.driver import RunConfig, run_job
-from jaxpipe.runtime.train import Prepared, TrainOptions, prepare
+from jaxpipe.runtime.event import Fault
+from jaxpipe.runtime.job import Keys
+from jaxpipe.runtime.lease import DriverLease
+from jaxpipe.runtime.metrics import LossRecord
+from jaxpipe.runtime.summary import Summary
+from jaxpipe.runtime.train import Prepared, TrainOptions, open_store, prepare, train
 from planners import Plan, StagePlan
 
 BATCH, ITERATIONS = 16, 3
@@ -65,3 +76,102 @@ def test_a_diverging_loss_ends_the_job_with_an_error(workdir):
         run_job(job.store, job.spec, config=RunConfig(log_dir=str(workdir / "logs"), link=False))
     marker = cancellation(job.store, job.spec.keys, 0)
     assert marker is not None and "NonFiniteLossError" in marker.reason
+
+
+# -- resume always works -------------------------------------------------------------------------
+
+CRASHING_DRIVER = """
+import os, signal, sys
+from pathlib import Path
+from tests.jaxpipe.test_reliability import options
+from jaxpipe.runtime.driver import run_job
+from jaxpipe.runtime.job import Keys
+from jaxpipe.runtime.lease import DriverLease
+from jaxpipe.runtime.train import prepare
+
+workdir, job = Path(sys.argv[1]), sys.argv[2]
+opts = options(workdir, job)
+job_prepared = prepare(opts)
+DriverLease.acquire(job_prepared.store, Keys(job))
+
+def crash(t, progress):
+    if t == 0:  # the machine dies: the driver and every rank at once, mid-run (or, if the
+        # ranks ran ahead to the end, before the summary: the resume must finish it either way)
+        os.killpg(0, signal.SIGKILL)
+
+run_job(job_prepared.store, job_prepared.spec, config=opts.run, on_iteration=crash)
+"""
+
+
+def final_params(store, job: str, t: int = ITERATIONS) -> dict[str, Any]:
+    params: dict[str, Any] = {}
+    for k in range(len(PLAN.stages)):
+        key = f"jobs/{job}/ckpt/{t:08d}/stage{k}/params"
+        params.update(decode_named(store.get(key), key))
+    return params
+
+
+def assert_bitwise(a: dict[str, Any], b: dict[str, Any]) -> None:
+    assert sorted(a) == sorted(b)
+    for path in a:
+        np.testing.assert_array_equal(a[path], b[path], err_msg=path)
+
+
+@pytest.fixture(scope="module")
+def fault_free(workdir) -> tuple[Summary, dict[str, Any]]:
+    summary = train(options(workdir, "fault-free"), show_progress=False)
+    return summary, final_params(open_store(str(workdir / "store")), "fault-free")
+
+
+def test_a_crash_of_the_driver_and_every_rank_resumes_to_the_same_parameters(workdir, fault_free):
+    crashed = subprocess.run([sys.executable, "-c", CRASHING_DRIVER, str(workdir), "crash"],
+                             cwd=Path(__file__).parents[2], start_new_session=True,
+                             capture_output=True, text=True, timeout=600)
+    assert crashed.returncode == -signal.SIGKILL, crashed.stderr[-3000:]
+    store = open_store(str(workdir / "store"))
+    keys = Keys("crash")
+    assert store.exists(keys.driver)  # the dead driver's lease, its claims and messages
+    assert any(k.endswith(".claim") for k in store.list(keys.prefix + "status/0/"))
+    # a stale record of the crashed attempt for an iteration it never finished
+    store.put(keys.loss(ITERATIONS - 1, 1, 0), LossRecord.of({0: 99.0}).to_json())
+    summary = train(options(workdir, "crash"), resume="crash", show_progress=False)
+    assert_bitwise(final_params(store, "crash"), fault_free[1])
+    assert summary.losses == fault_free[0].losses  # every iteration's, none of them 99.0
+    assert not store.exists(keys.driver) and not store.list(keys.prefix + "run/")
+
+    before = store.get(keys.summary)
+    with pytest.raises(JobFinishedError, match=f"job crash already finished its {ITERATIONS} "
+                                               "iterations .*pass --iterations N"):
+        train(options(workdir, "crash"), resume="crash", show_progress=False)
+    assert store.get(keys.summary) == before
+
+
+def test_a_corrupt_latest_checkpoint_falls_back_to_the_one_before(workdir, fault_free, capfd):
+    store = open_store(str(workdir / "store"))
+    job = "fallback"
+    killed = options(workdir, job, run=RunConfig(log_dir=str(workdir / "logs"), link=False,
+                                                 max_restarts=0, faults=(Fault(1, 2),)))
+    with pytest.raises(JobFailed):  # rank 1 dies in iteration 2; checkpoint 2 is the latest
+        train(killed, show_progress=False)
+    latest = f"jobs/{job}/ckpt/{2:08d}/stage1/params"
+    store.put(latest, store.get(latest)[:100])  # truncated
+    summary = train(options(workdir, job), resume=job, show_progress=False)
+    assert "checkpoint 2 skipped, it is corrupt: stage 1 params: object " \
+        f"'{latest}' is truncated" in capfd.readouterr().err
+    assert summary.restarts == 1
+    assert_bitwise(final_params(store, job), fault_free[1])
+    assert summary.losses == fault_free[0].losses
+    with pytest.raises(JobFinishedError, match="cannot run further"):  # programs cleaned up
+        train(options(workdir, job), resume=job, show_progress=False, extend_to=ITERATIONS + 1)
+
+
+def test_a_second_start_of_a_running_job_id_is_refused(workdir):
+    store = open_store(str(workdir / "store"))
+    lease = DriverLease.acquire(store, Keys("busy"))
+    try:
+        with pytest.raises(JobRunningError, match=f"job busy is held by another driver "
+                                                  f"\\(pid {os.getpid()} on host"):
+            train(options(workdir, "busy"), show_progress=False)
+    finally:
+        lease.release()
+    assert not store.list("jobs/busy/")
