@@ -1,6 +1,7 @@
 """Serverless platform catalog: memory options, CPU share, storage links and prices.
 
-``get(name)`` returns a frozen ``Platform`` for ``aws-lambda``, ``alibaba-fc`` or ``local``; an
+``get(name)`` returns a frozen ``Platform`` for ``aws-lambda``, ``alibaba-fc``, ``local`` or
+``local-small`` (the local platform with small functions: the default job's); an
 optional TOML or JSON file overrides any field, because prices change and bandwidth and latency
 must be calibrated on the machine at hand. Tags in comments: [DOC url] vendor documentation,
 [CODE file] FuncPipe's reference code (the authors' release of the paper cited in
@@ -251,7 +252,24 @@ _LOCAL = Platform(
     safety_margin_mb=200.0,  # [CODE _data_translate.py:195]
 )
 
-_CATALOG = {p.name: p for p in (_AWS, _ALIBABA, _LOCAL)}
+_LOCAL_SMALL = dataclasses.replace(
+    _LOCAL,
+    name="local-small",
+    # Small functions, as the first run trains on (`jaxpipe train` without flags): 1-3 GB of
+    # memory, half a CPU each [ASSUMED: a 1 GB Lambda gets 0.58 vCPU at 1769 MB per vCPU,
+    # DOC docs.aws.amazon.com/lambda/latest/dg/configuration-memory.html; four such functions
+    # are the two cores of the machine the default job is sized for], and a small function's
+    # share of the network to storage, 10 MB/s each way [ASSUMED, below the 70 MB/s of ABS1,
+    # which is a large function's; calibrate with `jaxpipe calibrate`]. The local launcher
+    # emulates the link exactly (`ThrottledStore`) and the CPU share by running each function
+    # on one thread.
+    memory_options_mb=(1024, 2048, 3072),
+    max_cpus=0.5,
+    uplink_bytes_per_s=10 * MB,
+    downlink_bytes_per_s=10 * MB,
+)
+
+_CATALOG = {p.name: p for p in (_AWS, _ALIBABA, _LOCAL, _LOCAL_SMALL)}
 
 
 def names() -> tuple[str, ...]:

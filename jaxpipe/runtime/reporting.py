@@ -4,7 +4,8 @@ where the results are at the end.
 The plan is printed as `jaxpipe plan` prints it (`planners.report.plan_table`: stages, layers,
 memory, replicas, predicted seconds and dollars per iteration) when the job has a planning
 problem and the plan carries predictions; otherwise (a resumed job, a hand-written plan) as a
-bare stage table.
+bare stage table. A planned job's table is followed by the planner's comparison: the same
+problem's best plan on one function and its best data-parallel plan (`first_job.comparison`).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import sys
 from collections.abc import Mapping
 from typing import TextIO
 
+from jaxpipe.runtime.first_job import comparison
 from jaxpipe.runtime.train import Prepared
 from planners import Plan
 from planners.report import plan_table
@@ -24,7 +26,9 @@ def plan_text(prepared: Prepared) -> str:
     """The job's plan, as `jaxpipe plan` prints it when it can be (see the module docstring)."""
     plan = prepared.spec.plan
     if prepared.problem is not None and plan.iteration_seconds is not None:
-        return plan_table(plan, prepared.problem())
+        problem = prepared.problem()
+        return (plan_table(plan, problem) + "\n\nthe planner's comparison (predicted):\n"
+                + comparison(problem, plan))
     return _stage_table(plan)
 
 

@@ -1,7 +1,8 @@
 """The zoo as one source of training setups: a model name becomes a `TrainingSetup`.
 
 The MLP family trains on scikit-learn's digits and is scored on their held-out part
-(`accuracy`); every other model trains on two global batches of its own synthetic data.
+(`accuracy`); `resnet18-digits`, the default job's model (`first_job`), on the same digits as
+images; every other model trains on two global batches of its own synthetic data.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from numpy.typing import NDArray
 
 from jaxpipe import models
 from jaxpipe.errors import UnknownModelError, UnsupportedModelError
+from jaxpipe.runtime import first_job
 from jaxpipe.runtime.training_setup import TrainingSetup
 
 __all__ = ["accuracy", "linen_module", "trains_on_digits", "training_data", "zoo_setup"]
@@ -32,9 +34,12 @@ def zoo_setup(name: str, overrides: dict[str, Any], seed: int, batch: int) -> Tr
 
     An NNX family's module is built from `seed` (`ModelSpec.build`) and holds its variables.
     """
+    if name in first_job.NAMES:  # the default job's model: a zoo config with its real data
+        return first_job.setup(name, overrides, seed)
     if name not in models.names():
-        raise UnknownModelError(f"unknown model {name!r}; choose one of {models.names()} or "
-                                "pass an import path, mypkg.models:make")
+        raise UnknownModelError(f"unknown model {name!r}; choose one of "
+                                f"{models.names() + first_job.NAMES} or pass an import path, "
+                                "mypkg.models:make")
     spec = models.get(name, **overrides)
     if spec.kind == "nnx":
         data, _ = training_data(spec, seed, batch)

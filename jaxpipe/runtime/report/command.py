@@ -7,7 +7,7 @@ import argparse
 from pathlib import Path
 
 __all__ = ["DEFAULT_REPORTS", "add_gc_arguments", "add_jobs_arguments", "add_report_arguments",
-           "run_gc", "run_jobs", "run_report"]
+           "report_text", "run_gc", "run_jobs", "run_report"]
 
 DEFAULT_REPORTS = ".jaxpipe/reports"
 """Where `jaxpipe report JOB` writes, as `<this>/<JOB>/`, without `--out`."""
@@ -72,3 +72,19 @@ def run_gc(args: argparse.Namespace) -> int:
     print(collected_text(collect(open_store(args.store, args.endpoint_url),
                                  dry_run=args.dry_run), args.dry_run))
     return 0
+
+
+def report_text(store: str, job: str, out: str | Path | None = None) -> str:
+    """Writes a finished `jaxpipe train` job's report (`DEFAULT_REPORTS`/JOB) and says where
+    it is, with the Chrome trace; a report that cannot be written says why instead."""
+    from jaxpipe.runtime.report.page import write_report
+    from jaxpipe.runtime.train import open_store
+
+    folder = Path(out) if out else Path(DEFAULT_REPORTS) / job
+    try:
+        files = write_report(open_store(store), job, folder)
+    except (OSError, ValueError) as err:  # the run is done: a report failure must not hide it
+        return (f"{'report:':13s} not written ({err}); try `jaxpipe report {job} --store "
+                f"{store}`")
+    return (f"{'report:':13s} {files.page} (open {files.page.resolve().as_uri()})\n"
+            f"{'trace:':13s} {files.trace} (Chrome trace: chrome://tracing, ui.perfetto.dev)")
