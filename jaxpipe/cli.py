@@ -154,6 +154,17 @@ def _add_train_arguments(parser: argparse.ArgumentParser) -> None:
                         help="stop before the run would spend more than this many dollars")
     parser.add_argument("--function-prefix", default=d.function_prefix,
                         help="aws-lambda: ranks run on <prefix>-<memory MB>")
+    parser.add_argument("--region", help="aws-lambda: the functions' and the bucket's region "
+                        "(default: AWS_REGION or AWS_DEFAULT_REGION, else the AWS profile's; "
+                        "never a silent default)")
+    parser.add_argument("--wait-timeout", dest="wait_timeout_s", type=float,
+                        default=d.wait_timeout_s,
+                        help="seconds a rank waits for any one message; the first window's "
+                        "must cover every upstream stage's cold start and compile "
+                        f"({d.wait_timeout_s:g})")
+    parser.add_argument("--no-compile-cache", dest="compile_cache", action="store_false",
+                        help="compile every stage in every fresh function (default: share the "
+                        "compiled programs through the store)")
     parser.add_argument("--lithops-config", metavar="FILE",
                         help="lithops: the Lithops config (backend, storage, runtime) that "
                         "--platform lithops runs ranks with")

@@ -45,6 +45,8 @@ class TrainOptions:
     profile_cache: str = ".jaxpipe/profiles"
     wait_timeout_s: float = 120.0
     function_prefix: str = FUNCTION_PREFIX  # aws-lambda: ranks run on <prefix>-<memory MB>
+    region: str | None = None  # aws-lambda: --region, else AWS_REGION / AWS_DEFAULT_REGION
+    aws_checks: bool = True  # aws-lambda: check the account first (`platforms.aws_preflight`)
     lithops_config: str | None = None  # lithops: the Lithops config file (its own format)
     run: RunConfig = field(default_factory=RunConfig)
     plan: Plan | None = None

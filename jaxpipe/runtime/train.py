@@ -107,10 +107,13 @@ class _Checked:
     job_id: str
 
 
-def open_store(location: str, endpoint_url: str | None = None) -> ObjectStore:
-    """`s3://bucket` (any S3 API server with `endpoint_url`) or a directory for a FileStore."""
+def open_store(location: str, endpoint_url: str | None = None,
+               region_name: str | None = None) -> ObjectStore:
+    """`s3://bucket` (any S3 API server with `endpoint_url`; in `region_name` if given) or a
+    directory for a FileStore."""
     if location.startswith("s3://"):
-        return S3Store(location[5:].strip("/"), endpoint_url=endpoint_url)
+        return S3Store(location[5:].strip("/"), endpoint_url=endpoint_url,
+                       region_name=region_name)
     return FileStore(location)
 
 
@@ -192,6 +195,14 @@ def _validate(options: TrainOptions, setup: TrainingSetup | None) -> _Checked:
     platform = (lithops_job.job_platform(options) if options.platform == lithops_job.PLATFORM
                 else platforms.get(options.platform, options.platform_file))
     store = open_store(options.store, options.endpoint_url)
+    if options.platform == "aws-lambda":  # region, functions, versions, quota (`aws_preflight`)
+        from jaxpipe.runtime.platforms import aws_preflight
+
+        region = aws_preflight.train_region(options.region)
+        if options.aws_checks:
+            platform = aws_preflight.check_train(options, platform,
+                                                 options.plan or _read_plan(options.plan_file))
+        store = open_store(options.store, options.endpoint_url, region)
     job = options.job_id or job_id(options.model)
     if store.exists(Keys(job).spec):
         raise JobExistsError(f"job {job} already exists in the store; resume it with "
@@ -318,9 +329,14 @@ def _launcher(spec: JobSpec, store: ObjectStore, options: TrainOptions) -> Launc
         return lithops_job.launcher(spec, store, options)
     if spec.platform.name != "aws-lambda":
         return None
-    from jaxpipe.runtime.platforms.aws import AwsLambdaPlatform
+    from jaxpipe.runtime.platforms import aws_preflight
+    from jaxpipe.runtime.platforms.aws import AwsLambdaPlatform, lambda_client
 
-    return AwsLambdaPlatform(spec.platform, store, function_prefix=options.function_prefix)
+    client = lambda_client(region_name=aws_preflight.train_region(options.region))
+    if options.aws_checks:  # a resumed job's plan too
+        aws_preflight.check_train(options, spec.platform, spec.plan, lam=client)
+    return AwsLambdaPlatform(spec.platform, store, client,
+                             function_prefix=options.function_prefix)
 
 
 def training_data(model: models.ModelSpec, options: TrainOptions,

@@ -34,6 +34,7 @@ SERVICES = ("lambda", "iam", "s3", "ecr", "logs", "sts")
 OPERATOR_CODE = [*sorted((REPO / "jaxpipe" / "deploy").glob("*.py")),
                  REPO / "jaxpipe" / "runtime" / "platforms" / "aws.py",
                  REPO / "jaxpipe" / "runtime" / "platforms" / "aws_tasks.py",
+                 REPO / "jaxpipe" / "runtime" / "platforms" / "aws_preflight.py",
                  REPO / "transports" / "s3_store.py"]
 # What a worker function runs: the store, and the probe's read.
 WORKER_CODE = [REPO / "transports" / "s3_store.py", REPO / "jaxpipe" / "deploy" / "probe.py"]
