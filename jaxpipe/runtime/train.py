@@ -31,7 +31,16 @@ from jaxpipe.errors import (
     PlatformError,
     UnknownPlatformError,
 )
-from jaxpipe.runtime import checkpoint, dataset, evaluation, lithops_job, optim, sources, zoo
+from jaxpipe.runtime import (
+    checkpoint,
+    dataset,
+    evaluation,
+    first_job,
+    lithops_job,
+    optim,
+    sources,
+    zoo,
+)
 from jaxpipe.runtime.driver import Progress, job_id, run_job
 from jaxpipe.runtime.input_checks import (
     check_memory_floor,
@@ -68,7 +77,7 @@ __all__ = ["Prepared", "TrainOptions", "TrainingSetup", "dataset_bytes", "first_
            "linen_module", "open_store", "prepare", "train", "trains_on_digits",
            "training_data"]
 
-RUNNABLE_PLATFORMS = ("local", "aws-lambda", lithops_job.PLATFORM)
+RUNNABLE_PLATFORMS = ("local", "local-small", "aws-lambda", lithops_job.PLATFORM)
 
 MIB = 2**20
 DATA_CACHE_SHARE = 0.25
@@ -232,7 +241,7 @@ def _state_kinds(traced: Traced) -> dict[str, Any]:
 def _profile_name(setup: TrainingSetup, options: TrainOptions) -> str:
     """The zoo name, or the model's label and a hash of its config and variable shapes (the
     profile cache's key)."""
-    if setup.name in models.names():
+    if setup.name in (*models.names(), *first_job.NAMES):
         return setup.label
     if isinstance(setup.model, nnx.Module):  # its repr holds its arrays: their shapes do
         shapes = jax.tree.map(np.shape, nnx.state(setup.model))

@@ -23,9 +23,11 @@ import optax
 
 from jaxpipe import models
 from jaxpipe.errors import DataFileError, ImportPathError
+from jaxpipe.runtime import first_job
 from jaxpipe.runtime.driver import RunConfig
 from jaxpipe.runtime.fit import FitResult, check_optimizer, fit_setup
 from jaxpipe.runtime.options import TrainOptions
+from jaxpipe.runtime.report.command import report_text
 from jaxpipe.runtime.reporting import where_text
 from jaxpipe.runtime.training_setup import TrainingSetup
 from jaxpipe.runtime.variables import save_variables
@@ -82,7 +84,7 @@ def load_npz(path: str, inputs: str = "inputs", targets: str = "targets",
 
 def setup_from_args(args: argparse.Namespace) -> TrainingSetup:
     """The setup `--model` names, with `--data` in place of its data if given."""
-    if args.model in models.names():
+    if args.model in (*models.names(), *first_job.NAMES):
         setup = zoo_setup(args.model, {}, args.seed, args.batch)
     else:
         make = resolve_import_path(args.model, "--model")
@@ -145,4 +147,5 @@ def run_train(args: argparse.Namespace) -> FitResult:
             json.dump(summary.to_dict(), f, indent=1)
         print(f"wrote {args.out}")
     print(where_text(result.store, result.where, saved))
+    print(report_text(result.store, result.job_id))
     return result
