@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import sys
 import time
 import traceback
@@ -198,6 +199,7 @@ def deadline_refusal(event: RankEvent, context: LambdaContext | None,
 
 def main() -> int:
     """`python -m jaxpipe.runtime.worker`: reads one event as JSON on stdin (the local platform)."""
+    _die_with_parent()
     event = parse_event(json.loads(sys.stdin.read()))
     if isinstance(event, TaskEvent):
         print(json.dumps(handler(event.to_dict())))
@@ -211,6 +213,22 @@ def main() -> int:
         _exit_now(None, code=1)
     print(json.dumps(result))
     return 0
+
+
+def _die_with_parent() -> None:
+    """On Linux, has the kernel SIGKILL this process when its parent (the local driver) dies,
+    so a killed driver leaves no rank running; elsewhere the driver's heartbeat does it, late
+    (`cancel.RankWatch`)."""
+    parent = os.getppid()
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != parent:  # the parent died before the request took effect
+        _exit_now("the driver is gone", code=3)
 
 
 def _exit_now(reason: str | None, code: int = 3) -> None:

@@ -13,6 +13,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +31,7 @@ from jaxpipe.runtime.metrics import LossRecord
 from jaxpipe.runtime.summary import Summary
 from jaxpipe.runtime.train import Prepared, TrainOptions, open_store, prepare, train
 from planners import Plan, StagePlan
+from transports import ObjectStore, RetryPolicy, TransientStoreError
 
 BATCH, ITERATIONS = 16, 3
 # Two stages: stage 1 waits for stage 0's activations, which never come if stage 0 fails.
@@ -175,3 +177,127 @@ def test_a_second_start_of_a_running_job_id_is_refused(workdir):
     finally:
         lease.release()
     assert not store.list("jobs/busy/")
+
+
+# -- the driver survives its own faults ----------------------------------------------------------
+
+class OutageStore(ObjectStore):
+    """A store whose every request fails transiently while an outage lasts (`begin(s)`)."""
+
+    def __init__(self, store: ObjectStore) -> None:
+        super().__init__(poll=store.poll, retry=RetryPolicy(max_attempts=2, initial_s=0.01,
+                                                            max_s=0.01))
+        self.store, self.until, self.failed = store, 0.0, 0
+
+    def begin(self, seconds: float) -> None:
+        self.until = time.monotonic() + seconds
+
+    def _call(self, attempt):  # type: ignore[override]
+        if time.monotonic() < self.until:
+            self.failed += 1
+            time.sleep(0.01)
+            raise TransientStoreError("outage")
+        return super()._call(attempt)
+
+    def _put(self, key, data):
+        self.store.put(key, data)
+
+    def _put_if_absent(self, key, data):
+        return self.store.put_if_absent(key, data)
+
+    def _get(self, key):
+        return self.store.get(key)
+
+    def _exists(self, key):
+        return self.store.exists(key)
+
+    def _delete(self, key):
+        self.store.delete(key)
+
+    def _list(self, prefix):
+        return self.store.list(prefix), 1
+
+    def _spec(self):
+        return self.store._spec()  # the ranks reach the store itself
+
+
+def test_the_driver_rides_a_store_outage(workdir, fault_free):
+    job = prepare(options(workdir, "outage"))
+    store = OutageStore(job.store)
+
+    def outage(t: int, progress) -> None:
+        if t == ITERATIONS - 1:  # the window's end: statuses and metrics are read in it
+            store.begin(6.0)
+
+    run_job(store, job.spec, config=RunConfig(log_dir=str(workdir / "logs"), link=False),
+            on_iteration=outage)
+    assert store.failed > 0
+    assert_bitwise(final_params(job.store, "outage"), fault_free[1])
+
+
+def driver_command(workdir: Path, job: str, iterations: int) -> list[str]:
+    return [sys.executable, "-m", "jaxpipe.cli", "train", "--model", "mlp", "--plan",
+            str(workdir / "plan.json"), "--batch", str(BATCH), "--iterations", str(iterations),
+            "--optimizer", "momentum", "--lr", "0.05", "--store", str(workdir / "store"),
+            "--job-id", job, "--checkpoint-every", "1", "--profile-cache",
+            str(workdir / "profiles"), "--no-link"]
+
+
+def group_members(pgid: int) -> list[int]:
+    out = []
+    for entry in os.listdir("/proc"):
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if fields[0] != "Z" and int(fields[2]) == pgid:
+            out.append(int(entry))
+    return out
+
+
+def started_driver(workdir: Path, job: str, iterations: int) -> subprocess.Popen:
+    """A `jaxpipe train` driver in a process group of its own, once its checkpoint 1 is done."""
+    driver = subprocess.Popen(driver_command(workdir, job, iterations),
+                              cwd=Path(__file__).parents[2], start_new_session=True,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    store = open_store(str(workdir / "store"))
+    done = [Keys(job).checkpoint(1, k, "done") for k in range(len(PLAN.stages))]
+    deadline = time.monotonic() + 600
+    while not all(store.exists(k) for k in done) and driver.poll() is None:
+        assert time.monotonic() < deadline, "the driver never reached checkpoint 1"
+        time.sleep(0.2)
+    return driver
+
+
+def wait_empty(pgid: int) -> list[int]:
+    deadline = time.monotonic() + 30
+    while (left := group_members(pgid)) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    return left
+
+
+def test_sigterm_of_the_driver_cancels_the_attempt_and_leaves_the_job_resumable(workdir):
+    driver = started_driver(workdir, "sigterm", 60)
+    assert driver.poll() is None, "the job ended before it could be stopped"
+    driver.send_signal(signal.SIGTERM)
+    _, err = driver.communicate(timeout=120)
+    assert driver.returncode == 1, err[-3000:]
+    assert "jaxpipe: DriverStopped: the driver was stopped (SIGTERM received)" in err
+    assert "is resumable: jaxpipe train --resume sigterm" in err
+    assert wait_empty(driver.pid) == []  # no rank outlived it
+    store = open_store(str(workdir / "store"))
+    marker = cancellation(store, Keys("sigterm"), 0)
+    assert marker is not None and marker.by == "driver" and "SIGTERM" in marker.reason
+    assert not store.exists(Keys("sigterm").driver)  # the lease was released
+    summary = train(options(workdir, "sigterm", iterations=60), resume="sigterm",
+                    show_progress=False)
+    assert len(summary.losses) == 60 and all(np.isfinite(summary.losses))
+
+
+def test_ranks_die_with_a_killed_driver(workdir):
+    driver = started_driver(workdir, "sigkill", 60)
+    assert driver.poll() is None, "the job ended before it could be killed"
+    driver.kill()
+    driver.communicate(timeout=60)
+    assert wait_empty(driver.pid) == []
