@@ -7,6 +7,7 @@ Every key of a job lives under `jobs/<job-id>/` (docs/design.md), laid out as:
     optimizer.zip                     the exported optimizer programs (`runtime.optimizer`)
     data/<shard>                      dataset shards (codec: {"leaf0": ..., "leaf1": ...})
     ckpt/<t>/stage<k>/{params,opt,state,done}   stage k before iteration t
+    ckpt/<t>/stage<k>/corrupt         a part did not decode: restarts skip t (`checkpoint`)
     run/<attempt>/it/<t>/act/<s>/<m>  activations of micro-batch m leaving stage s
     run/<attempt>/it/<t>/grad/<s>/<m> cotangents of micro-batch m leaving stage s (backwards)
     run/<attempt>/it/<t>/sync/<s>     the all-reduce group of stage s (a prefix)
@@ -19,10 +20,14 @@ Every key of a job lives under `jobs/<job-id>/` (docs/design.md), laid out as:
     cancel/<attempt>                  the attempt's cancellation marker (`runtime.cancel`)
     driver.json                       the running driver's lease and heartbeat (`runtime.lease`)
     results/summary.json              the run's `summary.Summary`
+    results/summary-<n>.json          the summary of its first n iterations, kept when a
+                                      finished job is extended (`runtime.resume`)
     xla-cache/<host>/stage<k>/<entry> compiled programs of stage k (`runtime.compile_cache`)
 
-A restart after a crash uses a new attempt number, so messages of the failed attempt can never
-be mistaken for new ones.
+A restart after a crash, and a resume, use a new attempt number (one more than any the keys
+show, `attempts.next_attempt`), so messages, claims and losses of a failed attempt can never be
+mistaken for new ones. A finished job keeps job.json, its last checkpoints, metrics/ and
+results/.
 """
 
 from __future__ import annotations
