@@ -22,8 +22,11 @@ given explicitly; they are never part of the store's spec.
 
 from __future__ import annotations
 
+import base64
 import concurrent.futures
 import contextlib
+import hashlib
+import urllib.parse
 from collections.abc import Callable
 from typing import Any, Protocol
 
@@ -36,7 +39,7 @@ import botocore.exceptions  # pyright: ignore[reportMissingTypeStubs]
 from transports.retry import Backoff, RetryPolicy
 from transports.store import KeyNotFound, ObjectStore, StoreError, TransientStoreError
 
-__all__ = ["S3Store"]
+__all__ = ["S3Store", "add_content_md5", "addressing_style_for"]
 
 _NOT_FOUND = {"NoSuchKey", "404", "NotFound"}
 _TRANSIENT_CODES = {"SlowDown", "Throttling", "ThrottlingException", "RequestLimitExceeded",
@@ -99,6 +102,42 @@ def _translate(err: Exception, key: str) -> Exception:
     return err
 
 
+def _is_oss(endpoint_url: str | None) -> bool:
+    host = urllib.parse.urlsplit(endpoint_url).hostname or "" if endpoint_url else ""
+    return host.endswith(".aliyuncs.com")
+
+
+def add_content_md5(request: Any, **_: Any) -> None:
+    """botocore hook: a Content-MD5 header of the request's body (Alibaba OSS's S3 API refuses
+    a DeleteObjects without one, and botocore now sends a CRC32 checksum instead).
+
+    Example:
+      >>> from botocore.awsrequest import AWSRequest
+      >>> request = AWSRequest("POST", "https://b.example/?delete", data=b"<Delete/>")
+      >>> add_content_md5(request); request.headers["Content-MD5"]
+      'ePbrFwvNFIRnzBrIv+T8Ag=='
+    """
+    body = request.body or b""
+    body = body.encode() if isinstance(body, str) else bytes(body)
+    request.headers["Content-MD5"] = base64.b64encode(hashlib.md5(body).digest()).decode()
+
+
+def addressing_style_for(endpoint_url: str | None) -> str | None:
+    """The addressing style an endpoint takes: None (boto3's choice) for AWS itself, "virtual"
+    for Alibaba OSS (`*.aliyuncs.com`, whose S3 API refuses path-style requests), "path" for
+    any other server (MinIO, Ceph, SeaweedFS, s3rver and moto on 127.0.0.1 have no per-bucket
+    host names).
+
+    Example:
+      >>> addressing_style_for("https://s3.oss-cn-hangzhou.aliyuncs.com"), addressing_style_for(
+      ...     "http://127.0.0.1:9000"), addressing_style_for(None)
+      ('virtual', 'path', None)
+    """
+    if endpoint_url is None:
+        return None
+    return "virtual" if _is_oss(endpoint_url) else "path"
+
+
 class S3Store(ObjectStore):
     """A store in an S3 bucket, under a key prefix.
 
@@ -113,6 +152,8 @@ class S3Store(ObjectStore):
       multipart_concurrency: parts uploaded at once.
       max_pool_connections: HTTP connections the client keeps; >= the threads sharing it.
       aws_access_key_id, aws_secret_access_key: explicit credentials (else boto3's chain).
+      addressing_style: "path" (the bucket in the URL's path) or "virtual" (in its host name);
+        None chooses by endpoint (`addressing_style_for`).
       poll, retry: see `ObjectStore`.
     """
 
@@ -121,7 +162,8 @@ class S3Store(ObjectStore):
                  multipart_threshold: int = 64 << 20, multipart_chunksize: int = 16 << 20,
                  multipart_concurrency: int = 4, max_pool_connections: int = 64,
                  aws_access_key_id: str | None = None, aws_secret_access_key: str | None = None,
-                 poll: Backoff | None = None, retry: RetryPolicy | None = None) -> None:
+                 addressing_style: str | None = None, poll: Backoff | None = None,
+                 retry: RetryPolicy | None = None) -> None:
         super().__init__(poll=poll, retry=retry)
         if prefix and not prefix.endswith("/"):
             raise ValueError(f"S3Store prefix {prefix!r} must be '' or end with '/'")
@@ -136,10 +178,11 @@ class S3Store(ObjectStore):
         self.multipart_chunksize = multipart_chunksize
         self.multipart_concurrency = multipart_concurrency
         self.max_pool_connections = max_pool_connections
+        self.addressing_style = addressing_style or addressing_style_for(endpoint_url)
         config = botocore.config.Config(
             retries={"total_max_attempts": 1, "mode": "standard"},
             max_pool_connections=max_pool_connections,
-            s3={"addressing_style": "path"} if endpoint_url else None,
+            s3={"addressing_style": self.addressing_style} if self.addressing_style else None,
             # Checksums: the codec checks payloads itself; skip botocore's extra CRC pass.
             request_checksum_calculation="when_required",
             response_checksum_validation="when_required")
@@ -150,7 +193,10 @@ class S3Store(ObjectStore):
             session = boto3.Session(aws_access_key_id=aws_access_key_id,
                                     aws_secret_access_key=aws_secret_access_key,
                                     region_name="us-east-1")
-        self.client: _S3Client = session.client("s3", endpoint_url=endpoint_url, config=config)
+        client = session.client("s3", endpoint_url=endpoint_url, config=config)
+        if _is_oss(endpoint_url):  # OSS wants Content-MD5 on DeleteObjects; botocore sends CRC32
+            client.meta.events.register("before-sign.s3.DeleteObjects", add_content_md5)
+        self.client: _S3Client = client
         if create_bucket:
             self.create_bucket()
 
@@ -273,4 +319,5 @@ class S3Store(ObjectStore):
                 "multipart_chunksize": self.multipart_chunksize,
                 "multipart_concurrency": self.multipart_concurrency,
                 "max_pool_connections": self.max_pool_connections,
+                "addressing_style": self.addressing_style,
                 "poll": self.poll.to_dict(), "retry": self.retry.to_dict()}

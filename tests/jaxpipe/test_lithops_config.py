@@ -172,7 +172,7 @@ def test_the_job_store_must_have_an_s3_api_and_be_reachable(tmp_path):
     aliyun = write(tmp_path, deploy.config_template("aliyun_fc", "jobs", "cn-hangzhou"), "a.yaml")
     derived = lithops_job.resolve(TrainOptions(platform="lithops", lithops_config=aliyun))
     assert (derived.store, derived.endpoint_url) == ("s3://jobs",
-                                                     "https://oss-cn-hangzhou.aliyuncs.com")
+                                                     "https://s3.oss-cn-hangzhou.aliyuncs.com")
     given = lithops_job.resolve(TrainOptions(platform="lithops", lithops_config=aliyun,
                                              store="s3://mine", endpoint_url="http://x"))
     assert (given.store, given.endpoint_url) == ("s3://mine", "http://x")

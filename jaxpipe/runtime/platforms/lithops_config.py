@@ -330,9 +330,8 @@ def store_location(settings: LithopsSettings, store: str, endpoint_url: str | No
 
 def _endpoint(storage: str, section: dict[str, Any]) -> str | None:
     """The S3 endpoint of a Lithops storage section (None: AWS's own)."""
-    if storage == "aliyun_oss":  # OSS's S3-compatible API lives on the same host
-        host = section.get("public_endpoint") or f"oss-{section['region']}.aliyuncs.com"
-        return f"https://{host}"
+    if storage == "aliyun_oss":  # OSS's S3-compatible API: s3.oss-<region>[-internal]...
+        return f"https://s3.oss-{section['region']}.aliyuncs.com"
     if storage == "ibm_cos":
         return section.get("endpoint") or (
             f"https://s3.{section.get('region')}.cloud-object-storage.appdomain.cloud")
