@@ -270,7 +270,7 @@ def add_lithops_arguments(parser: Any) -> None:
                         ".whl'; default jaxpipe==<this version>)")
     parser.add_argument("--registry", help="container backends (knative, k8s, code_engine, "
                         "...): the registry the runtime image goes to, e.g. docker.io/<user>")
-    parser.add_argument("--run", action="store_true",
+    parser.add_argument("--run", action="store_true", dest="execute",  # `run` is the command
                         help="write the files and run the lithops commands not yet done")
 
 
@@ -306,7 +306,7 @@ def run_lithops(args: Any) -> int:
         return 2
     timeout = int(platform.timeout_s + lithops_config.LITHOPS_TIMEOUT_MARGIN_S)
     todo = steps(settings.backend, args.lithops_config, sizes, timeout,
-                 args.jaxpipe_requirement, registry=args.registry)
+                 args.jaxpipe_requirement, root=REPO, registry=args.registry)
     if not todo:
         print(f"{settings.backend}: nothing to deploy, calls run in {lithops_config.interpreter()}")
         return 0
@@ -317,9 +317,9 @@ def run_lithops(args: Any) -> int:
         print(f"# (the config's runtime is {settings.runtime!r})")
     digest = hashlib.sha256(Path(args.lithops_config).read_bytes()).hexdigest()[:8]
     state = Path(".jaxpipe") / f"lithops-{settings.backend}-{digest}.json"  # per config
-    for change in run(todo, state, execute=args.run):
+    for change in run(todo, state, root=REPO, execute=args.execute):
         print(change)
-    if not args.run:
+    if not args.execute:
         print("# the files are written; run the commands (or again with --run: it skips what is "
               "done)")
     return 0

@@ -185,3 +185,27 @@ def test_the_job_store_must_have_an_s3_api_and_be_reachable(tmp_path):
     local = write(tmp_path, deploy.config_template("localhost", "b"), "l.yaml")
     here = lithops_job.resolve(TrainOptions(platform="lithops", lithops_config=local))
     assert here.store == TrainOptions().store  # localhost calls share this disk
+
+
+def test_deploy_prints_the_steps_and_runs_them_only_with_run(tmp_path, monkeypatch, capsys):
+    from jaxpipe.cli import main
+
+    log = tmp_path / "calls.log"
+    for tool in ("lithops", "docker"):
+        fake = tmp_path / "bin" / tool
+        fake.parent.mkdir(exist_ok=True)
+        fake.write_text(f"#!/bin/sh\necho {tool} \"$@\" >> {log}\n")
+        fake.chmod(fake.stat().st_mode | stat.S_IEXEC)
+    monkeypatch.setenv("PATH", f"{tmp_path / 'bin'}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.setattr(deploy, "REPO", tmp_path)  # the files go under the root
+    monkeypatch.chdir(tmp_path)  # and the state file under .jaxpipe/ here
+    config = write(tmp_path, deploy.config_template("aws_lambda", "b", "eu-west-1"))
+    argv = ["deploy", "lithops", "--lithops-config", config, "--memory", "1024,2048"]
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    assert "lithops runtime deploy" in printed and not log.exists()  # printed, not run
+    assert (tmp_path / "deploy" / "lithops" / "aws_lambda" / "Dockerfile").exists()
+    assert main([*argv, "--run"]) == 0
+    assert len(log.read_text().splitlines()) == 4  # docker build, lithops build, 2 deploys
+    assert main([*argv, "--run"]) == 0
+    assert len(log.read_text().splitlines()) == 4  # done before: nothing runs again
