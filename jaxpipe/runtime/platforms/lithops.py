@@ -21,8 +21,9 @@ How a rank ended, as on Lambda, is read from the store, where the worker writes 
 Where backends differ from Lambda: no remaining-time API (the call counts its time from its own
 start against the limit it was given, `CallContext`); duplicate delivery (the worker's claim,
 a conditional write on the S3 store, makes a second call of one event return at once); a kill
-(localhost: the call's process group; a cloud call cannot be stopped, it ends on its next wait
-timeout). Lithops' invocation protocol pickles the call into Lithops' own prefix of its storage
+(localhost: the call's process group; a cloud call cannot be stopped from outside: it sees its
+attempt's cancellation marker within a second and ends its own process, `jaxpipe.runtime.
+cancel`). Lithops' invocation protocol pickles the call into Lithops' own prefix of its storage
 bucket (`lithops.jobs/`); everything JaxPipe writes stays JSON and raw arrays under `jobs/`.
 Billing: each call's seconds from Lithops' call statistics, priced by the job's catalog
 (`LithopsPlatform.bill`).
@@ -191,8 +192,9 @@ class LithopsInvocation:
         return outcome
 
     def kill(self) -> None:
-        """Stops the call if it still runs (localhost: its process group; a cloud call runs on
-        until its next wait times out, and writes nothing the next attempt reads)."""
+        """Stops the call if it still runs (localhost: its process group; a cloud call ends
+        itself on its attempt's cancellation marker, and writes nothing the next attempt
+        reads)."""
         if self.outcome is None and not self.ended():
             self.stop(self.future)
 
