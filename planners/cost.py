@@ -29,8 +29,9 @@ functions are billed timeout / life_s (``window_factor``) times the time they ru
 Dollars per iteration = sum_s f_s * (price_gb_s * d_s m_s / 1024 + price_inv * d_s / timeout) * T
                         + price_put * PUTs + price_get * GETs,     f_s = timeout / life_s,
 priced by ``Platform.compute_dollars``, ``Platform.handover_invocation_dollars`` (one
-invocation per function per window) and ``Platform.request_dollars``. Ignored: the
-checkpoint's own requests per window and the first window's extra compile time.
+invocation per function per window) and ``Platform.request_dollars``, plus each window's
+checkpoint requests (``checkpoint_dollars``) spread over its life_s. Ignored: checkpoints inside
+a window (``checkpoint_every``) and the first window's extra compile time.
 """
 
 from __future__ import annotations
@@ -45,23 +46,19 @@ from planners.platforms import Platform
 from planners.problem import Problem
 
 __all__ = [
-    "Breakdown",
-    "StageModel",
-    "StageTerms",
-    "aggregate",
-    "breakdown",
-    "dollars",
-    "fits_lifetime",
-    "iteration_cost",
-    "iteration_time",
-    "peak_memory",
-    "plan_terms",
-    "score",
-    "sync_seconds",
-    "violations",
+    "Breakdown", "StageModel", "StageTerms", "aggregate", "breakdown", "checkpoint_dollars",
+    "dollars", "fits_lifetime", "iteration_cost", "iteration_time", "peak_memory", "plan_terms",
+    "score", "sync_seconds", "violations",
 ]
 
 MIB = 1 << 20  # memory sizes are MB = MiB, as function platforms bill them
+
+
+def checkpoint_dollars(plat: Platform, replicas: int) -> float:
+    """Requests of one stage's checkpoint hand-over per window, priced: replica 0 PUTs the
+    parameters, optimizer state, model state and a done marker (4 PUTs) and each of the next
+    window's d replicas GETs the three parts (``jaxpipe.runtime.checkpoint``)."""
+    return plat.request_dollars(4, 3 * replicas)
 
 
 def sync_seconds(grad_bytes: float, replicas: int, up: float, down: float, lat: float) -> float:
@@ -135,9 +132,13 @@ class StageTerms:
 
     def rate(self, plat: Platform) -> float:
         """Currency per second of iteration time of the stage's functions: GB-seconds and
-        invocations, times ``window_factor`` (a window bills its cold start and hand-over)."""
-        return (plat.compute_dollars(self.gigabytes, 1.0)
-                + plat.handover_invocation_dollars(self.replicas, 1.0)) * self.window_factor
+        invocations, times ``window_factor`` (a window bills its cold start and hand-over),
+        plus the window's checkpoint requests (``checkpoint_requests``) over its life."""
+        if not self.life > 0:
+            return math.inf
+        return ((plat.compute_dollars(self.gigabytes, 1.0)
+                 + plat.handover_invocation_dollars(self.replicas, 1.0)) * self.window_factor
+                + checkpoint_dollars(plat, self.replicas) / self.life)
 
 
 class StageModel:

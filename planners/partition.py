@@ -14,15 +14,13 @@ import time
 from collections.abc import Callable
 from typing import NamedTuple
 
-import numpy as np
-
 from planners.coarsening import balance_weights, partition_min_max
 from planners.cost import score
 from planners.errors import InfeasibleError
 from planners.plans import Plan, StagePlan
 from planners.problem import Problem
 from planners.profile import ModelProfile
-from planners.stage_grid import StageConfigs, stage_configs
+from planners.stage_grid import StageConfigs, stage_configs, window_rate
 
 __all__ = ["balanced_cuts", "best_homogeneous", "plan_balanced", "plan_uniform", "uniform_cuts"]
 
@@ -119,10 +117,7 @@ class _Table(NamedTuple):
 
 def _table(problem: Problem, micro_batch: int, d: int) -> _Table:
     cfg = stage_configs(problem, micro_batch, d)
-    plat = problem.platform
-    rate_k = np.array([plat.compute_dollars(g, 1.0) + plat.handover_invocation_dollars(d, 1.0)
-                       for g in cfg.gb.tolist()])  # as StageTerms.rate, before the factor
-    rate = rate_k[None, :] * cfg.window_factor[:, None]
+    rate = window_rate(problem, cfg, d)
     return _Table(cfg, cfg.fits.tolist(), cfg.recompute.tolist(), cfg.fill.tolist(),
                   cfg.a_fwd.tolist(), cfg.a_bwd.tolist(), cfg.tail.tolist(), rate.tolist(),
                   cfg.life.tolist(), cfg.puts.tolist(), cfg.gets.tolist())

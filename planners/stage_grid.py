@@ -21,7 +21,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from planners.bounds import BoolArray, CandidateArrays, FloatArray, IntArray
-from planners.cost import MIB, StageModel
+from planners.cost import MIB, StageModel, checkpoint_dollars
 from planners.plans import StagePlan
 from planners.problem import Problem
 
@@ -205,17 +205,26 @@ def kept_columns(problem: Problem, cfg: StageConfigs, d: int) -> Columns:
     dominated = (le & ne & fits[:, :, None]).any(axis=1)
     keep = fits & ~dominated  # (G, K), row-major = the loops' order
     g_idx, k_idx = np.nonzero(keep)
-    rate_k = np.array([plat.compute_dollars(d * m / 1024, 1.0)
-                       + plat.handover_invocation_dollars(d, 1.0)
-                       for m in plat.memory_options_mb])
     req_g = np.array([plat.request_dollars(p, g) for p, g in
                       zip(cfg.puts.tolist(), cfg.gets.tolist(), strict=True)])
     return {"first": i[g_idx], "last": j[g_idx], "fill": fill[g_idx, k_idx],
             "a_fwd": a_fwd[g_idx, k_idx], "a_bwd": a_bwd[g_idx, k_idx],
             "tail": tail[g_idx, k_idx], "replicas": np.full(len(g_idx), d, dtype=np.int64),
-            "rate": rate_k[k_idx] * cfg.window_factor[g_idx], "req": req_g[g_idx],
+            "rate": window_rate(problem, cfg, d)[g_idx, k_idx], "req": req_g[g_idx],
             "life": cfg.life[g_idx], "mem": mems[k_idx],
             "rec": rec[g_idx, k_idx]}
+
+
+def window_rate(problem: Problem, cfg: StageConfigs, d: int) -> FloatArray:
+    """(G, K) ``StageTerms.rate`` of every configuration of ``cfg`` (d replicas), with its
+    operations: (GB-s + invocations) x window factor + checkpoint requests / life."""
+    plat = problem.platform
+    rate_k = np.array([plat.compute_dollars(g, 1.0) + plat.handover_invocation_dollars(d, 1.0)
+                       for g in cfg.gb.tolist()])  # (K,)
+    life = cfg.life[:, None]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        rate = rate_k[None, :] * cfg.window_factor[:, None] + checkpoint_dollars(plat, d) / life
+    return np.where(life > 0, rate, np.inf)
 
 
 def assemble(parts: list[Columns], schedule: str = "funcpipe", nodes: int | None = None,

@@ -58,7 +58,8 @@ def test_miqp_equals_exhaustive_when_windows_bind(seed, layers, kind, quantile, 
 def test_a_window_bills_its_cold_start_and_hand_over(hand_problem) -> None:
     """Stage of 2 MB of parameters, Adam (2 slots): state 6 MB, hand-over 6 s + 6 s at 1 MB/s;
     timeout 100 s, cold start 8 s: a window holds 100 - 8 - 12 = 80 s of iterations and bills
-    100 s for them, so the GB-seconds of an iteration cost 100 / 80 of its time."""
+    100 s for them, so the GB-seconds of an iteration cost 100 / 80 of its time; the window's
+    checkpoint requests are spread over its 80 s."""
     layers = tuple(dataclasses.replace(x, param_bytes=MIB) for x in hand_problem.profile.layers)
     plat = dataclasses.replace(hand_problem.platform, timeout_s=100.0, cold_start_s=8.0)
     prob = dataclasses.replace(hand_problem, platform=plat, optimizer_slots=2, profile=(
@@ -71,6 +72,11 @@ def test_a_window_bills_its_cold_start_and_hand_over(hand_problem) -> None:
     seconds = cost.iteration_time(p, prob)
     assert cost.iteration_cost(p, prob) == pytest.approx(1e-5 * seconds * 100.0 / t.life)
     assert cost.violations(p, prob) == [] and cost.score(p, prob).objective_value < np.inf
+    priced = dataclasses.replace(prob, platform=dataclasses.replace(
+        plat, price_put=1e-3, price_get=1e-4))  # + 4 PUTs and 3 GETs per window
+    assert cost.iteration_cost(p, priced) == pytest.approx(
+        1e-5 * seconds * 100.0 / t.life + (4e-3 + 3e-4) * seconds / t.life
+        + 1e-3 * t.puts + 1e-4 * t.gets)  # and the iteration's own requests
     short = dataclasses.replace(prob, platform=dataclasses.replace(
         plat, timeout_s=8.0 + t.handover + seconds * 0.99))
     assert cost.score(p, short).objective_value == np.inf
