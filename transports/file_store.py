@@ -17,6 +17,7 @@ does not leave a tree of empty folders behind.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import uuid
 from collections.abc import Callable
@@ -24,7 +25,7 @@ from typing import Any
 from urllib.parse import quote, unquote
 
 from transports.retry import Backoff, RetryPolicy
-from transports.store import KeyNotFound, ObjectStore
+from transports.store import KeyNotFound, ObjectStore, StoreError
 
 __all__ = ["FileStore"]
 
@@ -93,6 +94,13 @@ class FileStore(ObjectStore):
                 return False
             except FileNotFoundError:
                 continue
+            except OSError as err:
+                if err.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES):
+                    raise StoreError(
+                        f"file store {self.root}: cannot write key {key!r} ({err.strerror}); "
+                        "free disk space or fix the folder's permissions, or choose another "
+                        "--store") from err
+                raise
             finally:
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(tmp)

@@ -92,13 +92,25 @@ def _translate(err: Exception, key: str) -> Exception:
     """Maps a botocore error onto KeyNotFound, TransientStoreError, or itself."""
     if isinstance(err, botocore.exceptions.ClientError):
         code, status = _error_fields(err)
+        if code == "NoSuchBucket":
+            return StoreError("the bucket does not exist; create it (`jaxpipe deploy aws` makes "
+                              "the job bucket) or check --store")
+        if code in ("AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch") or \
+                status == 403:
+            return StoreError(f"access denied ({code or status}): check the credentials and that "
+                              "their policy may read and write this bucket")
         if code in _NOT_FOUND or status == 404:
             return KeyNotFound(key)
         if (code in _TRANSIENT_CODES or status >= 500 or status == 429
                 or code == "ConditionalRequestConflict"):
             return TransientStoreError(f"S3 request on {key!r} failed transiently: {err}")
     if isinstance(err, _TRANSIENT_EXCEPTIONS):
-        return TransientStoreError(f"S3 request on {key!r} failed transiently: {err}")
+        return TransientStoreError(f"S3 request on {key!r} failed transiently: {err} (if it "
+                                   "lasts, check that the endpoint answers: --endpoint-url)")
+    if isinstance(err, botocore.exceptions.NoCredentialsError
+                  | botocore.exceptions.PartialCredentialsError):
+        return StoreError(f"no usable AWS credentials ({err}): set AWS_PROFILE, or "
+                          "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY")
     return err
 
 
@@ -221,8 +233,12 @@ class S3Store(ObjectStore):
         """Returns `call(Bucket=..., **kwargs)`'s response; errors translated for `key`."""
         try:
             return call(Bucket=self.bucket, **kwargs)
-        except Exception as err:  # re-raised, translated
-            raise _translate(err, key) from err
+        except Exception as err:  # re-raised, translated, naming the store
+            translated = _translate(err, key)
+            if isinstance(translated, StoreError):
+                where = f"s3://{self.bucket} at {self.endpoint_url or 'AWS'}, key {key!r}"
+                raise type(translated)(f"{where}: {translated}") from err
+            raise translated from err
 
     def _put(self, key: str, data: bytes | memoryview) -> None:
         full = self.prefix + key

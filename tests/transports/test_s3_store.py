@@ -6,7 +6,7 @@ from __future__ import annotations
 import botocore.exceptions
 import pytest
 
-from transports import KeyNotFound, RetryPolicy, S3Store, TransientStoreError
+from transports import KeyNotFound, RetryPolicy, S3Store, StoreError, TransientStoreError
 from transports.s3_store import _translate
 
 SERVERS = ["moto_server", "s3rver_server", "seaweedfs_server"]
@@ -59,13 +59,16 @@ def _client_error(code: str, status: int) -> botocore.exceptions.ClientError:
 @pytest.mark.parametrize(("code", "status", "expected"), [
     ("NoSuchKey", 404, KeyNotFound), ("404", 404, KeyNotFound),
     ("SlowDown", 503, TransientStoreError), ("InternalError", 500, TransientStoreError),
-    ("TooManyRequests", 429, TransientStoreError), ("AccessDenied", 403, None),
+    ("TooManyRequests", 429, TransientStoreError), ("AccessDenied", 403, StoreError),
+    ("NoSuchBucket", 404, StoreError), ("MalformedXML", 400, None),
 ])
 def test_botocore_errors_are_translated_by_kind(code: str, status: int, expected: type) -> None:
     err = _client_error(code, status)
     out = _translate(err, "jobs/k")
     if expected is None:
         assert out is err
+    elif expected is StoreError:  # what the store cannot do, and the fix (S3Store adds where)
+        assert type(out) is StoreError and ("bucket" in str(out) or "credentials" in str(out))
     else:
         assert isinstance(out, expected) and "jobs/k" in str(out)
 

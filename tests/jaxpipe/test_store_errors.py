@@ -1,0 +1,52 @@
+"""Store errors name the store, the key and the likely fix (a real S3 API server, moto)."""
+
+from __future__ import annotations
+
+import errno
+
+import pytest
+
+from jaxpipe.error_report import message
+from transports import FileStore, RetryPolicy, S3Store, StoreError, TransientStoreError
+from transports import file_store as file_store_module
+
+FAST = RetryPolicy(max_attempts=2, initial_s=0.0, max_s=0.0)
+
+
+def test_a_missing_bucket_is_named_with_its_fix(s3_url):
+    store = S3Store("no-such-bucket", endpoint_url=s3_url, retry=FAST)
+    with pytest.raises(StoreError, match=f"s3://no-such-bucket at {s3_url}, key 'jobs/j/job.json'"
+                                         ": the bucket does not exist; create it"):
+        store.get("jobs/j/job.json")
+
+
+def test_a_closed_port_says_to_check_the_endpoint():
+    store = S3Store("b", endpoint_url="http://127.0.0.1:9", retry=FAST)
+    with pytest.raises(TransientStoreError, match="s3://b at http://127.0.0.1:9, key 'k': .*"
+                                                  "check that the endpoint answers"):
+        store.get("k")
+
+
+def test_missing_credentials_are_a_store_error_with_the_fix(s3_url, monkeypatch, tmp_path):
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN",
+                 "AWS_PROFILE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    store = S3Store("b", endpoint_url=s3_url, retry=FAST)
+    with pytest.raises(StoreError, match="no usable AWS credentials .*set AWS_PROFILE") as err:
+        store.get("k")
+    assert message(err.value).startswith("store error, StoreError: s3://b at ")
+
+
+def test_a_full_disk_names_the_store_and_the_key(tmp_path, monkeypatch):
+    store = FileStore(str(tmp_path))
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(file_store_module, "open", full, raising=False)
+    with pytest.raises(StoreError, match=f"file store {tmp_path}: cannot write key 'jobs/j/a' "
+                                         r"\(No space left on device\); free disk space"):
+        store.put("jobs/j/a", b"x")
