@@ -5,9 +5,12 @@ whose driver still holds its lease (running). The page is loaded in headless Chr
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
+import socket
 import subprocess
+import time
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +21,7 @@ from jaxpipe.errors import JobFailed, NoIterationError, UnknownJobError
 from jaxpipe.runtime.driver import RunConfig
 from jaxpipe.runtime.event import Fault
 from jaxpipe.runtime.job import Keys
+from jaxpipe.runtime.lease import LeaseRecord
 from jaxpipe.runtime.report import collect, read_job, write_report
 from jaxpipe.runtime.report.record import FINISHED, RUNNING
 from jaxpipe.runtime.train import TrainOptions, open_store, train
@@ -41,7 +45,8 @@ def _options(folder: Path, job: str, iterations: int, **run: object) -> TrainOpt
 def store_dir(tmp_path_factory) -> Path:
     """A store with a finished job ("done", 6 iterations), a failed one ("broken": rank 1
     killed in iteration 4 of 8, no restarts; its first windows handed over, so their metrics
-    are stored) and "busy", a copy of "broken" with a driver lease."""
+    are stored), and two copies of "broken" with a driver's lease: "busy", whose driver (this
+    process) runs, and "crashed", whose driver's process is gone."""
     folder = tmp_path_factory.mktemp("report")
     (folder / "plan.json").write_text(json.dumps(PLAN.to_dict()))
     train(_options(folder, "done", 6), show_progress=False)
@@ -49,12 +54,14 @@ def store_dir(tmp_path_factory) -> Path:
         train(_options(folder, "broken", 8, faults=(Fault(rank=1, iteration=4),),
                        max_restarts=0, invocation_seconds=24.0), show_progress=False)
     jobs = folder / "store" / "jobs"
-    shutil.copytree(jobs / "broken", jobs / "busy")
-    spec = json.loads(open_store(str(folder / "store")).get(Keys("busy").spec))
-    spec["job_id"] = "busy"
     store = open_store(str(folder / "store"))
-    store.put(Keys("busy").spec, json.dumps(spec).encode())
-    store.put(Keys("busy").driver, b'{"beat": 1}')
+    for job, pid in (("busy", os.getpid()), ("crashed", 2**30)):  # a live driver, a dead one
+        shutil.copytree(jobs / "broken", jobs / job)
+        spec = json.loads(store.get(Keys(job).spec))
+        spec["job_id"] = job
+        store.put(Keys(job).spec, json.dumps(spec).encode())
+        lease = LeaseRecord("t", socket.gethostname(), pid, time.time(), beat=1)
+        store.put(Keys(job).driver, lease.to_json())
     return folder
 
 
@@ -65,7 +72,8 @@ def test_a_finished_job_is_read_back_whole(store_dir) -> None:
     assert sorted(record.losses) == list(range(6))
     assert record.losses == pytest.approx(dict(enumerate(record.summary.losses)))
     assert {m.rank for m in record.metrics} == {0, 1, 2, 3}
-    assert record.latest_checkpoint == 6 and record.checkpoints == (0, 2, 4, 6)
+    assert record.latest_checkpoint == 6 and record.checkpoints[-1] == 6  # train keeps the
+    assert len(record.checkpoints) >= 2  # last few (--keep-checkpoints): gc leaves one
     assert record.dollars > 0 and record.created is not None
 
 
@@ -102,7 +110,7 @@ def test_report_of_a_failed_job_without_a_summary_still_writes_its_page(store_di
 def test_report_names_a_missing_job_and_an_iteration_the_timelines_lack(store_dir,
                                                                        tmp_path) -> None:
     store = open_store(str(store_dir / "store"))
-    with pytest.raises(UnknownJobError, match="broken, busy, done"):
+    with pytest.raises(UnknownJobError, match="broken, busy, crashed, done"):
         write_report(store, "nope", tmp_path)
     with pytest.raises(NoIterationError, match="they hold"):
         write_report(store, "done", tmp_path, iteration=99)
@@ -112,9 +120,9 @@ def test_report_names_a_missing_job_and_an_iteration_the_timelines_lack(store_di
 def test_jobs_lists_every_job_with_its_state(store_dir, capsys) -> None:
     assert main(["jobs", "--store", str(store_dir / "store")]) == 0
     rows = {line.split()[0]: line.split() for line in capsys.readouterr().out.splitlines()[2:]}
-    assert set(rows) == {"done", "broken", "busy"}
+    assert set(rows) == {"done", "broken", "busy", "crashed"}
     assert rows["done"][1:3] == ["finished", "6/6"] and rows["busy"][1] == RUNNING
-    assert rows["broken"][1] in ("failed", "stopped")
+    assert rows["broken"][1] in ("failed", "stopped") and rows["crashed"][1] == rows["broken"][1]
     assert float(rows["done"][3]) > 0
 
 
@@ -125,7 +133,7 @@ def test_gc_cleans_finished_jobs_only_and_keeps_their_latest_checkpoint(store_di
     store = open_store(str(folder))
     prefix = Keys("done").prefix
     store.put(prefix + "run/0/it/5/act/0/0", b"stale")  # a message left behind
-    before = {j: sorted(store.list(Keys(j).prefix)) for j in ("broken", "busy")}
+    before = {j: sorted(store.list(Keys(j).prefix)) for j in ("broken", "busy", "crashed")}
     results = {c.job_id: c for c in collect(store)}
     assert results["done"].deleted > 0 and results["done"].kept_checkpoint == 6
     assert results["busy"].skipped.startswith("running")
@@ -133,7 +141,7 @@ def test_gc_cleans_finished_jobs_only_and_keeps_their_latest_checkpoint(store_di
     assert not any(k.startswith(prefix + "run/") for k in left)
     assert {k.split("/")[3] for k in left if "/ckpt/" in k} == {"00000006"}
     assert read_job(store, "done").latest_checkpoint == 6  # still loadable and reportable
-    assert {j: sorted(store.list(Keys(j).prefix)) for j in ("broken", "busy")} == before
+    assert {j: sorted(store.list(Keys(j).prefix)) for j in ("broken", "busy", "crashed")} == before
     write_report(store, "done", tmp_path / "after-gc")
     again = {c.job_id: c for c in collect(store)}
     assert again["done"].deleted == 0 and again["done"].kept_checkpoint == 6

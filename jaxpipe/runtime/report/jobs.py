@@ -7,7 +7,8 @@
     ckpt/<t>/                  every checkpoint but the latest complete one
 
 and keeps `job.json`, `problem.json`, `metrics/`, `results/` and the latest complete checkpoint
-(`checkpoint.latest_complete`, the one `load_variables` and `--resume` read). A job without a
+(`checkpoint.latest_complete`, the one `load_variables` and `--resume` read; the others go
+through `checkpoint.prune`, done markers first). A job without a
 summary is never touched: it may be running (`driver.json` held), or failed or stopped and
 waiting for `--resume`, which needs its checkpoints. The layout is read through
 `jaxpipe.runtime.job.Keys` and `checkpoint`, so `collect` follows what those define.
@@ -19,6 +20,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from jaxpipe.runtime import checkpoint
 from jaxpipe.runtime.report.record import FINISHED, JobRecord, job_ids, read_job
 from transports import ObjectStore
 
@@ -91,28 +93,36 @@ def collect(store: ObjectStore, job_ids_: Sequence[str] | None = None,
                                  f"{record.state}: only finished jobs are collected"))
             continue
         doomed = _doomed(store, record)
+        old = _old_checkpoints(store, record)
         if not dry_run:
             store.delete_many(doomed)
-        out.append(Collected(job, record.state, len(doomed), record.latest_checkpoint))
+            checkpoint.prune(store, record.spec.keys, record.spec.num_stages, keep=1)
+        out.append(Collected(job, record.state, len(doomed) + len(old),
+                             record.latest_checkpoint))
     return out
 
 
 def _doomed(store: ObjectStore, record: JobRecord) -> list[str]:
-    """The keys of a finished job that `collect` removes."""
+    """The scratch keys of a finished job that `collect` removes."""
     keys = record.spec.keys
-    listed = store.list(keys.prefix)
     scratch = tuple(keys.prefix + p for p in _SCRATCH)
     files = {keys.prefix + f for f in _FILES}
-    keep = record.latest_checkpoint
-    doomed = []
-    for key in listed:
-        if key.startswith(scratch) or key in files:
-            doomed.append(key)
-        elif key.startswith(keys.checkpoints()):
-            head = key[len(keys.checkpoints()):].split("/")[0]
-            if keep is not None and head.isdigit() and int(head) != keep:
-                doomed.append(key)
-    return doomed
+    return [k for k in store.list(keys.prefix) if k.startswith(scratch) or k in files]
+
+
+def _old_checkpoints(store: ObjectStore, record: JobRecord) -> list[str]:
+    """The keys `checkpoint.prune(keep=1)` deletes: every checkpoint before the latest
+    complete one (none without one)."""
+    keys, keep = record.spec.keys, record.latest_checkpoint
+    if keep is None:
+        return []
+    prefix = keys.checkpoints()
+    old = []
+    for key in store.list(prefix):
+        head = key[len(prefix):].split("/")[0]
+        if head.isdigit() and int(head) < keep:
+            old.append(key)
+    return old
 
 
 def collected_text(results: Sequence[Collected], dry_run: bool = False) -> str:

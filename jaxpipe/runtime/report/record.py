@@ -17,7 +17,9 @@ Only reading: nothing here writes or deletes, so it is safe on a running job.
 from __future__ import annotations
 
 import json
+import os
 import re
+import socket
 import time
 from dataclasses import dataclass, field
 
@@ -38,7 +40,8 @@ __all__ = ["FAILED", "FINISHED", "RUNNING", "STOPPED", "JobRecord", "job_ids", "
 FINISHED = "finished"
 """The job has its `results/summary.json`."""
 RUNNING = "running"
-"""No summary, and a driver holds the job's lease (`Keys.driver`)."""
+"""No summary, and a driver holds the job's lease (`Keys.driver`; on this host: its process
+still runs)."""
 FAILED = "failed"
 """No summary, no driver, and the job's latest attempt recorded a failed rank or was
 cancelled (`runtime.cancel`)."""
@@ -182,7 +185,7 @@ def read_job(store: ObjectStore, job_id: str) -> JobRecord:
         spec=spec, summary=summary, problem=problem, losses=losses, metrics=metrics,
         statuses=_statuses(store, keys, listed), checkpoints=_checkpoints(keys, listed),
         latest_checkpoint=checkpoint.latest_complete(store, keys, spec.num_stages),
-        created=_created(spec, metrics), driver=keys.driver in listed,
+        created=_created(spec, metrics), driver=_driver_alive(store, keys, listed),
         cancellations=_cancellations(store, keys, listed))
 
 
@@ -221,6 +224,27 @@ def _statuses(store: ObjectStore, keys: Keys,
         except (ValueError, KeyError):
             continue
     return out
+
+
+def _driver_alive(store: ObjectStore, keys: Keys, listed: list[str]) -> bool:
+    """Whether a driver holds the job's lease (`runtime.lease`): the record is there, and its
+    process still runs if it is on this host (another host's driver is taken as alive)."""
+    if keys.driver not in listed:
+        return False
+    try:
+        holder = json.loads(store.get(keys.driver))
+        host, pid = str(holder["host"]), int(holder["pid"])
+    except (ValueError, KeyError, TypeError):
+        return True  # a lease being written: count it as held
+    if host != socket.gethostname():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _cancellations(store: ObjectStore, keys: Keys, listed: list[str]) -> dict[int, Cancellation]:
