@@ -185,11 +185,12 @@ def run_job(store: ObjectStore, spec: JobSpec, start: int = 0, config: RunConfig
                                    checkpoint.latest_complete(store, keys, spec.num_stages))
                 for skipped, why in checkpoint.skipped(store, keys, spec.num_stages).items():
                     print(f"checkpoint {skipped} skipped, it is corrupt: {why}", file=sys.stderr)
-                store.delete_prefix(keys.run(attempt))
+                _tidy(store, spec, attempt)
                 attempt, t, cap, ranks = attempt + 1, restart.restart_at, restart.cap, []
         except BaseException as err:
             if ranks:
                 _abandon(store, spec, attempt, ranks, f"the driver ended: {_describe(err)}")
+            _tidy(store, spec, attempt)
             if isinstance(err, Stopped | KeyboardInterrupt):
                 raise DriverStopped(
                     f"the driver was stopped ({_describe(err)}) in attempt {attempt}; its "
@@ -235,6 +236,17 @@ def _abandon(store: ObjectStore, spec: JobSpec, attempt: int, ranks: list[Invoca
               file=sys.stderr)
     for rank in ranks:
         rank.kill()
+
+
+def _tidy(store: ObjectStore, spec: JobSpec, attempt: int) -> None:
+    """Deletes a given-up attempt's messages and claims (its statuses stay: they say why)."""
+    keys = spec.keys
+    try:
+        store.delete_prefix(keys.run(attempt))
+        store.delete_many([k for k in store.list(f"{keys.prefix}status/{attempt}/")
+                           if k.endswith(".claim")])
+    except StoreError as err:
+        print(f"could not delete attempt {attempt}'s messages: {err}", file=sys.stderr)
 
 
 def _charge_window(store: ObjectStore, spec: JobSpec, window: Window, guard: CostGuard,

@@ -93,13 +93,18 @@ class DriverLease:
         return lease
 
     def release(self) -> None:
-        """Stops the heartbeat and deletes the lease if it is still this driver's."""
+        """Stops the heartbeat and deletes the lease if it is still this driver's. A job that
+        has no `job.json` by now was never made (its setup failed or was refused): whatever
+        of it was uploaded is deleted with the lease, so a half-made job is never taken for a
+        job."""
         self._done.set()
         if self._thread.is_alive():
             self._thread.join(timeout=self.beat_s + 30.0)
         try:
             holder = _read(self.store, self.keys)
             if holder is not None and holder.token == self.record.token:
+                if not self.store.exists(self.keys.spec):
+                    self.store.delete_prefix(self.keys.prefix)
                 self.store.delete(self.keys.driver)
         except StoreError:
             pass  # a stale lease is taken over by the next driver

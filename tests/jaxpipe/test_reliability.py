@@ -70,6 +70,10 @@ def test_a_rank_that_raises_ends_its_attempt_with_its_own_error(workdir):
         marker = cancellation(job.store, job.spec.keys, attempt)
         assert marker is not None and marker.by == "rank 0" and marker.rank == 0
     assert cancellation(job.store, job.spec.keys, 2) is None
+    # the given-up attempts leave no messages or claims (their statuses say why)
+    assert not job.store.list(job.spec.keys.prefix + "run/")
+    statuses = job.store.list(job.spec.keys.prefix + "status/")
+    assert statuses and not [k for k in statuses if k.endswith(".claim")]
 
 
 def test_a_diverging_loss_ends_the_job_with_an_error(workdir):
@@ -301,3 +305,15 @@ def test_ranks_die_with_a_killed_driver(workdir):
     driver.kill()
     driver.communicate(timeout=60)
     assert wait_empty(driver.pid) == []
+
+
+def test_a_job_whose_setup_failed_leaves_nothing_and_a_made_one_is_kept(tmp_path):
+    store = open_store(str(tmp_path))
+    half, made = Keys("half"), Keys("made")
+    for keys in (half, made):
+        lease = DriverLease.acquire(store, keys)
+        store.put(keys.bundle, b"zip")  # uploaded before the failure
+        if keys is made:
+            store.put(keys.spec, b"{}")  # job.json goes last: the job exists
+        lease.release()
+    assert store.list("jobs/") == [made.bundle, made.spec]
