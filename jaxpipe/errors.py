@@ -23,6 +23,7 @@ __all__ = [
     "BudgetExceeded",
     "BundleError",
     "ConcurrencyError",
+    "CorruptJobError",
     "CouplingError",
     "CutError",
     "DataFileError",
@@ -422,6 +423,16 @@ class DriverStopped(JobFailed):
     stopped its ranks and left the job resumable.
 
     Fix: resume it with `jaxpipe train --resume <job-id>` when you are ready.
+    """
+
+
+class CorruptJobError(JaxPipeError, RuntimeError):
+    """A stored object of a job (its `job.json`) does not parse: it was cut short (a full disk,
+    a killed upload) or overwritten.
+
+    Fix: the message names the store and the key. Restore the object if you have a copy;
+    otherwise the job cannot be resumed: start a new one (its checkpoints can still be read
+    with `jaxpipe.load_variables`).
     """
 
 

@@ -39,7 +39,7 @@ from jaxpipe.errors import (
 from jaxpipe.runtime import lithops_job, sources
 from jaxpipe.runtime.attempts import job_losses
 from jaxpipe.runtime.input_checks import check_options
-from jaxpipe.runtime.job import JobSpec, Keys
+from jaxpipe.runtime.job import JobSpec, Keys, read_spec
 from jaxpipe.runtime.options import TrainOptions
 from jaxpipe.runtime.reporting import announce_job
 from jaxpipe.runtime.summary import Summary
@@ -176,7 +176,7 @@ def _stored_model(options: TrainOptions, job: str) -> str | None:
     store = open_store(options.store, options.endpoint_url)
     if not store.exists(Keys(job).spec):
         return None
-    return JobSpec.from_json(store.get(Keys(job).spec, timeout=10)).model
+    return read_spec(store, job, timeout=10).model  # CorruptJobError names a cut job.json
 
 
 def check_setup(setup: TrainingSetup, options: TrainOptions, resuming: bool = False,

@@ -37,9 +37,11 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
+from jaxpipe.errors import CorruptJobError
 from planners import Plan, Platform
+from transports import ObjectStore, store_to_spec
 
-__all__ = ["JobSpec", "Keys"]
+__all__ = ["JobSpec", "Keys", "read_spec"]
 
 
 @dataclass(frozen=True)
@@ -220,3 +222,23 @@ class Keys:
     def driver(self) -> str:
         """The running driver's lease and heartbeat (`jaxpipe.runtime.lease`)."""
         return self.prefix + "driver.json"
+
+def read_spec(store: ObjectStore, job: str, timeout: float | None = None) -> JobSpec:
+    """Job `job`'s stored `job.json`, parsed (waiting up to `timeout` s for it to appear).
+
+    Raises:
+      CorruptJobError: it does not parse; the message names the store and the key.
+      KeyNotFound, GetTimeout: there is no such job (yet).
+    """
+    key = Keys(job).spec
+    data = store.get(key, timeout=timeout)
+    try:
+        return JobSpec.from_json(data)
+    except (ValueError, KeyError, TypeError, AttributeError) as err:
+        try:
+            where = store_to_spec(store)
+        except ValueError:
+            where = {"kind": type(store).__name__}
+        raise CorruptJobError(
+            f"{key} ({len(data)} bytes) in the store {where} does not parse as a job spec "
+            f"({type(err).__name__}: {err}); it was cut short or overwritten") from err

@@ -24,7 +24,7 @@ from jaxpipe.runtime import checkpoint
 from jaxpipe.runtime.attempts import latest_losses
 from jaxpipe.runtime.driver import Progress
 from jaxpipe.runtime.input_checks import check_options, check_store_location
-from jaxpipe.runtime.job import JobSpec, Keys
+from jaxpipe.runtime.job import JobSpec, Keys, read_spec
 from jaxpipe.runtime.lease import DriverLease
 from jaxpipe.runtime.options import TrainOptions
 from transports import FileStore, ObjectStore, S3Store
@@ -53,7 +53,8 @@ def resume_point(store: ObjectStore, job: str, where: str,
     continues from, with the interrupted run's scratch deleted.
 
     Raises:
-      NoCheckpointError: no such job in the store.
+      NoCheckpointError: no such job in the store; CorruptJobError: its job.json does not
+        parse.
       IterationsError: `extend_to` is below the job's iterations.
       JobFinishedError: every iteration has run, the summary is made, and no extension was
         asked for.
@@ -61,7 +62,7 @@ def resume_point(store: ObjectStore, job: str, where: str,
     keys = Keys(job)
     if not store.exists(keys.spec):
         raise NoCheckpointError(f"no job {job!r} to resume in {where}")
-    spec = JobSpec.from_json(store.get(keys.spec, timeout=1))
+    spec = read_spec(store, job, timeout=1)  # CorruptJobError: a job.json cut short
     start = checkpoint.latest_complete(store, keys, spec.num_stages) or 0
     if extend_to is not None and extend_to != spec.iterations:
         if extend_to < spec.iterations:

@@ -23,7 +23,7 @@ from typing import Any, Protocol
 from jaxpipe.runtime import billing, compile_cache
 from jaxpipe.runtime.cancel import AttemptCancelled, RankWatch, cancel_attempt
 from jaxpipe.runtime.event import RankEvent, RankStatus, Status, TaskEvent, parse_event
-from jaxpipe.runtime.job import JobSpec
+from jaxpipe.runtime.job import JobSpec, read_spec
 from jaxpipe.runtime.rank import Rank
 from jaxpipe.versions import check_versions
 from planners import Plan, Platform
@@ -113,7 +113,7 @@ def run_rank(event: RankEvent, context: LambdaContext | None = None,
 
 def _run(event: RankEvent, context: LambdaContext | None, base: ObjectStore,
          began: float, watch: RankWatch) -> dict[str, Any]:
-    spec = JobSpec.from_json(base.get(event.keys.spec, timeout=60))
+    spec = read_spec(base, event.job, timeout=60)  # CorruptJobError names the key
     check_versions(spec.job_id, spec.versions)  # VersionMismatchError: redeploy the image
     store = _linked(base, spec.platform) if event.link else base
     # The stage's compiled programs from the store, before it loads (`runtime.compile_cache`)

@@ -50,3 +50,13 @@ def test_a_full_disk_names_the_store_and_the_key(tmp_path, monkeypatch):
     with pytest.raises(StoreError, match=f"file store {tmp_path}: cannot write key 'jobs/j/a' "
                                          r"\(No space left on device\); free disk space"):
         store.put("jobs/j/a", b"x")
+
+
+def test_a_truncated_job_spec_is_named_when_resumed(tmp_path, capsys):
+    from jaxpipe.cli import main
+
+    FileStore(str(tmp_path)).put("jobs/cut/job.json", b'{"job_id": "cut", "pl')
+    assert main(["train", "--resume", "cut", "--store", str(tmp_path)]) == 1
+    err = capsys.readouterr().err
+    assert "jaxpipe: CorruptJobError: jobs/cut/job.json (21 bytes) in the store {'kind': " \
+           "'file'" in err and "cut short or overwritten" in err
