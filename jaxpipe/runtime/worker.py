@@ -14,6 +14,7 @@ import json
 import os
 import signal
 import sys
+import threading
 import time
 import traceback
 import uuid
@@ -25,6 +26,7 @@ from jaxpipe.runtime.cancel import AttemptCancelled, RankWatch, cancel_attempt
 from jaxpipe.runtime.event import RankEvent, RankStatus, Status, TaskEvent, parse_event
 from jaxpipe.runtime.job import JobSpec, read_spec
 from jaxpipe.runtime.rank import Rank
+from jaxpipe.runtime.stoppable import StoppableStore, abort
 from jaxpipe.versions import check_versions
 from planners import Plan, Platform
 from planners.schedule import build
@@ -115,20 +117,27 @@ def _run(event: RankEvent, context: LambdaContext | None, base: ObjectStore,
          began: float, watch: RankWatch) -> dict[str, Any]:
     spec = read_spec(base, event.job, timeout=60)  # CorruptJobError names the key
     check_versions(spec.job_id, spec.versions)  # VersionMismatchError: redeploy the image
-    store = _linked(base, spec.platform) if event.link else base
+    # Every wait of the rank ends once `stop` is set: no lane outlives it (`runtime.stoppable`)
+    stop = threading.Event()
+    store = StoppableStore(_linked(base, spec.platform) if event.link else base, stop,
+                           watch.stopped)
     # The stage's compiled programs from the store, before it loads (`runtime.compile_cache`)
     cache = compile_cache.for_rank(store, spec, build(spec.plan).tasks[event.rank][0].stage,
                                    os.environ)
     try:
-        return _run_window(event, context, spec, base, store, began, watch, cache)
+        rank = Rank(spec, store, event, watch)
+        try:
+            return _run_window(event, context, spec, base, store, began, rank, cache)
+        except BaseException:  # failed or cancelled: stop the lanes before the handler returns
+            abort(stop, [rank.down, rank.up, rank.cleaner])
+            raise
     finally:
         cache.close()
 
 
 def _run_window(event: RankEvent, context: LambdaContext | None, spec: JobSpec,
-                base: ObjectStore, store: ObjectStore, began: float, watch: RankWatch,
+                base: ObjectStore, store: ObjectStore, began: float, rank: Rank,
                 cache: compile_cache.CompileCache) -> dict[str, Any]:
-    rank = Rank(spec, store, event, watch)
     rank.after_first = cache.publish  # every program has compiled by the first iteration's end
     ready = time.time()
     refusal = deadline_refusal(event, context, spec.plan)

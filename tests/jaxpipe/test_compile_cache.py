@@ -26,7 +26,7 @@ def run_two_windows(tmp_path, job: str, cache: bool) -> list[RankMetrics]:
     options = TrainOptions(
         model="mlp", plan_file=str(tmp_path / "plan.json"), batch=8, iterations=2,
         store=str(tmp_path / "store"), job_id=job, checkpoint_every=1, compile_cache=cache,
-        profile_cache=str(tmp_path / "profiles"), wait_timeout_s=60,
+        profile_cache=str(tmp_path / "profiles"), wait_timeout_s=600,  # a loaded machine
         run=RunConfig(log_dir=str(tmp_path / "logs"), invocation_seconds=0.001,
                       startup_seconds=0))
     summary = train(options, show_progress=False)

@@ -81,7 +81,11 @@ class LambdaInvocation:
       function: the Lambda function invoked.
       request_id: Lambda's id of the asynchronous request (find its logs with it).
       status_key: where the worker writes how the window ended.
-      deadline: epoch seconds after which a rank without a status counts as killed.
+      deadline: epoch seconds after which a rank without a status counts as killed; once the
+        rank's claim (its "started" marker, written when it takes its slot) is seen, it counts
+        from then: a rank that waited in Lambda's queue behind throttled launches is not
+        declared dead while it runs.
+      run_limit_s: seconds a started rank may run without a status (time limit plus grace).
       poll_every_s: the store is read at most this often (a poll is one GET).
     """
 
@@ -92,6 +96,8 @@ class LambdaInvocation:
     status_key: str
     deadline: float
     poll_every_s: float = 5.0
+    run_limit_s: float = 0.0
+    started_seen: float | None = None  # when this driver first saw the rank's claim
     outcome: Outcome | None = None
     status: RankStatus | None = None
     _checked: float = 0.0
@@ -106,11 +112,22 @@ class LambdaInvocation:
         try:
             self.status = RankStatus.from_dict(json.loads(self.store.get(self.status_key)))
         except KeyNotFound:
+            self._look_for_start()
             if time.time() > self.deadline:
                 self.outcome = Outcome.SILENT
             return self.outcome
         self.outcome = _OUTCOMES[self.status.status]
         return self.outcome
+
+    def _look_for_start(self) -> None:
+        """Until the rank's claim is seen (one HEAD per check), look for it; once seen, the
+        deadline is that moment on the driver's clock plus `run_limit_s` (no clocks of the
+        driver and the function are compared)."""
+        if self.started_seen is not None or not self.run_limit_s:
+            return
+        if self.store.exists(self.status_key + ".claim"):
+            self.started_seen = time.time()
+            self.deadline = self.started_seen + self.run_limit_s
 
     def wait(self, timeout: float) -> Outcome:
         """Blocks until the rank ends; `Outcome.SILENT` if it has not after `timeout` seconds."""
@@ -191,4 +208,4 @@ class AwsLambdaPlatform:
             rank=event.rank, function=name, request_id=request_id, store=self.store,
             status_key=event.status_key,
             deadline=time.time() + self.platform.timeout_s + self.grace_s,
-            poll_every_s=self.poll_every_s)
+            poll_every_s=self.poll_every_s, run_limit_s=self.platform.timeout_s + self.grace_s)
