@@ -128,8 +128,11 @@ def _run(event: RankEvent, context: LambdaContext | None, base: ObjectStore,
         rank = Rank(spec, store, event, watch)
         try:
             return _run_window(event, context, spec, base, store, began, rank, cache)
-        except BaseException:  # failed or cancelled: stop the lanes before the handler returns
+        except BaseException as err:  # failed or cancelled: stop the lanes before returning
             abort(stop, [rank.down, rank.up, rank.cleaner])
+            if watch.stopped.is_set() and not isinstance(err, AttemptCancelled):
+                # a wait ended by the attempt's cancellation, not a failure of this rank
+                raise AttemptCancelled(watch.reason or "cancelled") from err
             raise
     finally:
         cache.close()
