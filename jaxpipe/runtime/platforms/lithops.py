@@ -157,11 +157,27 @@ class LithopsInvocation:
     outcome: Outcome | None = None
     status: RankStatus | None = None
     _checked: float = 0.0
+    _duplicate: bool | None = None
 
     def poll(self) -> Outcome | None:
         if self.outcome is not None or time.time() - self._checked < self.poll_every_s:
             return self.outcome
         return self._check()
+
+    def duplicate(self) -> bool:
+        """Whether the call that ended was a second delivery of its event, which returned
+        "duplicate" at once while the delivery that claimed the slot runs the rank (read once,
+        from the call's result: one GET)."""
+        if self._duplicate is None:
+            found = False
+            try:
+                reply = None if self.future.error else self.future.result(throw_except=False)
+                found = isinstance(reply, str) and json.loads(reply).get("status") == "duplicate"
+            except Exception:  # no result: it died, or its result is not the handler's
+                found = False
+            self._duplicate = found
+            return found
+        return self._duplicate
 
     def ended(self) -> bool:
         """Whether Lithops reported the call over (its status arrived, or it failed)."""
@@ -174,7 +190,7 @@ class LithopsInvocation:
         try:
             self.status = RankStatus.from_dict(json.loads(self.store.get(self.status_key)))
         except KeyNotFound:
-            if ended:
+            if ended and not self.duplicate():  # it ended, and wrote no status: it died
                 self.outcome = Outcome.FAILED
             elif time.time() > self.deadline:
                 self.outcome = Outcome.SILENT
