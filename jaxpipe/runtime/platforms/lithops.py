@@ -15,7 +15,7 @@ How a rank ended, as on Lambda, is read from the store, where the worker writes 
     status "done" / "handover"          -> FINISHED
     status "failed" / "refused"         -> FAILED / REFUSED
     no status, Lithops says the call    -> FAILED    killed (SIGKILL, memory, Lithops' timeout)
-      ended
+      ended, its reply not "duplicate"             (a duplicate ends at once: wait on)
     no status past the deadline         -> SILENT    never started, or lost
 
 Where backends differ from Lambda: no remaining-time API (the call counts its time from its own
