@@ -131,7 +131,11 @@ def latest_losses(store: ObjectStore, keys: Keys, t: int) -> list[float]:
     for key in store.list(prefix):
         attempt = key[len(prefix):].split("/")[0]
         if attempt.isdigit():
-            per.setdefault(int(attempt), []).extend(LossRecord.from_json(store.get(key)).losses)
+            try:
+                losses = LossRecord.from_json(store.get(key)).losses
+            except (ValueError, KeyError, TypeError):
+                continue  # a garbled record: its attempt failed for it (`watching`)
+            per.setdefault(int(attempt), []).extend(losses)
     return per[max(per)] if per else []
 
 

@@ -335,3 +335,20 @@ def test_a_lambda_rank_without_status_past_its_deadline_is_silent(tmp_path):
                             "status/rank0", deadline=time.time() - 1, poll_every_s=0.0)
     assert rank.poll() is Outcome.SILENT
     assert "aws logs tail /aws/lambda/jaxpipe-worker-1024" in rank.tail()
+
+
+def test_a_loss_record_that_does_not_parse_fails_the_attempt_not_the_driver(store):
+    spec = job(2)
+
+    class Garbling(FakeLauncher):
+        def _finish(self, event: RankEvent, memory_mb: int) -> None:
+            super()._finish(event, memory_mb)
+            if event.attempt == 0:  # the record is garbled and the window never checkpoints
+                self.store.put(spec.keys.loss(0, 1, 0), b"not json")
+                for stage in range(len(PLAN.stages)):
+                    self.store.delete(spec.keys.checkpoint(event.stop, stage, "done"))
+
+    launcher = Garbling(store, spec)
+    progress = run_job(store, spec, config=RunConfig(startup_seconds=0), launcher=launcher)
+    assert [w[2] for w in launcher.windows()] == [0, 1] and progress.restarts == 1
+    assert progress.losses == {t: (loss(t, 1) + loss(t, 2)) / 2 for t in range(2)}
