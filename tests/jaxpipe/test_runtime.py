@@ -103,7 +103,8 @@ def test_pipelined_training_equals_single_process_training(fault_free):
 def test_a_finished_job_keeps_only_results_and_checkpoints(fault_free):
     summary, _, store = fault_free
     kinds = {key.split("/")[2] for key in store.list("jobs/fault-free/")}
-    assert kinds == {"job.json", "ckpt", "metrics", "results"}
+    # problem.json is the planning problem that `jaxpipe report` replays.
+    assert kinds == {"job.json", "problem.json", "ckpt", "metrics", "results"}
     stored = json.loads(store.get("jobs/fault-free/results/summary.json"))
     assert stored == json.loads(json.dumps(summary.to_dict()))
     assert Summary.from_dict(stored) == summary
