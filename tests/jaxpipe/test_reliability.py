@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -74,6 +75,37 @@ def test_a_rank_that_raises_ends_its_attempt_with_its_own_error(workdir):
     assert not job.store.list(job.spec.keys.prefix + "run/")
     statuses = job.store.list(job.spec.keys.prefix + "status/")
     assert statuses and not [k for k in statuses if k.endswith(".claim")]
+
+
+def test_an_out_of_memory_stage_ends_its_attempt_with_a_memory_message(workdir):
+    # The issue's case: stage 1 capped at the smallest memory option, 512 MB (RLIMIT_DATA on
+    # the local platform; a JAX process takes about 350 MB of it) with micro-batches of 32768
+    # (32 MB per activation) dies allocating while stage 0 waits for its gradients. Stage 0's
+    # wait is 120 s, the default: the job must end on rank 1's status, never on that wait.
+    micro = 32768
+    plan = Plan(stages=(StagePlan(0, 1, 1024), StagePlan(2, 3, 512)), micro_batch=micro,
+                global_batch=micro)
+    job = prepare(options(workdir, "out-of-memory", plan=plan, batch=micro, iterations=1,
+                          wait_timeout_s=120))
+    with pytest.raises(JobFailed) as failed:
+        run_job(job.store, job.spec, config=RunConfig(log_dir=str(workdir / "logs"), link=False))
+    text = str(failed.value)
+    # It dies a JAX RESOURCE_EXHAUSTED or, allocating outside XLA, a std::bad_alloc abort
+    # (exit code -6, no status): which one varies, and so does the number of attempts.
+    assert re.match(r"rank 1 \(stage 1\) failed in attempt \d+ \(FAILED\)", text), text
+    assert any(m in text for m in ("RESOURCE_EXHAUSTED", "MemoryError", "bad_alloc",
+                                   "exit code -6")), text
+    assert "give its stage more memory in the plan or use smaller micro-batches" in text
+    assert "GetTimeout" not in text and "rank 0" not in text
+    # every attempt was ended by rank 1's death (its own marker or the driver's), never by rank
+    # 0's wait for gradients that never came
+    attempts = int(re.findall(r"failed in attempt (\d+)", text)[0])
+    for attempt in range(attempts + 1):
+        marker = cancellation(job.store, job.spec.keys, attempt)
+        assert marker is not None, attempt
+        assert (marker.by, marker.rank) == ("rank 1", 1) or (
+            marker.by == "driver" and marker.reason.startswith("rank 1 ended FAILED")), marker
+    assert cancellation(job.store, job.spec.keys, attempts + 1) is None
 
 
 def test_a_diverging_loss_ends_the_job_with_an_error(workdir):
