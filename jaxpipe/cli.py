@@ -95,12 +95,14 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _add_train_arguments(parser: argparse.ArgumentParser) -> None:
+    from jaxpipe.runtime import first_job
     from jaxpipe.runtime.train import TrainOptions
 
     d = TrainOptions()
-    parser.add_argument("--model", default=d.model,
+    parser.add_argument("--model", default=first_job.MODEL,
                         help=f"zoo model, or module:function returning a jaxpipe.TrainingSetup "
-                        f"(default: {d.model})")
+                        f"(default: {first_job.MODEL}, the default job: jaxpipe/runtime/"
+                        "first_job.py)")
     parser.add_argument("--data", help="training set: an .npz with arrays inputs and targets")
     parser.add_argument("--inputs", default="inputs", help="--data's inputs array (inputs)")
     parser.add_argument("--targets", default="targets", help="--data's targets array (targets)")
@@ -123,15 +125,21 @@ def _add_train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--plan", dest="plan_file", help="a plan JSON (from `jaxpipe plan -o`)")
     parser.add_argument("--method", default=d.method,
                         help=f"planner when no --plan is given (default: {d.method})")
-    parser.add_argument("--batch", type=int, default=d.batch, help=f"global batch ({d.batch})")
+    parser.add_argument("--batch", type=int,  # None: the default job's, else TrainOptions'
+                        help=f"global batch ({first_job.BATCH} for {first_job.MODEL}, else "
+                        f"{d.batch})")
     parser.add_argument("--iterations", type=int,  # None: the default, or the resumed job's
-                        help=f"iterations ({d.iterations}); with --resume, train the job on to "
-                        "this many")
+                        help=f"iterations ({first_job.ITERATIONS} for {first_job.MODEL}, else "
+                        f"{d.iterations}); with --resume, train the job on to this many")
+    parser.add_argument("--live-profile", action="store_true",
+                        help=f"profile the model on this machine even where a profile ships "
+                        f"({first_job.MODEL}'s: first_job.PROFILE)")
     parser.add_argument("--optimizer", default=d.optimizer,
                         help=f"optimizer name, or module:function returning an optax "
                         f"transformation ({d.optimizer})")
-    parser.add_argument("--lr", dest="learning_rate", type=float, default=d.learning_rate,
-                        help=f"learning rate ({d.learning_rate})")
+    parser.add_argument("--lr", dest="learning_rate", type=float,  # None: as --batch
+                        help=f"learning rate ({first_job.LEARNING_RATE} for {first_job.MODEL}, "
+                        f"else {d.learning_rate})")
     parser.add_argument("--seed", type=int, default=d.seed)
     parser.add_argument("--store", default=d.store,
                         help=f"a directory, or s3://bucket (default: {d.store})")

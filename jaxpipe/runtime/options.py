@@ -55,3 +55,4 @@ class TrainOptions:
     data_cache_mb: float | None = None
     eval_every: int | None = None
     compile_cache: bool = True  # ranks share compiled programs via the store (`compile_cache`)
+    live_profile: bool = False  # profile this machine even where a profile ships (`first_job`)

@@ -46,18 +46,24 @@ def profile_sizes(batch: int) -> tuple[int, ...]:
 
 def planning_problem(traced: Traced, name: str, platform: Platform, options: TrainOptions,
                      data_bytes: float | None) -> Problem:
-    """The planning problem of a job: the model's profile (from the cache at
+    """The planning problem of a job: the model's profile (the shipped one of the default job's
+    model unless `options.live_profile`, `first_job.shipped_profile`; else from the cache at
     `profile_cache_path`, else measured here and cached), coarsened to at most 30 layers.
 
     `data_bytes` is the training set stage 0 holds whole once read (no request per
     micro-batch, its bytes in memory), or None when it streams shards through a bounded cache
     (`jaxpipe.runtime.dataset.cache_shards`): then each micro-batch's input counts as a read.
     """
+    from jaxpipe.runtime.first_job import shipped_profile
     from jaxpipe.staging.profiling import profile
 
     sizes = profile_sizes(options.batch)
     cache = profile_cache_path(options.profile_cache, name, options.model_overrides, sizes)
-    if cache.exists():
+    shipped = None if options.live_profile else shipped_profile(
+        name, options.model_overrides, sizes)
+    if shipped is not None:  # the default job's, measured once on one core
+        prof = ModelProfile.from_dict(json.loads(shipped.read_text()))
+    elif cache.exists():
         prof = ModelProfile.from_dict(json.loads(cache.read_text()))
     else:
         prof = profile(traced, sizes, repeats=3, name=name)

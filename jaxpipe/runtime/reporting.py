@@ -43,8 +43,10 @@ def _stage_table(plan: Plan) -> str:
     return "\n".join(rows)
 
 
-def announce_job(prepared: Prepared, start: int, out: TextIO = sys.stdout) -> None:
-    """Prints the plan and where the job lives, before any function starts."""
+def announce_job(prepared: Prepared, start: int, out: TextIO | None = None) -> None:
+    """Prints the plan and where the job lives, before any function starts, to `out` (None:
+    `sys.stdout` as it is at the call, so a redirected or captured stdout gets it)."""
+    out = sys.stdout if out is None else out
     spec = prepared.spec
     print(plan_text(prepared), file=out)
     what = f"resuming at iteration {start}" if start else "starting"

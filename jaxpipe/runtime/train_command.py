@@ -1,6 +1,8 @@
 """`jaxpipe train`: the command line's setup, options and report around `fit_setup`.
 
     --model NAME | mypkg.models:make    a zoo name, or a function returning a TrainingSetup
+                                        (default: the default job, `first_job`, with its
+                                        batch and iterations unless given)
     --data FILE.npz [--inputs K --targets K]   the training set on disk (default keys
                                         `inputs`, `targets`); replaces the setup's data
     --optimizer NAME | mypkg.opt:make   a name, or a function returning an optax transformation
@@ -33,7 +35,7 @@ from jaxpipe.runtime.training_setup import TrainingSetup
 from jaxpipe.runtime.variables import save_variables
 from jaxpipe.runtime.zoo import zoo_setup
 
-__all__ = ["load_npz", "resolve_import_path", "run_train", "setup_from_args"]
+__all__ = ["job_defaults", "load_npz", "resolve_import_path", "run_train", "setup_from_args"]
 
 
 def resolve_import_path(path: str, what: str) -> Any:
@@ -117,8 +119,27 @@ def options_from_args(args: argparse.Namespace, setup: TrainingSetup) -> TrainOp
         max_cost=args.max_cost, keep_checkpoints=args.keep_checkpoints))
 
 
+def job_defaults(args: argparse.Namespace) -> argparse.Namespace:
+    """`args` with the batch, learning rate and iterations not given filled in: the default
+    job's (`first_job.BATCH`, `LEARNING_RATE`, `ITERATIONS`) for its model, else
+    `TrainOptions`' (the iterations: or a resumed job's own)."""
+    default_job = args.model == first_job.MODEL
+    d = TrainOptions()
+    batch, lr = args.batch, args.learning_rate
+    if batch is None:
+        batch = first_job.BATCH if default_job else d.batch
+    if lr is None:
+        lr = first_job.LEARNING_RATE if default_job else d.learning_rate
+    iterations = args.iterations
+    if iterations is None and default_job and not args.resume:
+        iterations = first_job.ITERATIONS
+    return argparse.Namespace(**{**vars(args), "batch": batch, "learning_rate": lr,
+                                 "iterations": iterations})
+
+
 def run_train(args: argparse.Namespace) -> FitResult:
     """Runs `jaxpipe train` for parsed `args`; prints the report and returns the result."""
+    args = job_defaults(args)
     setup = setup_from_args(args)
     options = options_from_args(args, setup)
     result = fit_setup(setup, options, resume=args.resume,

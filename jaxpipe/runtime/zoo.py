@@ -1,8 +1,9 @@
 """The zoo as one source of training setups: a model name becomes a `TrainingSetup`.
 
 The MLP family trains on scikit-learn's digits and is scored on their held-out part
-(`accuracy`); `resnet18-digits`, the default job's model (`first_job`), on the same digits as
-images; every other model trains on two global batches of its own synthetic data.
+(`accuracy`); `digits-cnn`, the default job's model, and `resnet18-digits` (`first_job`), on
+the same digits as images; every other model trains on two global batches of its own synthetic
+data.
 """
 
 from __future__ import annotations
