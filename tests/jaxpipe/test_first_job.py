@@ -131,3 +131,25 @@ def test_the_default_job_learns_and_says_where_its_report_is(tmp_path, capsys,
     assert summary.test_accuracy is not None and summary.test_accuracy >= 0.5
     page = Path(".jaxpipe") / "reports" / "first" / "index.html"
     assert (tmp_path / page).exists() and f"report:       {page}" in out
+
+
+def test_live_profile_plans_from_this_machines_profile_not_the_shipped_one(tmp_path) -> None:
+    """`--live-profile`: the planner reads (or measures) the profile cache, never the shipped
+    profile; without it the shipped profile wins over a cached one."""
+    import jaxpipe
+    from jaxpipe.runtime.planning import planning_problem, profile_cache_path
+
+    setup = first_job.setup(first_job.MODEL, {}, 0)
+    x, y = setup.data
+    traced = jaxpipe.trace(setup.model, setup.variables, (x[:8], y[:8]), setup.loss_fn)
+    sizes = profile_sizes(first_job.BATCH)
+    cache = profile_cache_path(tmp_path, first_job.MODEL, {}, sizes)
+    cached = json.loads(first_job.PROFILE.read_text())
+    cached["model"] = "measured here"
+    cache.write_text(json.dumps(cached))
+    platform = platforms.get(first_job.PLATFORM)
+    for live, model in ((True, "measured here"), (False, first_job.MODEL)):
+        options = TrainOptions(model=first_job.MODEL, batch=first_job.BATCH,
+                               profile_cache=str(tmp_path), live_profile=live)
+        assert planning_problem(traced, first_job.MODEL, platform, options,
+                                None).profile.model == model
