@@ -436,6 +436,16 @@ class CorruptJobError(JaxPipeError, RuntimeError):
     """
 
 
+class CorruptBundleError(JaxPipeError, RuntimeError):
+    """A job's stored `bundle.zip` (its stage programs) does not load in a rank: it was cut
+    short (a killed upload, a full store) or overwritten.
+
+    Fix: the message names the store, the key and its size. Re-run the job under a new
+    `--job-id` with the same model and plan (its checkpoints stay readable with
+    `jaxpipe.load_variables`).
+    """
+
+
 class BudgetExceeded(JobFailed):
     """The next iteration would take the job past `--max-cost`; it stopped at a checkpoint.
 

@@ -56,8 +56,7 @@ from jaxpipe.runtime.optimizer import (
     sum_partials,
 )
 from jaxpipe.runtime.replica_state import averaged_paths, set_counters, stage_counters
-from jaxpipe.staging.bundle import load_stages
-from jaxpipe.staging.stage import StageProgram
+from jaxpipe.runtime.stage_bundle import load_stage
 from planners.schedule import Kind, Task, build
 from transports import ObjectStore, allreduce_mean, codec
 
@@ -98,8 +97,7 @@ class Rank:
         self.last = self.stage == len(self.plan.stages) - 1
         self.count = self.plan.num_micro_batches
         self.timeout = spec.wait_timeout_s
-        self.program, shapes = _load_program(store.get(self.keys.bundle, timeout=self.timeout),
-                                             self.stage)
+        self.program, shapes = load_stage(store, self.keys, self.stage, self.timeout)
         self.optimizer = self._stage_optimizer(shapes)
         loaded = checkpoint.load(store, self.keys, event.start, self.stage, self.optimizer,
                                  self.timeout)
@@ -375,14 +373,6 @@ class Rank:
             memory_mb=self.plan.stages[self.stage].memory_mb, iterations=tuple(self.records),
             requests=self.store.stats, timeline=timeline, timeline_from=first,
             compile=compile, init_s=init_s)
-
-
-def _load_program(bundle: bytes, stage: int) -> tuple[StageProgram, dict[str, Any]]:
-    """The stage's programs, and the bundle's shapes of every parameter and state leaf."""
-    runner = load_stages(bundle, only=[stage])
-    program = runner.stages[stage]
-    assert program is not None, "load_stages(only=[stage]) loads that stage"
-    return program, runner.manifest["shapes"]
 
 
 def _micro_batch(task: Task) -> int:

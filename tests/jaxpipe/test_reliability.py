@@ -77,6 +77,20 @@ def test_a_rank_that_raises_ends_its_attempt_with_its_own_error(workdir):
     assert statuses and not [k for k in statuses if k.endswith(".claim")]
 
 
+def test_a_truncated_bundle_fails_the_job_naming_it_and_the_fix(workdir):
+    job = prepare(options(workdir, "cut-bundle"))
+    whole = job.store.get(job.spec.keys.bundle)
+    job.store.put(job.spec.keys.bundle, whole[:len(whole) // 3])  # an upload cut short
+    with pytest.raises(JobFailed) as failed:
+        run_job(job.store, job.spec, config=RunConfig(log_dir=str(workdir / "logs"), link=False))
+    text = str(failed.value)
+    where = workdir / "store" / "jobs" / "cut-bundle" / "bundle.zip"
+    assert (f"its error: jaxpipe.errors.CorruptBundleError: re-run the job: the bundle at "
+            f"{where} ({len(whole) // 3} bytes) does not read as a stage bundle") in text, text
+    assert "ran out of memory" not in text  # not a memory failure: no memory hint
+    assert cancellation(job.store, job.spec.keys, 2) is None  # the same error twice: given up
+
+
 def test_an_out_of_memory_stage_ends_its_attempt_with_a_memory_message(workdir):
     # The case: stage 1 capped at the smallest memory option, 512 MB (RLIMIT_DATA on
     # the local platform; a JAX process takes about 350 MB of it) with micro-batches of 32768

@@ -60,3 +60,39 @@ def test_a_truncated_job_spec_is_named_when_resumed(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "jaxpipe: CorruptJobError: jobs/cut/job.json (21 bytes) in the store {'kind': " \
            "'file'" in err and "cut short or overwritten" in err
+
+
+@pytest.fixture(scope="module")
+def bundle() -> bytes:
+    """A real two-stage bundle (the skip-connection net of tests/jaxpipe/helpers.py)."""
+    import jaxpipe
+    from tests.jaxpipe.helpers import cross_entropy, skipnet_case
+
+    model, variables, batch, _ = skipnet_case()
+    return jaxpipe.trace(model, variables, batch, cross_entropy).split((2,)).export()
+
+
+@pytest.mark.parametrize("kind", ["s3", "file"])
+def test_a_truncated_bundle_names_the_store_the_key_and_the_fix(kind, bundle, s3_url, tmp_path):
+    from jaxpipe.errors import CorruptBundleError
+    from jaxpipe.runtime.job import Keys
+    from jaxpipe.runtime.stage_bundle import load_stage
+
+    keys = Keys("x")
+    if kind == "s3":
+        store = S3Store("bundles", endpoint_url=s3_url, create_bucket=True, retry=FAST)
+        where = f"s3://bundles/jobs/x/bundle.zip (at {s3_url})"
+    else:
+        store = FileStore(str(tmp_path))
+        where = f"{tmp_path}/jobs/x/bundle.zip"
+    store.put(keys.bundle, bundle)
+    program, shapes = load_stage(store, keys, 1, timeout=1)  # the whole one loads
+    assert program.spec.index == 1 and shapes
+    cut = bundle[:len(bundle) // 2]
+    store.put(keys.bundle, cut)
+    with pytest.raises(CorruptBundleError) as err:
+        load_stage(store, keys, 1, timeout=1)
+    assert str(err.value).startswith(
+        f"re-run the job: the bundle at {where} ({len(cut)} bytes) does not read as a stage "
+        "bundle (File is not a zip file); it was cut short")
+    assert "BadZipFile" not in message(err.value) and "--job-id" in str(err.value)
