@@ -566,6 +566,7 @@ class CouplingError(InputError):
     per-leaf scalars; or cut the model so the coupled parameters share a stage.
     """
 
+
 class LithopsConfigError(InputError):
     """`--platform lithops` has no usable Lithops configuration: no `--lithops-config`, a file
     that is missing or not YAML, one Lithops' own loader refuses, a backend with no catalog

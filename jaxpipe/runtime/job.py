@@ -223,6 +223,7 @@ class Keys:
         """The running driver's lease and heartbeat (`jaxpipe.runtime.lease`)."""
         return self.prefix + "driver.json"
 
+
 def read_spec(store: ObjectStore, job: str, timeout: float | None = None) -> JobSpec:
     """Job `job`'s stored `job.json`, parsed (waiting up to `timeout` s for it to appear).
 
