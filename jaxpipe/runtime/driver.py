@@ -270,9 +270,12 @@ def _why(death: RankDeath) -> str:
 
 
 def _same(death: RankDeath, previous: RankDeath | None) -> bool:
-    """Whether two attempts in a row failed with the same error (retrying will not help)."""
+    """Whether two attempts in a row failed with the same error (retrying will not help).
+
+    The rank may differ: when every rank hits the same fault (a cut bundle), whichever fails
+    first is a race."""
     return (previous is not None and death.error is not None and previous.error is not None
-            and death.rank == previous.rank and last_line(death.error) == last_line(previous.error))
+            and last_line(death.error) == last_line(previous.error))
 
 
 def _tail(ranks: list[Invocation], rank: int) -> str:
