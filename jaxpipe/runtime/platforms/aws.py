@@ -31,7 +31,7 @@ from typing import Any
 
 from jaxpipe.errors import EventTooLargeError, LaunchError
 from jaxpipe.runtime.event import RankEvent, RankStatus, Status
-from jaxpipe.runtime.platforms.base import Outcome
+from jaxpipe.runtime.platforms.base import Outcome, wait_for_outcome
 from planners import Platform
 from transports import KeyNotFound, ObjectStore
 
@@ -131,12 +131,7 @@ class LambdaInvocation:
 
     def wait(self, timeout: float) -> Outcome:
         """Blocks until the rank ends; `Outcome.SILENT` if it has not after `timeout` seconds."""
-        end = time.time() + timeout
-        while (outcome := self._check()) is None:
-            if time.time() >= end:
-                return Outcome.SILENT
-            time.sleep(max(0.0, min(self.poll_every_s, end - time.time())))
-        return outcome
+        return wait_for_outcome(self._check, timeout, self.poll_every_s)
 
     def kill(self) -> None:
         """Lambda cannot stop a running invocation: a rank of an abandoned attempt ends when

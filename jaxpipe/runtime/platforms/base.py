@@ -8,12 +8,14 @@ status a Lambda worker writes to the store), so the driver decides from outcomes
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from enum import Enum
 from typing import Protocol
 
 from jaxpipe.runtime.event import RankEvent
 
-__all__ = ["Invocation", "Launcher", "Outcome"]
+__all__ = ["Invocation", "Launcher", "Outcome", "wait_for_outcome"]
 
 
 class Outcome(Enum):
@@ -57,3 +59,20 @@ class Launcher(Protocol):
     name: str
 
     def launch(self, event: RankEvent, memory_mb: int) -> Invocation: ...
+
+
+def wait_for_outcome(check: Callable[[], Outcome | None], timeout: float,
+                     poll_every_s: float) -> Outcome:
+    """Calls `check()` every `poll_every_s` until it gives an `Outcome`; `Outcome.SILENT` once
+    `timeout` seconds have passed without one (the loop of a rank watched through the store).
+
+    Example:
+      >>> wait_for_outcome(lambda: None, timeout=0.0, poll_every_s=0.1).name
+      'SILENT'
+    """
+    end = time.time() + timeout
+    while (outcome := check()) is None:
+        if time.time() >= end:
+            return Outcome.SILENT
+        time.sleep(max(0.0, min(poll_every_s, end - time.time())))
+    return outcome

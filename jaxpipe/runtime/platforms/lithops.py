@@ -42,7 +42,7 @@ from typing import Any
 from jaxpipe.errors import EventTooLargeError
 from jaxpipe.runtime.event import RankEvent, RankStatus
 from jaxpipe.runtime.platforms.aws import ASYNC_PAYLOAD_LIMIT
-from jaxpipe.runtime.platforms.base import Outcome
+from jaxpipe.runtime.platforms.base import Outcome, wait_for_outcome
 from jaxpipe.runtime.platforms.lithops_config import LithopsSettings, interpreter
 from jaxpipe.runtime.platforms.local import MIN_MEMORY_MB, worker_env
 from planners import Platform
@@ -200,12 +200,7 @@ class LithopsInvocation:
 
     def wait(self, timeout: float) -> Outcome:
         """Blocks until the rank ends; `Outcome.SILENT` if it has not after `timeout` seconds."""
-        end = time.time() + timeout
-        while (outcome := self._check()) is None:
-            if time.time() >= end:
-                return Outcome.SILENT
-            time.sleep(max(0.0, min(self.poll_every_s, end - time.time())))
-        return outcome
+        return wait_for_outcome(self._check, timeout, self.poll_every_s)
 
     def kill(self) -> None:
         """Stops the call if it still runs (localhost: its process group; a cloud call ends
