@@ -19,6 +19,7 @@ Every key of a job lives under `jobs/<job-id>/` (docs/design.md), laid out as:
     status/<attempt>/<inv>/rank<r>.claim   the first delivery's claim of that invocation
     cancel/<attempt>                  the attempt's cancellation marker (`runtime.cancel`)
     driver.json                       the running driver's lease and heartbeat (`runtime.lease`)
+    driver.takeover/<sha>             the claim of the one driver taking over a dead lease
     results/summary.json              the run's `summary.Summary`
     results/summary-<n>.json          the summary of its first n iterations, kept when a
                                       finished job is extended (`runtime.resume`)
@@ -222,6 +223,11 @@ class Keys:
     def driver(self) -> str:
         """The running driver's lease and heartbeat (`jaxpipe.runtime.lease`)."""
         return self.prefix + "driver.json"
+
+    def takeover(self, dead: str) -> str:
+        """The claim of the one driver that takes over the dead lease whose record hashes to
+        `dead` (`jaxpipe.runtime.lease`)."""
+        return f"{self.prefix}driver.takeover/{dead}"
 
 
 def read_spec(store: ObjectStore, job: str, timeout: float | None = None) -> JobSpec:

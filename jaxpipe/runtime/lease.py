@@ -12,11 +12,14 @@ rank outlives its driver for long on any platform.
 A second driver for the same job id is refused with `JobRunningError` naming the holder,
 unless the holder is gone: a lease from this host whose pid no longer runs is taken over at
 once; one from another host once its beat has not changed for `stale_s` seconds (watched on
-this machine's clock, so clocks are never compared).
+this machine's clock, so clocks are never compared). Of drivers that find the same dead lease
+at once, one takes it over: the first conditional write of `driver.takeover/<hash of the dead
+record>`; the others are refused as if the lease were live.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import socket
@@ -80,14 +83,26 @@ class DriverLease:
         """
         mine = LeaseRecord(uuid.uuid4().hex, socket.gethostname(), os.getpid(), time.time(),
                            command=command)
-        if not store.put_if_absent(keys.driver, mine.to_json()):
-            holder = _read(store, keys)
-            if holder is not None and not _gone(store, keys, holder, stale_s):
+        while not store.put_if_absent(keys.driver, mine.to_json()):
+            try:
+                raw = store.get(keys.driver)
+            except KeyNotFound:
+                continue  # released meanwhile: claim it afresh
+            holder = _parse(raw)
+            if not _gone(store, keys, holder, stale_s):
                 raise JobRunningError(
                     f"job {keys.job_id} is held by another driver ({holder.describe()}, "
                     f"heartbeat {holder.beat}); wait for it, stop it, or choose another "
                     "--job-id")
-            store.put(keys.driver, mine.to_json())  # the holder is gone: take over
+            # The holder is gone. Drivers that found it gone at once (two resumes on one host)
+            # race here: only the first conditional write on that dead record takes over.
+            dead = hashlib.sha256(raw).hexdigest()[:16]
+            if not store.put_if_absent(keys.takeover(dead), mine.to_json()):
+                raise JobRunningError(
+                    f"job {keys.job_id}: another driver is taking over its dead driver's "
+                    "lease at this moment; wait for it, stop it, or choose another --job-id")
+            store.put(keys.driver, mine.to_json())
+            break
         lease = cls(store, keys, mine, beat_s)
         lease._thread.start()
         return lease
@@ -105,6 +120,7 @@ class DriverLease:
             if holder is not None and holder.token == self.record.token:
                 if not self.store.exists(self.keys.spec):
                     self.store.delete_prefix(self.keys.prefix)
+                self.store.delete_prefix(self.keys.takeover(""))
                 self.store.delete(self.keys.driver)
         except StoreError:
             pass  # a stale lease is taken over by the next driver
@@ -126,9 +142,14 @@ class DriverLease:
 
 def _read(store: ObjectStore, keys: Keys) -> LeaseRecord | None:
     try:
-        return LeaseRecord.from_json(store.get(keys.driver))
+        return _parse(store.get(keys.driver))
     except KeyNotFound:
         return None
+
+
+def _parse(raw: bytes) -> LeaseRecord:
+    try:
+        return LeaseRecord.from_json(raw)
     except (ValueError, KeyError):  # a half-written or foreign record counts as stale
         return LeaseRecord("?", "?", -1, 0.0, -1)
 

@@ -12,8 +12,10 @@ import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -22,12 +24,13 @@ import numpy as np
 import pytest
 
 from jaxpipe.errors import JobFailed, JobFinishedError, JobRunningError, NonFiniteLossError
+from jaxpipe.runtime import lease as lease_module
 from jaxpipe.runtime.arrays import decode_named
 from jaxpipe.runtime.cancel import cancellation
 from jaxpipe.runtime.driver import RunConfig, run_job
 from jaxpipe.runtime.event import Fault
 from jaxpipe.runtime.job import Keys
-from jaxpipe.runtime.lease import DriverLease
+from jaxpipe.runtime.lease import DriverLease, LeaseRecord
 from jaxpipe.runtime.metrics import LossRecord
 from jaxpipe.runtime.summary import Summary
 from jaxpipe.runtime.train import Prepared, TrainOptions, open_store, prepare, train
@@ -363,3 +366,31 @@ def test_a_job_whose_setup_failed_leaves_nothing_and_a_made_one_is_kept(tmp_path
             store.put(keys.spec, b"{}")  # job.json goes last: the job exists
         lease.release()
     assert store.list("jobs/") == [made.bundle, made.spec]
+
+
+def test_of_two_drivers_finding_one_dead_lease_at_once_one_takes_it_over(tmp_path, monkeypatch):
+    store, keys = open_store(str(tmp_path)), Keys("orphan")
+    dead = LeaseRecord("dead", socket.gethostname(), 2**22 + 12345, 0.0)  # no such pid runs
+    store.put(keys.driver, dead.to_json())
+    # Both drivers have read the dead record and judged it gone before either writes: the race
+    # two `jaxpipe train --resume` started together on one host run into.
+    both_judged = threading.Barrier(2, timeout=30)
+    monkeypatch.setattr(lease_module, "_gone", lambda *_: both_judged.wait() >= 0)
+    held, refused = [], []
+
+    def resume() -> None:
+        try:
+            held.append(DriverLease.acquire(store, keys))
+        except JobRunningError as err:
+            refused.append(str(err))
+
+    threads = [threading.Thread(target=resume) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert len(held) == 1 and len(refused) == 1, (held, refused)
+    assert "another driver is taking over its dead driver's lease" in refused[0]
+    assert LeaseRecord.from_json(store.get(keys.driver)).token == held[0].record.token
+    held[0].release()
+    assert store.list("jobs/orphan/") == []  # lease and takeover claim gone (no job.json)
