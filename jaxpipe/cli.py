@@ -6,7 +6,12 @@ import argparse
 import json
 import sys
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from jaxpipe.models._spec import ModelSpec
+    from jaxpipe.staging.batch import Batch
+    from jaxpipe.staging.tracing import Traced
 
 __all__ = ["main"]
 
@@ -191,16 +196,10 @@ def _demo(args: argparse.Namespace) -> int:
 
     import jaxpipe
     from jaxpipe import models
-    from jaxpipe.runtime.zoo import linen_module
 
     spec = models.get(args.model)
-    module = linen_module(spec)
-    key = jax.random.PRNGKey(0)
-    variables = spec.init(key)
-    assert isinstance(variables, dict), "a linen model's init returns its variables"
     batch = spec.make_batch(jax.random.PRNGKey(1), args.batch)
-    rngs = {"dropout": jax.random.PRNGKey(2)} if spec.uses_dropout else None
-    traced = jaxpipe.trace(module, variables, batch, spec.loss_fn, rngs=rngs)
+    traced, user, (ref_loss, ref_grads), bundle_variables, rngs = _demo_case(spec, batch)
     n = len(traced.layers)
     stages = max(1, min(args.stages, n))
     cuts = sorted({round(n * k / stages) for k in range(1, stages)} - {0, n})
@@ -210,23 +209,11 @@ def _demo(args: argparse.Namespace) -> int:
         print(f"  {layer.index:3d} {layer.name:24s} {layer.param_bytes / 1e6:9.3f} MB params "
               f"{layer.boundary_bytes_per_sample / 1e3:9.2f} kB/sample across a cut after it"
               f"{note}")
-
-    def unsplit(params):
-        state = {k: v for k, v in variables.items() if k != "params"}
-        out: Any
-        if state:
-            out, _ = module.apply({"params": params, **state}, batch[0], rngs=rngs,
-                                       mutable=list(state))
-        else:
-            out = module.apply({"params": params}, batch[0], rngs=rngs)
-        return spec.loss_fn(out, batch[1])
-
-    ref_loss, ref_grads = jax.value_and_grad(unsplit)(variables["params"])
     scale = max(float(np.max(np.abs(g))) for g in jax.tree.leaves(ref_grads))
     worst = 0.0
     for mode in ("stash", "recompute"):
         staged = traced.split(cuts, mode)
-        loss, grads, _ = staged.value_and_grad(variables, batch, micro_batches=1)
+        loss, grads, _ = staged.value_and_grad(user, batch, micro_batches=1)
         err = max(float(np.max(np.abs(a - b))) for a, b in
                   zip(jax.tree.leaves(grads), jax.tree.leaves(ref_grads))) / scale
         worst = max(worst, err)
@@ -235,12 +222,52 @@ def _demo(args: argparse.Namespace) -> int:
     staged = traced.split(cuts)
     blob = staged.export(args.batch // args.micro_batches)
     runner = jaxpipe.load_stages(blob)
-    loss, _, _ = runner.value_and_grad(variables, batch, rngs=rngs)
+    loss, _, _ = runner.value_and_grad(bundle_variables, batch, rngs=rngs)
     print(f"bundle: {len(blob) / 1e6:.2f} MB, {args.micro_batches} micro-batches through the "
           f"loaded programs: loss {float(loss):.6f}")
     ok = worst <= 1e-5
     print("OK: stage gradients equal the unsplit model's" if ok else "MISMATCH")
     return 0 if ok else 1
+
+
+def _demo_case(spec: ModelSpec, batch: Batch) -> tuple[Traced, Any, tuple[Any, Any], Any, Any]:
+    """A zoo model traced for the demo: (traced, what its split's value_and_grad takes, the
+    unsplit model's (loss, grads) on `batch`, the variables a loaded bundle takes, rngs)."""
+    import jax
+
+    import jaxpipe
+
+    if spec.kind == "nnx":  # the module holds its variables and its dropout streams
+        from flax import nnx
+
+        from jaxpipe.tree import nest
+
+        model = spec.build(jax.random.PRNGKey(0))
+        traced = jaxpipe.trace(model, None, batch, spec.loss_fn)
+        x, y = batch
+        reference = nnx.value_and_grad(lambda m: spec.loss_fn(m(x), y))(nnx.clone(model))
+        flat = {**dict(zip(traced.params.paths, traced.params.leaves)),
+                **dict(zip(traced.state.paths, traced.state.leaves))}
+        return traced, model, reference, nest(flat), None
+    from jaxpipe.runtime.zoo import linen_module
+
+    module = linen_module(spec)
+    variables = spec.init(jax.random.PRNGKey(0))
+    assert isinstance(variables, dict), "a linen model's init returns its variables"
+    rngs = {"dropout": jax.random.PRNGKey(2)} if spec.uses_dropout else None
+    traced = jaxpipe.trace(module, variables, batch, spec.loss_fn, rngs=rngs)
+    state = {k: v for k, v in variables.items() if k != "params"}
+
+    def unsplit(params: Any) -> Any:
+        out: Any
+        if state:
+            out, _ = module.apply({"params": params, **state}, batch[0], rngs=rngs,
+                                  mutable=list(state))
+        else:
+            out = module.apply({"params": params}, batch[0], rngs=rngs)
+        return spec.loss_fn(out, batch[1])
+
+    return traced, variables, jax.value_and_grad(unsplit)(variables["params"]), variables, rngs
 
 
 def _add_cloud_arguments(parser: argparse.ArgumentParser, what: str) -> None:

@@ -17,6 +17,7 @@ near-zero gradients into full-size steps).
 from __future__ import annotations
 
 import json
+import re
 
 import jax
 import jax.numpy as jnp
@@ -185,6 +186,15 @@ def test_profile_of_an_nnx_model(name):
     profile = jaxpipe.profile(traced, [2], repeats=1, name=name)
     assert len(profile.layers) == len(traced.layers)
     assert all(layer.fwd_seconds[2] > 0 for layer in profile.layers)
+
+
+@pytest.mark.parametrize("name", ["nnx-lm-tiny", "mlp"])
+def test_demo_checks_nnx_and_linen_models_against_their_unsplit_gradients(name, capsys):
+    assert cli.main(["demo", "--model", name, "--batch", "8", "--micro-batches", "2"]) == 0
+    out = capsys.readouterr().out
+    errors = [float(e) for e in re.findall(r"max relative gradient error (\S+)", out)]
+    assert len(errors) == 2 and max(errors) <= 1e-5, out  # stash and recompute
+    assert "OK: stage gradients equal the unsplit model's" in out
 
 
 def test_nnx_variables_or_rngs_are_refused_before_any_work(tmp_path):
