@@ -29,9 +29,10 @@ from flax import nnx
 
 import jaxpipe
 from jaxpipe import cli, models
-from jaxpipe.errors import RngError, VariablesError
+from jaxpipe.errors import JobFailed, RngError, VariablesError
 from jaxpipe.runtime.dataset import batch_indices
 from jaxpipe.runtime.driver import RunConfig
+from jaxpipe.runtime.event import Fault
 from jaxpipe.runtime.replica_state import averaged_paths, set_counters
 from jaxpipe.runtime.zoo import training_data
 from jaxpipe.staging.counters import counter_steps
@@ -152,6 +153,30 @@ def test_fit_leaves_the_users_module_alone_and_load_variables_reads_the_same(lm_
     again = jaxpipe.load_variables(result.store, result.job_id)
     assert state_error(nnx.state(updated(model, again)),
                        nnx.state(updated(model, result.variables))) == 0.0
+
+
+def test_a_resumed_nnx_fit_equals_an_uninterrupted_one_bitwise(lm_fit, workdir):
+    """A job killed at iteration 2 (rank 1, a replica of the middle stage) and resumed with
+    `resume=` ends where the uninterrupted `lm_fit` did: parameters, dropout counters, keys."""
+    spec, model, data = lm_case()
+    run = common(workdir, "nnx-resumed")
+    interrupted = dict(run, checkpoint_every=1, run=RunConfig(
+        log_dir=str(workdir / "logs"), max_restarts=0, faults=(Fault(rank=1, iteration=2),)))
+    with pytest.raises(JobFailed):
+        jaxpipe.fit(model, spec.loss_fn, data, shuffle=False, plan=LM_PLAN, **interrupted)
+    result = jaxpipe.fit(model, spec.loss_fn, data, shuffle=False, plan=LM_PLAN,
+                         resume="nnx-resumed", **dict(run, checkpoint_every=1))
+    assert isinstance(result.variables, nnx.State)
+    uninterrupted = lm_fit[0]
+    for a, b in zip(jax.tree.leaves(result.variables), jax.tree.leaves(uninterrupted.variables),
+                    strict=True):
+        np.testing.assert_array_equal(np.asarray(jax.random.key_data(a) if _is_key(a) else a),
+                                      np.asarray(jax.random.key_data(b) if _is_key(b) else b))
+    assert result.losses == uninterrupted.losses
+
+
+def _is_key(x) -> bool:
+    return jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key)
 
 
 @pytest.fixture(scope="module")
