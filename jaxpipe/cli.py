@@ -172,9 +172,11 @@ def _add_train_arguments(parser: argparse.ArgumentParser) -> None:
                         "never a silent default)")
     parser.add_argument("--wait-timeout", dest="wait_timeout_s", type=float,
                         default=d.wait_timeout_s,
-                        help="seconds a rank waits for any one message; the first window's "
-                        "must cover every upstream stage's cold start and compile "
-                        f"({d.wait_timeout_s:g})")
+                        help="seconds a rank waits for any one message of a steady iteration "
+                        f"({d.wait_timeout_s:g}); in a window's first iteration the wait also "
+                        "covers the other stages' start-up (cold start + compile: the "
+                        "platform's cold_start_s, then as the previous window measured), so "
+                        "this needs to cover only a peer's slowest steady step")
     parser.add_argument("--no-compile-cache", dest="compile_cache", action="store_false",
                         help="compile every stage in every fresh function (default: share the "
                         "compiled programs through the store)")

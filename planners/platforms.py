@@ -5,7 +5,8 @@
 optional TOML or JSON file overrides any field, because prices change and bandwidth and latency
 must be calibrated on the machine at hand. Tags in comments: [DOC url] vendor documentation,
 [CODE file] FuncPipe's reference code (the authors' release of the paper cited in
-docs/design.md), [ABS1] the FuncPipe v1 abstract, [ASSUMED] our own choice, to be calibrated.
+docs/design.md), [ABS1] the FuncPipe v1 abstract, [MEASURED file] our own benchmark's result,
+[ASSUMED] our own choice, to be calibrated.
 """
 
 from __future__ import annotations
@@ -47,7 +48,8 @@ class Platform(JsonMixin):
       currency: unit of every price.
       timeout_s: longest run of one invocation, seconds; a worker hands over before it.
       cold_start_s: seconds from an invocation's launch to its first micro-batch (runtime
-        start, imports, stage load, compile), paid once per window; 0 until measured.
+        start, imports, stage load, compile) beyond a steady iteration, paid once per window,
+        with the compile cache warm (`experiments/bench_coldstart.py`, "warm" rows).
       max_concurrency: most functions that may run at once.
       runtime_base_mb: memory of the runtime itself (Python, jaxlib, buffers), MB.
       safety_margin_mb: headroom kept free in every function, MB.
@@ -205,6 +207,12 @@ _AWS = Platform(
     currency="USD",
     timeout_s=900.0,  # [DOC docs.aws.amazon.com/lambda/latest/dg/gettingstarted-limits.html]
     max_concurrency=1000,  # default regional quota, same page
+    # The local start-up with a warm compile cache, 17 s (see _LOCAL), plus 1 s for Lambda's own
+    # start of an execution environment: "from under 100 ms to over 1 second" [DOC the Lambda
+    # operator guide, "Cold starts and latency", serverlessland.com/content/service/lambda/
+    # guides/aws-lambda-operator-guide/execution-environments]. Importing JAX from a lazily
+    # loaded image on 1.7 vCPU (3008 MB) is not measured on Lambda itself [ASSUMED: as local].
+    cold_start_s=18.0,
     runtime_base_mb=400.0,  # [ASSUMED] Python + jaxlib RSS; measure with `jaxpipe profile`
     safety_margin_mb=200.0,  # [CODE baselines/.../_data_translate.py:195], 200 MB margin
 )
@@ -228,6 +236,11 @@ _ALIBABA = Platform(
     currency="CNY",
     timeout_s=600.0,  # [ASSUMED] classic FC limit; check the current quota page
     max_concurrency=300,  # [ASSUMED] default instance quota; check the console
+    # The local start-up with a warm compile cache, 17 s (see _LOCAL), plus 4 s to pull and
+    # start a custom-container image with image acceleration ("from several minutes to a few
+    # seconds" [DOC alibabacloud.com/help/en/functioncompute/fc-2-0/user-guide/accelerate-
+    # startup-of-images-of-container-registry-enterprise-edition]; 4 s [ASSUMED] for "a few").
+    cold_start_s=21.0,
     runtime_base_mb=400.0,  # [ASSUMED] as for AWS
     safety_margin_mb=200.0,  # [CODE _data_translate.py:195]
 )
@@ -248,6 +261,12 @@ _LOCAL = Platform(
     currency="USD",
     timeout_s=3600.0,  # [ASSUMED] local functions have no hard limit; hand over hourly
     max_concurrency=64,  # [ASSUMED]
+    # Start-up of a fresh rank process with a warm compile cache (spawn to the end of its first
+    # forward and backward, minus a steady one): the largest of the three models' means,
+    # AmoebaNet-D(18, 64) 16.6 s (ResNet-50 14.5 s, BERT-Base 7.2 s; 2 stages, micro-batch 4,
+    # 2 shared cores at load 10-12) [MEASURED experiments/results/bench_coldstart.json, "warm"
+    # rows]. Mostly importing JAX (4-12 s); without the cache it was 27-110 s.
+    cold_start_s=17.0,
     runtime_base_mb=400.0,  # [ASSUMED] as for AWS
     safety_margin_mb=200.0,  # [CODE _data_translate.py:195]
 )
@@ -267,6 +286,10 @@ _LOCAL_SMALL = dataclasses.replace(
     max_cpus=0.5,
     uplink_bytes_per_s=10 * MB,
     downlink_bytes_per_s=10 * MB,
+    # The small models' start-up with a warm compile cache: the largest of the -tiny configs'
+    # means, AmoebaNet-D tiny 7.0 s (ResNet-50 tiny 5.7 s, BERT-Base tiny 4.8 s; load ~9)
+    # [MEASURED experiments/results/bench_coldstart_quick.json, "warm" rows].
+    cold_start_s=7.0,
 )
 
 _CATALOG = {p.name: p for p in (_AWS, _ALIBABA, _LOCAL, _LOCAL_SMALL)}

@@ -8,8 +8,9 @@ by one rule:
                        INIT for container images) + one invocation each + its requests
     steady_dollars     one steady iteration: every function's GB-s for its seconds, plus the
                        run's requests per iteration (no cold start, no compilation)
-    CostGuard          predicts a window's dollars before it is launched, from the plan until
-                       a window has been measured
+    CostGuard          predicts a window's dollars before it is launched: one start-up of
+                       every function plus its iterations, from the plan until a window has
+                       been measured
 """
 
 from __future__ import annotations
@@ -98,12 +99,14 @@ def steady_dollars(platform: Platform, plan: Plan, metrics: Sequence[RankMetrics
 class CostGuard:
     """Keeps a run under `max_cost`: predicts a window's cost before launching it.
 
-    Dollars per iteration are predicted from the plan (`iteration_dollars`, else its time at
-    the platform's GB-s price) until a window has run, then measured from the workers' metrics
-    (billed GB-s, invocations and requests; startup included). Until then a window is also
-    predicted to cost `startup_s` seconds of every function before its first iteration (INIT
-    and compiling, billed for container images). A failed window is charged its wall time for
-    every function, since Lambda bills the dead ranks too.
+    A window is predicted to cost `startup_s` seconds of every function before its first
+    iteration (INIT and compiling, billed for container images), plus its iterations. Dollars
+    per iteration are predicted from the plan (`iteration_dollars`, else its time at the
+    platform's GB-s price) until a window has run, then measured from the workers' metrics
+    (billed GB-s, invocations and requests) less each measured window's start-up, which
+    `charge_window` is told and which becomes the next window's `startup_s`: a window like the
+    last one is predicted at what it cost. A failed window is charged its wall time for every
+    function, since Lambda bills the dead ranks too.
     """
 
     max_cost: float | None
@@ -143,16 +146,16 @@ class CostGuard:
         return min(wanted, fits)
 
     def startup_dollars(self) -> float:
-        """Predicted dollars of a window's start-up: `startup_s` of every function until a
-        measured window (whose dollars include its start-up) says otherwise."""
-        if self.measured_iterations:
-            return 0.0
+        """Predicted dollars of a window's start-up: `startup_s` of every function."""
         return self.platform.compute_dollars(functions_gigabytes(self.plan), self.startup_s)
 
-    def charge_window(self, dollars: float, iterations: int) -> None:
-        """A window of `iterations` ran and cost `dollars` (`measured_dollars`)."""
+    def charge_window(self, dollars: float, iterations: int, startup_s: float = 0.0) -> None:
+        """A window of `iterations` ran and cost `dollars` (`measured_dollars`), `startup_s`
+        seconds of it its start-up (`runtime.startup`): the rest is its iterations', and the
+        next window is predicted to start up as long."""
         self.spent += dollars
-        self.measured_dollars += dollars
+        self.startup_s = startup_s
+        self.measured_dollars += max(0.0, dollars - self.startup_dollars())
         self.measured_iterations += iterations
 
     def charge_failure(self, seconds: float, functions: int) -> None:

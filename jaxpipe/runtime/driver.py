@@ -5,8 +5,10 @@
               from the latest complete checkpoint; at the window's end start fresh invocations
     finish    charge what the windows measured, delete the scratch keys
 
-A window is as many iterations as fit in one invocation's time limit (with a safety factor),
-so a rank checkpoints at an iteration boundary and hands over before the platform would kill it.
+A window is as many iterations as fit in one invocation's time limit after its start-up
+(with a safety factor), so a rank checkpoints at an iteration boundary and hands over before the
+platform would kill it. The start-up is the plan's prediction for the first window, then what
+the previous window measured (`runtime.startup`).
 With `RunConfig.max_cost`, a window is also cut to what the budget still affords (`CostGuard`),
 and the job stops before a window that would exceed it. The driver acts on `Outcome`s only:
 each platform translates its own signals (exit codes, status records) into them.
@@ -44,6 +46,7 @@ from jaxpipe.runtime.job import JobSpec
 from jaxpipe.runtime.metrics import RankMetrics
 from jaxpipe.runtime.patience import PatientStore
 from jaxpipe.runtime.platforms import Invocation, Launcher, LocalPlatform
+from jaxpipe.runtime.startup import Startup
 from jaxpipe.runtime.stopping import Stopped, stop_signals
 from jaxpipe.runtime.watching import WindowWatch
 from planners import Schedule
@@ -66,7 +69,10 @@ class RunConfig:
       faults: test hook, e.g. (Fault(rank=1, iteration=2),): that rank SIGKILLs itself
         mid-iteration during the first attempt.
       log_dir: where rank processes write their output.
-      startup_seconds: time an invocation needs before its first iteration, seconds.
+      startup_seconds: time an invocation needs before its first iteration, in seconds, for
+        every window's size and budget; None (the default): the plan's prediction
+        (`Platform.cold_start_s`) for the first window, then what the previous window measured
+        (`runtime.startup`).
       max_cost: budget of the whole run, in the platform's currency; None means no limit.
       keep_checkpoints: complete checkpoints a finished job keeps, the final one included
         (`checkpoint.prune`, after the summary is made); 0 keeps all.
@@ -77,7 +83,7 @@ class RunConfig:
     link: bool = True
     faults: tuple[Fault, ...] = ()
     log_dir: str = ".jaxpipe/logs"
-    startup_seconds: float = 20.0
+    startup_seconds: float | None = None
     max_cost: float | None = None
     keep_checkpoints: int = 3
 
@@ -142,7 +148,9 @@ def run_job(store: ObjectStore, spec: JobSpec, start: int = 0, config: RunConfig
     schedule = build(plan)
     if launcher is None:
         launcher = LocalPlatform(spec.platform, Path(config.log_dir) / spec.job_id)
-    guard = CostGuard(config.max_cost, spec.platform, plan, startup_s=config.startup_seconds)
+    startup = Startup.planned(spec.platform, spec.num_stages)  # measured after each window
+    guard = CostGuard(config.max_cost, spec.platform, plan,
+                      startup_s=_startup_s(config, startup))
     limit = config.invocation_seconds or spec.platform.timeout_s
     per_iteration = plan.iteration_seconds or 1.0
     progress = Progress()
@@ -153,12 +161,13 @@ def run_job(store: ObjectStore, spec: JobSpec, start: int = 0, config: RunConfig
     with stop_signals():
         try:
             while t < spec.iterations:
-                wanted = min(cap, window_for(limit, per_iteration, config.startup_seconds))  # (1)
+                wanted = min(cap, window_for(limit, per_iteration,  # (1)
+                                             _startup_s(config, startup)))
                 stop = min(spec.iterations, t + guard.affordable(wanted, t, spec.job_id))
                 window = Window(t, stop, attempt, progress.invocations)
                 launched = time.time()
                 ranks = _launch(launcher, store, spec, schedule, window, config,  # (2)
-                                per_iteration, first)
+                                per_iteration, first, startup)
                 progress.invocations += 1
                 progress.clock = time.time()
                 watch = WindowWatch(store, spec, schedule, window, ranks,  # (3)
@@ -166,8 +175,9 @@ def run_job(store: ObjectStore, spec: JobSpec, start: int = 0, config: RunConfig
                 death = (watch.losses(lambda t, loss: _record(t, loss, progress, on_iteration))
                          or watch.ends())
                 if death is None:
-                    per_iteration = _charge_window(store, spec, window, guard, progress,
-                                                   per_iteration)
+                    per_iteration, startup = _charge_window(store, spec, window, guard,
+                                                            progress, per_iteration, startup,
+                                                            config)
                     t, ranks = stop, []  # (4)
                     continue
                 _abandon(store, spec, attempt, ranks, _why(death))  # (5)
@@ -211,14 +221,16 @@ def _record(t: int, loss: float, progress: Progress,
 
 
 def _launch(launcher: Launcher, store: ObjectStore, spec: JobSpec, schedule: Schedule,
-            window: Window, config: RunConfig, per_iteration: float,
-            first: int) -> list[Invocation]:
+            window: Window, config: RunConfig, per_iteration: float, first: int,
+            startup: Startup) -> list[Invocation]:
     """Launches every rank for `window`, in rank order; the fault hook in this run's first
-    attempt only."""
+    attempt only. Each rank learns every stage's predicted start-up (its first iteration's
+    waits cover the others')."""
     fault = config.faults[0] if window.attempt == first and config.faults else None
     event = RankEvent(job=spec.job_id, rank=0, store=store_to_spec(store), start=window.start,
                       stop=window.stop, attempt=window.attempt, invocation=window.invocation,
-                      link=config.link, iteration_s=per_iteration, fault=fault)
+                      link=config.link, iteration_s=per_iteration, fault=fault,
+                      stages_startup_s=startup.stages_s)
     ranks: list[Invocation] = []
     for r in range(schedule.num_ranks):  # appended one by one: a failed launch stops the rest
         ranks.append(launcher.launch(dataclasses.replace(event, rank=r),
@@ -250,18 +262,28 @@ def _tidy(store: ObjectStore, spec: JobSpec, attempt: int) -> None:
 
 
 def _charge_window(store: ObjectStore, spec: JobSpec, window: Window, guard: CostGuard,
-                   progress: Progress, per_iteration: float) -> float:
-    """Charges a finished window its measured dollars; returns the seconds per iteration the
-    next window is sized with (the median of this one's, its first left out: startup)."""
+                   progress: Progress, per_iteration: float, startup: Startup,
+                   config: RunConfig) -> tuple[float, Startup]:
+    """Charges a finished window its measured dollars (its start-up apart, `CostGuard`);
+    returns the seconds per iteration (the median of this window's, its first left out: it
+    starts up) and the start-up (this window's, `runtime.startup`) the next is sized with."""
     metrics = [RankMetrics.from_dict(json.loads(store.get(
         spec.keys.metrics(r, window.attempt, window.invocation), timeout=spec.wait_timeout_s)))
         for r in range(spec.plan.num_functions)]
-    guard.charge_window(measured_dollars(spec.platform, metrics), window.size)
+    measured = [progress.times[i] for i in range(window.start + 1, window.stop)]
+    per_iteration = float(np.median(measured)) if measured else per_iteration
+    startup = startup.measured(metrics, per_iteration)
+    guard.charge_window(measured_dollars(spec.platform, metrics), window.size,
+                        _startup_s(config, startup))
     progress.dollars = guard.spent
     if window.stop < spec.iterations:
         progress.handovers += 1
-    measured = [progress.times[i] for i in range(window.start + 1, window.stop)]
-    return float(np.median(measured)) if measured else per_iteration
+    return per_iteration, startup
+
+
+def _startup_s(config: RunConfig, startup: Startup) -> float:
+    """The start-up windows are sized and budgeted with: the override, else the prediction."""
+    return startup.window_s if config.startup_seconds is None else config.startup_seconds
 
 
 def _why(death: RankDeath) -> str:

@@ -59,6 +59,9 @@ class RankEvent:
       iteration_s: the driver's estimate of one iteration, in seconds (None: the plan's).
       launched_at: epoch seconds when the platform launched it, for the cold start.
       fault: test hook, see `Fault`.
+      stages_startup_s: each stage's predicted start-up, in seconds (`runtime.startup`): the
+        rank's waits in the window's first iteration cover the other stages' (empty: the
+        plan's, `Platform.cold_start_s` each).
 
     Example:
       >>> e = RankEvent("j", 1, {"kind": "file", "root": "/tmp/s"}, 0, 4, 0, 0)
@@ -77,6 +80,7 @@ class RankEvent:
     iteration_s: float | None = None
     launched_at: float | None = None
     fault: Fault | None = None
+    stages_startup_s: tuple[float, ...] = ()
 
     @property
     def keys(self) -> Keys:
@@ -107,6 +111,8 @@ class RankEvent:
             data["launched_at"] = self.launched_at
         if self.fault is not None:
             data["fault"] = self.fault.to_dict()
+        if self.stages_startup_s:
+            data["stages_startup_s"] = list(self.stages_startup_s)
         return data
 
     @classmethod
@@ -118,7 +124,8 @@ class RankEvent:
             invocation=int(data["invocation"]), link=bool(data.get("link", True)),
             iteration_s=_float_or_none(data.get("iteration_s")),
             launched_at=_float_or_none(data.get("launched_at")),
-            fault=Fault.from_dict(fault) if fault else None)
+            fault=Fault.from_dict(fault) if fault else None,
+            stages_startup_s=tuple(float(s) for s in data.get("stages_startup_s", ())))
 
 
 @dataclass(frozen=True)

@@ -57,6 +57,7 @@ from jaxpipe.runtime.optimizer import (
 )
 from jaxpipe.runtime.replica_state import averaged_paths, set_counters, stage_counters
 from jaxpipe.runtime.stage_bundle import load_stage
+from jaxpipe.runtime.startup import Startup, iteration_wait_s
 from planners.schedule import Kind, Task, build
 from transports import ObjectStore, allreduce_mean, codec
 
@@ -155,6 +156,10 @@ class Rank:
             (6) record the iteration's time and CPU wait         IterationRecord
         """
         start, waited = time.time(), run_queue_wait_s()
+        # Every wait of a window's first iteration also covers the other stages' start-up
+        self.timeout = iteration_wait_s(self.spec.wait_timeout_s, self.stage, t, self.event.start,
+                                        self.event.stages_startup_s or Startup.planned(
+                                            self.platform, len(self.plan.stages)).stages_s)
         self.timeline.iteration_started(t)
         params = [self.params[p] for p in self.program.spec.param_paths]
         it = _Iteration(t, params, self._queue_receives(t))  # (1)

@@ -190,8 +190,8 @@ def deploy_args(*extra: str) -> Any:
                               *extra])
 
 
-def expect_account(session: FakeSession) -> None:
-    session.stub("lambda").add_response("get_account_settings", SETTINGS, {})
+def expect_account(session: FakeSession, settings: dict = SETTINGS) -> None:
+    session.stub("lambda").add_response("get_account_settings", settings, {})
     session.stub("sts").add_response("get_caller_identity", IDENTITY, {})
 
 
@@ -224,9 +224,12 @@ def expect_fresh_account(session: FakeSession) -> None:
     expect_probe(lam, IMAGE, new=True)
 
 
-def expect_second_run(session: FakeSession) -> None:
-    """Every call of the same deploy once everything exists: reads only."""
-    expect_account(session)
+def expect_second_run(session: FakeSession, settings: dict = SETTINGS,
+                      refused: tuple[int, str] | None = None) -> None:
+    """Every call of the same deploy once everything exists: reads only. With `refused`
+    (memory MB, Lambda's message), deploy also asks for that size, larger than DEPLOY_SIZES,
+    which does not exist yet, and Lambda refuses to create it."""
+    expect_account(session, settings)
     ecr, s3, iam = session.stub("ecr"), session.stub("s3"), session.stub("iam")
     lam, logs = session.stub("lambda"), session.stub("logs")
     expect_repository_unchanged(ecr)
@@ -249,6 +252,11 @@ def expect_second_run(session: FakeSession) -> None:
                          {"MaximumRetryAttempts": 0, "MaximumEventAgeInSeconds": 900},
                          {"FunctionName": fn})
         expect_log_group_unchanged(logs, fn)
+    if refused is not None:
+        lam.add_client_error("get_function", "ResourceNotFoundException", http_status_code=404,
+                             expected_params={"FunctionName": f"jaxpipe-worker-{refused[0]}"})
+        lam.add_client_error("create_function", "InvalidParameterValueException", refused[1],
+                             http_status_code=400)
     expect_log_group_unchanged(logs, probe.probe_function())
     expect_probe(lam, IMAGE, new=False)
 

@@ -471,6 +471,36 @@ def test_a_second_deploy_only_reads(capsys):
     assert set(changes) == {"unchanged", "passed"}
 
 
+def test_deploy_reads_the_account_settings_and_names_every_quota_a_plan_meets(capsys,
+                                                                            tmp_path):
+    # GetAccountSettings: 10 unreserved executions; the plan runs 4 + 8 = 12 ranks at once. And
+    # the account's memory limit, 3008 MB, refuses the 4096 MB function deploy is asked for.
+    session = FakeSession()
+    expect_second_run(session, {"AccountLimit": {"ConcurrentExecutions": 10,
+                                                 "UnreservedConcurrentExecutions": 10}},
+                      refused=(4096, MEMORY_REFUSAL))
+    plan = tmp_path / "plan.json"
+    plan.write_text(json.dumps({"stages": [{"memory_mb": 1024, "replicas": 4},
+                                           {"memory_mb": 2048, "replicas": 8}]}))
+    args = deploy_args("--create-role", "--plan", str(plan), "--memory", "1024,2048,4096")
+    slept: list[float] = []
+    assert deploy_aws(args, session, environ={}, sleep=slept.append) == 0
+    session.assert_done()  # every stubbed call made, in order, and no other
+    assert slept == []  # the refusal is final: no retry
+    captured = capsys.readouterr()
+    assert ("account: 10 concurrent executions, 10 unreserved; a job runs one per rank, so "
+            "plan with --max-functions 10 or fewer") in captured.out
+    assert "WARNING: the plan runs 12 ranks at once, above the 10 this account allows" in \
+        captured.out
+    assert (f"--quota-code {functions.CONCURRENCY_QUOTA_CODE} --desired-value 100"
+            in captured.out)
+    assert ("skipped 4096 MB: this account allows functions of at most 3008 MB (Lambda: "
+            f"{MEMORY_REFUSAL!r})") in captured.err
+    assert "--memory 1024,2048,3008" in captured.err
+    assert "Create case > Service limit increase > Lambda, function memory" in captured.err
+    assert f"ready: 1024, 2048 MB in {REGION}" in captured.out
+
+
 def test_without_the_image_deploy_prepares_the_repository_and_prints_the_build(capsys):
     session = FakeSession()
     expect_image_missing(session)

@@ -1,10 +1,12 @@
 """`jaxpipe train --platform aws-lambda` checks before any work (`platforms.aws_preflight`):
 the rules as data (boto3's answers as dicts), `GetFunction` and `HeadBucket` over HTTP against
-moto's server (a real S3/Lambda API endpoint on 127.0.0.1), and the worker's refusal of a job
-built by other package versions."""
+moto's server (a real S3/Lambda API endpoint on 127.0.0.1), the worker's refusal of a job
+built by other package versions, and the whole check with botocore's Stubber, GetAccountSettings
+included: a plan above the account's unreserved concurrency is refused with the numbers."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import boto3
@@ -14,8 +16,10 @@ from jaxpipe.deploy.errors import BucketRegionError, RegionError
 from jaxpipe.errors import ConcurrencyError, FunctionsNotReadyError, VersionMismatchError
 from jaxpipe.runtime.platforms import aws_preflight as pre
 from jaxpipe.runtime.platforms.aws import lambda_client
+from jaxpipe.runtime.train import TrainOptions
 from jaxpipe.versions import Versions, check_versions, driver_versions
 from planners import Plan, StagePlan, platforms
+from tests.jaxpipe.aws_stubs import BUCKET, REGION, stubbed
 
 DRIVER = driver_versions()
 IMAGE = f"123456789012.dkr.ecr.eu-west-1.amazonaws.com/jaxpipe:0123456789ab-{DRIVER.tag_part()}"
@@ -148,3 +152,69 @@ def test_get_function_and_head_bucket_over_http(s3_url):
     with pytest.raises(BucketRegionError, match="is in eu-west-1, but the functions are in "
                                                 "us-east-1"):
         pre.check_bucket_region(s3, "preflight-bucket", "us-east-1")
+
+
+# -- GetAccountSettings through the whole check, with botocore's Stubber --------------------------
+
+def account(unreserved: int, total: int = 10) -> dict:
+    """A `GetAccountSettings` answer of an account with `unreserved` free executions."""
+    return {"AccountLimit": {"ConcurrentExecutions": total,
+                             "UnreservedConcurrentExecutions": unreserved}}
+
+
+def stubbed_account(unreserved: int, sizes: tuple[int, ...] = (1024, 2048)):
+    """Stubbed S3 and Lambda clients answering every request `check_train` sends, in order:
+    HeadBucket, GetFunction of each size (all ready, the driver's image), GetAccountSettings."""
+    s3, s3_stub = stubbed("s3", REGION)
+    s3_stub.add_response("head_bucket", {"BucketRegion": REGION}, {"Bucket": BUCKET})
+    lam, lam_stub = stubbed("lambda", REGION)
+    for m in sizes:
+        lam_stub.add_response("get_function", answer(m), {"FunctionName": f"jaxpipe-worker-{m}"})
+    lam_stub.add_response("get_account_settings", account(unreserved), {})
+    return s3, s3_stub, lam, lam_stub
+
+
+def train_options(max_functions: int = 4) -> TrainOptions:
+    return TrainOptions(platform="aws-lambda", store=f"s3://{BUCKET}", region=REGION,
+                        max_functions=max_functions)
+
+
+SMALL_AWS = dataclasses.replace(platforms.get("aws-lambda"), memory_options_mb=(1024, 2048))
+
+
+def test_train_refuses_a_plan_above_the_accounts_unreserved_concurrency():
+    s3, s3_stub, lam, lam_stub = stubbed_account(unreserved=10)
+    twelve = plan(1024, 2048, 1024, replicas=4)  # 3 stages x 4 replicas: 12 at once
+    with s3_stub, lam_stub, pytest.raises(ConcurrencyError) as err:
+        pre.check_train(train_options(), SMALL_AWS, twelve, lam=lam, s3=s3, environ={})
+    lam_stub.assert_no_pending_responses()  # GetAccountSettings was read, after the functions
+    message = str(err.value)
+    assert "the plan runs 12 functions at once" in message
+    assert "this account's unreserved concurrency is 10" in message
+    assert "--max-functions 10 or fewer" in message
+    assert ("aws service-quotas request-service-quota-increase --service-code lambda "
+            f"--quota-code {pre.CONCURRENCY_QUOTA_CODE} --desired-value 100") in message
+
+
+def test_train_refuses_max_functions_above_the_unreserved_concurrency_before_planning():
+    s3, s3_stub, lam, lam_stub = stubbed_account(unreserved=7)
+    with s3_stub, lam_stub, pytest.raises(ConcurrencyError) as err:
+        pre.check_train(train_options(max_functions=8), SMALL_AWS, None, lam=lam, s3=s3,
+                        environ={})
+    lam_stub.assert_no_pending_responses()
+    assert "--max-functions 8 lets the plan run that many functions at once" in str(err.value)
+    assert "unreserved concurrency is 7: plan with --max-functions 7" in str(err.value)
+
+
+def test_train_accepts_a_plan_within_the_unreserved_concurrency():
+    s3, s3_stub, lam, lam_stub = stubbed_account(unreserved=10)
+    ten = plan(1024, 2048, replicas=5)
+    with s3_stub, lam_stub:
+        checked = pre.check_train(train_options(), SMALL_AWS, ten, lam=lam, s3=s3, environ={})
+    s3_stub.assert_no_pending_responses()
+    lam_stub.assert_no_pending_responses()
+    assert checked.memory_options_mb == (1024, 2048)
+    lam, stub = stubbed("lambda", REGION)
+    stub.add_response("get_account_settings", account(unreserved=3, total=1000), {})
+    with stub:
+        assert pre.read_unreserved(lam) == 3  # the unreserved part, not the account's total

@@ -43,7 +43,7 @@ def test_only_a_process_first_invocation_pays_init():
     assert started is not None and started <= time.time()
 
 
-def test_the_budget_reserves_a_windows_start_up_until_one_is_measured():
+def test_the_budget_reserves_every_windows_start_up_apart_from_its_iterations():
     gigabytes = 3.0  # 2048 + 1024 MB
     per = AWS.compute_dollars(gigabytes, 1.0)
     startup = AWS.compute_dollars(gigabytes, 20.0)
@@ -51,8 +51,16 @@ def test_the_budget_reserves_a_windows_start_up_until_one_is_measured():
     reserving = CostGuard(per * 100.5, AWS, PLAN, startup_s=20.0)
     assert plain.affordable(1000, 0, "j") == 100
     assert reserving.startup_dollars() == pytest.approx(startup)
-    assert reserving.affordable(1000, 0, "j") == 80
-    reserving.charge_window(per * 10, 10)  # measured: its dollars carry their own start-up
-    assert reserving.startup_dollars() == 0.0
+    assert reserving.affordable(1000, 0, "j") == 80  # (100.5 - 20) per
+    # a measured window of 10 iterations that started up in 20 s: its dollars less the start-up
+    # are its iterations', and the next window reserves the same start-up
+    reserving.charge_window(per * 10 + startup, 10, startup_s=20.0)
+    assert reserving.per_iteration() == pytest.approx(per)
+    assert reserving.startup_dollars() == pytest.approx(startup)
+    assert reserving.affordable(1000, 10, "j") == 50  # (100.5 - 30 spent - 20 start-up) per
+    # a window that started up in 4 s: the next one reserves 4 s of every function
+    reserving.charge_window(per * 5 + AWS.compute_dollars(gigabytes, 4.0), 5, startup_s=4.0)
+    assert reserving.per_iteration() == pytest.approx(per)
+    assert reserving.startup_dollars() == pytest.approx(AWS.compute_dollars(gigabytes, 4.0))
     with pytest.raises(BudgetExceeded):
         CostGuard(startup, AWS, PLAN, startup_s=20.0).affordable(10, 0, "j")

@@ -27,7 +27,7 @@ from jaxpipe.runtime.driver import (
 )
 from jaxpipe.runtime.event import Fault, RankEvent, RankStatus, Status
 from jaxpipe.runtime.job import JobSpec
-from jaxpipe.runtime.metrics import IterationRecord, LossRecord, RankMetrics
+from jaxpipe.runtime.metrics import CompileRecord, IterationRecord, LossRecord, RankMetrics
 from jaxpipe.runtime.platforms import LocalInvocation, Outcome
 from jaxpipe.runtime.platforms.aws import LambdaInvocation
 from planners import Plan, StagePlan, platforms
@@ -78,8 +78,10 @@ class FakeLauncher:
     name = "fake"
 
     def __init__(self, store: FileStore, spec: JobSpec,
-                 script: Callable[[RankEvent], Outcome] = lambda event: Outcome.FINISHED):
+                 script: Callable[[RankEvent], Outcome] = lambda event: Outcome.FINISHED,
+                 cold_start_s: float = 1.0, compile_s: float = 0.0):
         self.store, self.spec, self.script = store, spec, script
+        self.cold_start_s, self.compile_s = cold_start_s, compile_s
         self.events: list[tuple[RankEvent, int]] = []
         self.ranks: list[FakeRank] = []
 
@@ -101,10 +103,10 @@ class FakeLauncher:
                     {task.replica: loss(t, event.rank)}).to_json())
         metrics = RankMetrics(
             rank=event.rank, stage=task.stage, replica=task.replica, attempt=event.attempt,
-            invocation=event.invocation, cold_start_s=1.0, billed_s=BILLED_S, peak_rss_mb=100.0,
-            memory_mb=memory_mb, iterations=tuple(IterationRecord(t, 0.1, 0.0)
-                                                  for t in range(event.start, event.stop)),
-            requests=REQUESTS, timeline=())
+            invocation=event.invocation, cold_start_s=self.cold_start_s, billed_s=BILLED_S,
+            peak_rss_mb=100.0, memory_mb=memory_mb,
+            iterations=tuple(IterationRecord(t, 0.1, 0.0) for t in range(event.start, event.stop)),
+            requests=REQUESTS, timeline=(), compile=CompileRecord(compile_s=self.compile_s))
         self.store.put(event.metrics_key, json.dumps(metrics.to_dict()).encode())
         if task.replica == 0:
             self.store.put(keys.checkpoint(event.stop, task.stage, "done"), b"{}")
@@ -220,6 +222,25 @@ def test_ranks_that_finish_hand_over_window_after_window(store):
     assert first == [(0, 1024), (1, 2048), (2, 2048)]
     assert launcher.events[0][0].iteration_s == 1.0
     assert store.list(spec.keys.run(0)) == []  # scratch deleted at the end
+
+
+def test_windows_are_sized_with_the_plans_start_up_then_with_the_measured_one(store):
+    spec = job(13)
+    launcher = FakeLauncher(store, spec, cold_start_s=50.0, compile_s=6.0)
+    run_job(store, spec, config=RunConfig(invocation_seconds=40.0), launcher=launcher)
+    # first window: (40 s - aws-lambda's 18 s cold start) / (2 x the plan's 1 s) = 11; its ranks
+    # then measured 50 s of start-up (cold start + first iteration - a steady one), more than
+    # the limit: every later window is the least, one iteration
+    assert AWS.cold_start_s == 18.0
+    assert launcher.windows() == [(0, 11, 0), (11, 12, 0), (12, 13, 0)]
+    # each rank learns every stage's start-up: the plan's, then cold start + compile measured
+    assert {e.stages_startup_s for e, _ in launcher.events[:3]} == {(18.0, 18.0)}
+    assert {e.stages_startup_s for e, _ in launcher.events[3:]} == {(56.0, 56.0)}
+    # an explicit start-up overrides both: (40 - 0) / 2 = 20 iterations fit, 13 are left
+    other = FakeLauncher(store, spec, cold_start_s=50.0)
+    run_job(store, spec, config=RunConfig(invocation_seconds=40.0, startup_seconds=0),
+            launcher=other)
+    assert other.windows() == [(0, 13, 1)]
 
 
 def test_a_failed_rank_restarts_the_attempt_from_the_latest_complete_checkpoint(store):
