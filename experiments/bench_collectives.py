@@ -53,11 +53,12 @@ RESULTS = Path(__file__).parent / "results"
 
 
 def run_once(size_bytes: int, world: int, algorithm: str, bw: float, latency: float,
-             base: np.ndarray, dilation: float = 1.0) -> dict:
+             base: np.ndarray, dilation: float = 1.0, pieces: int | None = None) -> dict:
     """Times one all-reduce of `size_bytes` float32 bytes over `world` throttled threads.
 
     With `dilation` d the links run at bw/d and latency*d, and the seconds returned are
-    emulated ones (wall / d).
+    emulated ones (wall / d). `pieces`: as `allreduce_mean` (None: its own choice; the JaxPipe
+    worker passes 1).
     """
     d = dilation
     bw, latency = bw / d, latency * d
@@ -77,7 +78,8 @@ def run_once(size_bytes: int, world: int, algorithm: str, bw: float, latency: fl
         try:
             out = allreduce_mean(stores[k], f"bench/{algorithm}/{world}", k, world, vector,
                                  algorithm=algorithm, timeout=600 * d, out=outs[k],
-                                 cleanup=sweepers[k], bandwidth_bps=bw, latency_s=latency)
+                                 cleanup=sweepers[k], bandwidth_bps=bw, latency_s=latency,
+                                 pieces=pieces)
             ends[k] = time.monotonic()
             if not np.allclose(out[:1000], vector[:1000], rtol=1e-6):  # mean of equal vectors
                 raise AssertionError(f"rank {k}: wrong result")

@@ -6,7 +6,9 @@ The measurement is `experiments.bench_collectives.run_once` (every rank a thread
 `ThrottledStore`, 70 MB/s each way and 20 ms per request, over one shared `MemoryStore`; one
 all-reduce from a common start to the last rank's return), with time dilated by
 max(1, n / cores) so that each emulated function has a core's worth of CPU (bench_collectives
-explains why). Predictions: the pipelined algorithm
+explains why). "pipelined" runs one piece per chunk, as the JaxPipe worker does
+(`runtime.rank`); "pipelined_pieces" (time only) lets the transport cut chunks into pieces
+(`transports.pipeline_pieces`). Predictions: the pipelined algorithm
 by `planners.cost.sync_seconds` (the term the planners use for a replicated stage), LambdaML's
 sequential scatter-reduce by the digest's (3n-2)(W/(nB) + lat) (bench_collectives.model).
 Request counts are read from every run's `StoreStats` and checked against
@@ -35,6 +37,7 @@ from planners import cost, platforms
 from transports import allreduce_requests, pipeline_pieces
 
 MEMORY_MB = 2048
+WORKER_PIECES = 1  # what the JaxPipe worker passes (runtime.rank._sync)
 
 
 def predict(size_bytes: int, world: int, bw: float, lat: float) -> dict[str, float]:
@@ -72,12 +75,19 @@ def run(quick: bool = False, out: str | Path | None = None, sizes_mb: list[float
                 f"{k}_predicted_s": v for k, v in pred.items()}}
             model_terms = cost_model_requests(n)
             row["cost_model_requests_all_ranks"] = model_terms
+            auto = [run_once(W, n, "pipelined", bw, lat, base, auto_dilation(n))
+                    for _ in range(repeats)]
+            row["pipelined_pieces"] = {
+                "pieces": pipeline_pieces(W // n, bw, lat),
+                "seconds": float(np.median([g["seconds"] for g in auto])),
+                "predicted_s": pred["pipelined"]}
             for algorithm in ("pipelined", "lambdaml"):
-                got = [run_once(W, n, algorithm, bw, lat, base, auto_dilation(n))
+                got = [run_once(W, n, algorithm, bw, lat, base, auto_dilation(n),
+                                pieces=WORKER_PIECES)
                        for _ in range(repeats)]
                 seconds = float(np.median([g["seconds"] for g in got]))
                 req = got[0]["requests_per_rank"]
-                formula = allreduce_requests(n, algorithm, pipeline_pieces(W // n, bw, lat))
+                formula = allreduce_requests(n, algorithm, WORKER_PIECES)
                 misses = float(np.mean([g["misses_per_rank"] for g in got]))
                 row[algorithm] = {
                     "seconds": seconds, "all_seconds": [g["seconds"] for g in got],
@@ -98,7 +108,10 @@ def run(quick: bool = False, out: str | Path | None = None, sizes_mb: list[float
             rows.append(row)
             p, q = row["pipelined"], row["lambdaml"]
             print(f"W={size:5.1f} MB n={n:2d}  pipelined {p['seconds']:.3f} s (model "
-                  f"{p['predicted_s']:.3f})  lambdaml {q['seconds']:.3f} s (model "
+                  f"{p['predicted_s']:.3f}, x{p['measured_over_predicted']:.2f}; with "
+                  f"{row['pipelined_pieces']['pieces']} pieces "
+                  f"{row['pipelined_pieces']['seconds']:.3f})  "
+                  f"lambdaml {q['seconds']:.3f} s (model "
                   f"{q['predicted_s']:.3f})  speed-up {row['speedup']:.2f} (model "
                   f"{row['predicted_speedup']:.2f})  ${p['dollars']:.2e} / ${q['dollars']:.2e}",
                   flush=True)

@@ -30,8 +30,10 @@ Dollars per iteration = sum_s f_s * (price_gb_s * d_s m_s / 1024 + price_inv * d
                         + price_put * PUTs + price_get * GETs,     f_s = timeout / life_s,
 priced by ``Platform.compute_dollars``, ``Platform.handover_invocation_dollars`` (one
 invocation per function per window) and ``Platform.request_dollars``, plus each window's
-checkpoint requests (``checkpoint_dollars``) spread over its life_s. Ignored: checkpoints inside
-a window (``checkpoint_every``) and the first window's extra compile time.
+checkpoint requests (``checkpoint_dollars``) spread over its life_s, plus the PUTs of the
+checkpoints inside a window (``checkpoint_puts``, every ``Problem.checkpoint_every``
+iterations). Ignored: the time those checkpoints take, polling GETs (bounded at ~2 % of the
+dollars, planners/README.md) and the first window's extra compile time.
 """
 
 from __future__ import annotations
@@ -44,37 +46,21 @@ from planners.errors import PlanError
 from planners.plans import Plan
 from planners.platforms import Platform
 from planners.problem import Problem
+from planners.storage_terms import (
+    CHECKPOINT_PUTS,
+    checkpoint_dollars,
+    checkpoint_puts,
+    sync_seconds,
+)
 
 __all__ = [
-    "Breakdown", "StageModel", "StageTerms", "aggregate", "breakdown", "checkpoint_dollars",
+    "CHECKPOINT_PUTS", "Breakdown", "StageModel", "StageTerms", "aggregate", "breakdown",
+    "checkpoint_dollars", "checkpoint_puts",
     "dollars", "fits_lifetime", "iteration_cost", "iteration_time", "peak_memory", "plan_terms",
     "score", "sync_seconds", "violations",
 ]
 
 MIB = 1 << 20  # memory sizes are MB = MiB, as function platforms bill them
-
-
-def checkpoint_dollars(plat: Platform, replicas: int) -> float:
-    """Requests of one stage's checkpoint hand-over per window, priced: replica 0 PUTs the
-    parameters, optimizer state, model state and a done marker (4 PUTs) and each of the next
-    window's d replicas GETs the three parts (``jaxpipe.runtime.checkpoint``)."""
-    return plat.request_dollars(4, 3 * replicas)
-
-
-def sync_seconds(grad_bytes: float, replicas: int, up: float, down: float, lat: float) -> float:
-    """FuncPipe's pipelined scatter-reduce over storage (``transports.allreduce_mean``), in s.
-
-    Each of d replicas owns a chunk c = W/d. (A) it uploads its d-1 foreign chunks while
-    downloading the d-1 pieces of its own chunk, one step behind; (B) it publishes its reduced
-    chunk; (C) it downloads the d-1 other reduced chunks:
-      T = (d-1) * max(pu, pd) + min(pu, pd) + pu + (d-1) * pd,  pu = c/up + lat, pd = c/down + lat
-    which tends to 2W/bandwidth for large d and no latency. Zero when d = 1.
-    """
-    if replicas <= 1:
-        return 0.0
-    chunk = grad_bytes / replicas
-    pu, pd = chunk / up + lat, chunk / down + lat
-    return (replicas - 1) * max(pu, pd) + min(pu, pd) + pu + (replicas - 1) * pd
 
 
 @dataclass(frozen=True)
@@ -239,7 +225,9 @@ class StageModel:
             update=r * w * self.problem.update_seconds_per_byte,
             per_replica=n, replicas=replicas, memory_mb=memory_mb, peak_mb=peak,
             # + one loss record per last-stage replica and iteration (the driver's progress)
-            puts=m_total * ((not is_last) + (not is_first)) + sync_puts + replicas * is_last,
+            # + replica 0's checkpoints inside the window (``checkpoint_puts``)
+            puts=m_total * ((not is_last) + (not is_first)) + sync_puts + replicas * is_last
+            + checkpoint_puts(self.problem),
             gets=m_total * ((cached is None) + (not is_last)) + sync_gets,
             handover=handover, life=life,
             window_factor=plat.timeout_s / life if life > 0 else math.inf,

@@ -155,6 +155,11 @@ class Problem(JsonMixin):
         one GET per micro-batch). A number: stage 0 keeps the training set, this many bytes, in
         memory once read (JaxPipe's workers do), so its input costs no request or latency per
         micro-batch, and each of its replicas holds those bytes.
+      checkpoint_every: None: a function checkpoints only when its window ends (the hand-over
+        every plan pays). A number k: replica 0 of every stage also saves a checkpoint every k
+        iterations inside its window (JaxPipe's workers do, ``jaxpipe train
+        --checkpoint-every``, default 10), 4 PUTs each, so each stage pays 4 / k PUTs per
+        iteration.
     """
 
     profile: ModelProfile
@@ -169,6 +174,7 @@ class Problem(JsonMixin):
     allow_recompute: bool = True
     update_seconds_per_byte: float = 1e-9
     cached_input_bytes: float | None = None
+    checkpoint_every: int | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "micro_batches", tuple(sorted(set(self.micro_batches))))
@@ -201,6 +207,9 @@ class Problem(JsonMixin):
         if self.cached_input_bytes is not None and not self.cached_input_bytes >= 0:
             problems.append(f"cached_input_bytes must be None or >= 0, got "
                             f"{self.cached_input_bytes}")
+        if self.checkpoint_every is not None and not self.checkpoint_every >= 1:
+            problems.append(f"checkpoint_every must be None or >= 1 iterations, got "
+                            f"{self.checkpoint_every}")
         if problems:
             raise PlanError("invalid problem:\n" + "\n".join(f"  - {p}" for p in problems))
 
@@ -234,6 +243,7 @@ class Problem(JsonMixin):
             "schedule": self.schedule, "allow_recompute": self.allow_recompute,
             "update_seconds_per_byte": self.update_seconds_per_byte,
             "cached_input_bytes": self.cached_input_bytes,
+            "checkpoint_every": self.checkpoint_every,
         }
 
     @classmethod

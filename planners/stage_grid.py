@@ -21,7 +21,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from planners.bounds import BoolArray, CandidateArrays, FloatArray, IntArray
-from planners.cost import MIB, StageModel, checkpoint_dollars
+from planners.cost import MIB, StageModel, checkpoint_dollars, checkpoint_puts
 from planners.plans import StagePlan
 from planners.problem import Problem
 
@@ -70,8 +70,9 @@ def _sync(w: FloatArray, d: int, up: float, down: float, lat: float) -> FloatArr
     if d <= 1:
         return np.zeros_like(w)
     chunk = w / d
-    pu, pd = chunk / up + lat, chunk / down + lat
-    return (d - 1) * np.maximum(pu, pd) + np.minimum(pu, pd) + pu + (d - 1) * pd
+    u, v = chunk / up, chunk / down
+    return (d - 1) * np.maximum(u, v) + np.minimum(u, v) + np.maximum(u, lat) + (d - 1) * v \
+        + 2 * lat
 
 
 class StageConfigs(NamedTuple):
@@ -97,7 +98,7 @@ class StageConfigs(NamedTuple):
     a_bwd: FloatArray
     tail: FloatArray
     gb: FloatArray
-    puts: IntArray
+    puts: FloatArray
     gets: IntArray
     life: FloatArray
     window_factor: FloatArray
@@ -173,7 +174,8 @@ def stage_configs(problem: Problem, micro_batch: int, d: int, in_flight: int | N
         a_fwd=a_fwd, a_bwd=a_bwd,
         tail=_sync(w, d, up, down, lat)[:, None] + update,
         gb=d * mems / 1024,
-        puts=M * (not_last + not_first) + sync_puts + d * last.astype(np.int64),
+        puts=M * (not_last + not_first) + sync_puts + d * last.astype(np.int64)
+        + checkpoint_puts(problem),
         gets=M * (reads + not_last) + sync_gets, life=life, window_factor=window_factor)
 
 

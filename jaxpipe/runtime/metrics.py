@@ -19,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import resource
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -27,7 +28,8 @@ from typing import Any
 from transports import StoreStats
 
 __all__ = ["TIMELINE_SPANS", "CompileRecord", "IterationRecord", "LossRecord", "RankMetrics",
-           "Span", "Timeline", "billed_requests", "keep_whole_iterations", "run_queue_wait_s"]
+           "Span", "Timeline", "billed_requests", "keep_whole_iterations", "peak_rss_mb",
+           "run_queue_wait_s"]
 
 TIMELINE_SPANS = 400
 """Most spans a rank's metrics keep: those of its last whole iterations that fit in this many
@@ -344,3 +346,20 @@ def run_queue_wait_s() -> float:
     except (OSError, IndexError, ValueError):  # not Linux, or a thread that just ended
         return 0.0
     return total / 1e9
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident memory, MB: VmHWM (Linux), else ru_maxrss.
+
+    Not ru_maxrss first: Linux keeps it across execve, so a local rank, forked from the driver,
+    reported the driver's resident memory at the fork whenever that was the larger (both ranks
+    of a job then showed the same peak). VmHWM belongs to the address space exec made.
+    """
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024  # kB
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

@@ -75,7 +75,7 @@ def planning_problem(traced: Traced, name: str, platform: Platform, options: Tra
                    micro_batches=sizes, replica_options=(1, 2, 4),
                    max_functions=options.max_functions,
                    optimizer_slots=optimizer_slots(traced, options),
-                   cached_input_bytes=data_bytes)
+                   cached_input_bytes=data_bytes, checkpoint_every=options.checkpoint_every)
 
 
 def profile_cache_path(folder: str | Path, name: str, overrides: dict[str, Any],

@@ -3,12 +3,14 @@
 One iteration of a rank runs its `planners.schedule` task list on three lanes:
 
     compute  (this thread)   FWD(m) ... BWD(m) ... SYNC UPDATE      in list order
-    download (one thread)    RECV_ACT(m) / RECV_GRAD(m)             all queued at the start
+    download (one thread)    RECV_ACT(m) / RECV_GRAD(m)             <= 2 ahead of use per kind
     upload   (one thread)    SEND_ACT(m) / SEND_GRAD(m)             queued as compute makes them
     cleanup  (four threads)  loss record, deletes, all-reduce tidy  off the critical path
 
-(1) every receive of the iteration is queued on the download lane at once, so downloads
-prefetch as soon as the objects appear; (2) compute waits on the receive's future, never polls;
+(1) the receives are queued on the download lane in task order, at most two of each kind ahead
+of the compute thread (`runtime.receives`), so downloads prefetch as soon as the objects appear
+and a rank holds a double buffer per kind, not every message of the iteration; each received
+value is dropped once consumed; (2) compute waits on the receive's future, never polls;
 (3) each result is handed to the upload lane as a future, so the next micro-batch computes while
 the last one uploads; (4) replicas of a stage average gradients (and BatchNorm state) with
 `transports.allreduce_mean`; (5) the optimizer's exported update (`runtime.optimizer`), after
@@ -24,7 +26,6 @@ of this rank's stage.
 from __future__ import annotations
 
 import os
-import resource
 import time
 from collections import deque
 from collections.abc import Callable
@@ -47,6 +48,7 @@ from jaxpipe.runtime.metrics import (
     LossRecord,
     RankMetrics,
     Timeline,
+    peak_rss_mb,
     run_queue_wait_s,
 )
 from jaxpipe.runtime.optimizer import (
@@ -55,6 +57,7 @@ from jaxpipe.runtime.optimizer import (
     load_optimizer,
     sum_partials,
 )
+from jaxpipe.runtime.receives import RECEIVES, Receives
 from jaxpipe.runtime.replica_state import averaged_paths, set_counters, stage_counters
 from jaxpipe.runtime.stage_bundle import load_stage
 from jaxpipe.runtime.startup import Startup, iteration_wait_s
@@ -63,8 +66,6 @@ from transports import ObjectStore, allreduce_mean, codec
 
 __all__ = ["Rank"]
 
-RECEIVES = (Kind.RECV_ACT, Kind.RECV_GRAD)
-
 
 @dataclass
 class _Iteration:
@@ -72,7 +73,7 @@ class _Iteration:
 
     t: int
     params: list[Any]  # this stage's parameters, in `spec.param_paths` order
-    received: dict[tuple[Kind, int], Future[list[Any]]]  # (RECV kind, m) -> its download
+    received: Receives  # this iteration's downloads, taken (and dropped) as consumed
     sent: list[Future[None]] = field(default_factory=list)
     saved: dict[int, Any] = field(default_factory=dict)  # m -> residuals of its forward
     losses: dict[int, float] = field(default_factory=dict)  # m -> its loss (last stage)
@@ -147,7 +148,7 @@ class Rank:
     def iteration(self, t: int) -> None:
         """Runs iteration t of this rank's task list (steps as in the module docstring).
 
-            (1) queue every receive on the download lane        _queue_receives
+            (1) queue the first receives on the download lane   _queue_receives
             (2) run the compute tasks in list order              self.steps[kind]
                 FWD, BWD queue their sends on the upload lane    _send
             (3) wait for this iteration's sends
@@ -179,14 +180,13 @@ class Rank:
             cpu_wait_s=max(0.0, run_queue_wait_s() - waited),
             spans=self.timeline.spans_since(t)))
 
-    def _queue_receives(self, t: int) -> dict[tuple[Kind, int], Future[list[Any]]]:
-        return {(task.kind, _micro_batch(task)): self.down.submit(self._receive, t, task)
-                for task in self.tasks if task.kind in RECEIVES}
+    def _queue_receives(self, t: int) -> Receives:
+        return Receives(self.tasks, lambda task: self._receive(t, task), self.down)
 
     def _forward(self, it: _Iteration, task: Task) -> None:
         m, spec = _micro_batch(task), self.program.spec
         self._fault(it.t, m)
-        acts = it.received[(Kind.RECV_ACT, m)].result(timeout=self.timeout)
+        acts = it.received.take(Kind.RECV_ACT, m, self.timeout)
         self.state.update(set_counters(self.counters, it.counted, m))
         with self.timeline.span("compute", f"FWD {m}"):
             outs, new_state, it.saved[m] = self.program.forward(
@@ -203,7 +203,7 @@ class Rank:
         if self.last:
             cts = [np.asarray(1.0 / self.count, np.float32)]
         else:
-            cts = it.received[(Kind.RECV_GRAD, m)].result(timeout=self.timeout)
+            cts = it.received.take(Kind.RECV_GRAD, m, self.timeout)
         with self.timeline.span("compute", f"BWD {m}"):
             g, cts_in = self.program.backward(it.params, it.saved.pop(m), cts)
             it.summed = list(g) if it.summed is None else optim.accumulate(it.summed, list(g))
@@ -374,7 +374,7 @@ class Rank:
         return RankMetrics(
             rank=self.rank, stage=self.stage, replica=self.replica, attempt=self.attempt,
             invocation=self.event.invocation, cold_start_s=cold_start, billed_s=billed,
-            peak_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+            peak_rss_mb=peak_rss_mb(),
             memory_mb=self.plan.stages[self.stage].memory_mb, iterations=tuple(self.records),
             requests=self.store.stats, timeline=timeline, timeline_from=first,
             compile=compile, init_s=init_s)

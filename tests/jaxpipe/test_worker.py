@@ -28,6 +28,10 @@ BATCH, ITERATIONS = 16, 2
 ONE_STAGE = Plan(stages=(StagePlan(0, 3, 1024),), micro_batch=4, global_batch=BATCH)
 TWO_STAGES = Plan(stages=(StagePlan(0, 1, 1024), StagePlan(2, 3, 1024)), micro_batch=4,
                   global_batch=BATCH)
+# 1F1B on three stages: each rank alternates forwards and backwards, its receives of both kinds
+# interleaved in its task list (`runtime.receives` downloads them at most two ahead per kind)
+THREE_1F1B = Plan(stages=(StagePlan(0, 0, 1024), StagePlan(1, 2, 1024), StagePlan(3, 3, 1024)),
+                  micro_batch=2, global_batch=BATCH, schedule="1f1b")
 
 
 @pytest.fixture(scope="module")
@@ -94,13 +98,19 @@ def two_stages(workdir) -> tuple[Prepared, dict[int, Any]]:
     return job, run_ranks(job)
 
 
+@pytest.fixture(scope="module")
+def three_1f1b(workdir) -> tuple[Prepared, dict[int, Any]]:
+    job = prepared(workdir, "three-1f1b", THREE_1F1B)
+    return job, run_ranks(job)
+
+
 def test_a_plan_file_prepares_without_profiling(workdir, one_stage):
     job, _ = one_stage
     assert not list((workdir / "profiles").glob("*.json"))  # nothing profiled yet
     assert job.problem is not None  # ... until the summary asks for its predictions
 
 
-@pytest.mark.parametrize("case", ["one_stage", "two_stages"])
+@pytest.mark.parametrize("case", ["one_stage", "two_stages", "three_1f1b"])
 def test_every_rank_runs_each_task_of_its_schedule_once_per_iteration(case, request):
     job, results = request.getfixturevalue(case)
     schedule = build(job.spec.plan)
@@ -122,7 +132,7 @@ def test_every_rank_runs_each_task_of_its_schedule_once_per_iteration(case, requ
         assert status == RankStatus(Status.DONE, next=ITERATIONS)
 
 
-@pytest.mark.parametrize("case", ["one_stage", "two_stages"])
+@pytest.mark.parametrize("case", ["one_stage", "two_stages", "three_1f1b"])
 def test_the_window_ends_with_a_complete_checkpoint_and_no_messages_left(case, request):
     job, _ = request.getfixturevalue(case)
     assert checkpoint.latest_complete(job.store, job.spec.keys, job.spec.num_stages) == ITERATIONS
@@ -136,6 +146,14 @@ def test_two_pipelined_stages_give_the_losses_of_one_stage(one_stage, two_stages
     assert len(expected) == ITERATIONS * ONE_STAGE.num_micro_batches
     assert np.isfinite(expected).all()
     np.testing.assert_allclose(losses_of(two, 1), expected, rtol=1e-5)
+
+
+def test_three_stages_under_1f1b_give_the_losses_of_one_stage(one_stage, three_1f1b):
+    # micro-batches of 2 instead of 4: each of the 4-sample losses is the mean of two of them
+    one, _ = one_stage
+    three, _ = three_1f1b
+    pairs = np.asarray(losses_of(three, 2)).reshape(-1, 2).mean(axis=1)
+    np.testing.assert_allclose(pairs, losses_of(one, 0), rtol=1e-5)
 
 
 def test_a_second_delivery_of_an_event_does_nothing(one_stage):

@@ -55,8 +55,33 @@ def test_recompute_keeps_inputs_and_pays_a_second_forward(hand_problem) -> None:
 def test_scatter_reduce_tends_to_two_w_over_bandwidth() -> None:
     assert cost.sync_seconds(4e6, 1, 1e6, 1e6, 0.5) == 0.0
     assert cost.sync_seconds(4e6, 4, 1e6, 1e6, 0.0) == pytest.approx(8.0)  # 2W/B
-    # chunk 1 s + 0.5 s latency per request: 3 overlapped + 1 + publish 1 + gather 3
-    assert cost.sync_seconds(4e6, 4, 1e6, 1e6, 0.5) == pytest.approx(12.0)
+    # chunks of 1 s, 0.5 s latency paid per phase, not per step: scatter 3 overlapped + 1,
+    # publish 1 (longer than the latency its readers' first poll costs), gather 3, and 2 lat
+    assert cost.sync_seconds(4e6, 4, 1e6, 1e6, 0.5) == pytest.approx(3 + 1 + 1 + 3 + 1.0)
+    # chunks of 0.1 s: the readers of the reduced chunks see it a round trip after they ask
+    assert cost.sync_seconds(4e5, 4, 1e6, 1e6, 0.5) == pytest.approx(0.3 + 0.1 + 0.5 + 0.3
+                                                                      + 1.0)
+    # a faster uplink (u = 0.5 s, v = 1 s): the scatter runs at the downlink's pace
+    assert cost.sync_seconds(4e6, 4, 2e6, 1e6, 0.1) == pytest.approx(3 + 0.5 + 0.5 + 3 + 0.2)
+
+
+def test_scatter_reduce_pays_latency_per_phase_not_per_replica() -> None:
+    # tiny gradients: two round trips and one poll whatever the replica count
+    times = [cost.sync_seconds(1e3, d, 70e6, 70e6, 0.02) for d in (2, 4, 8, 16)]
+    assert times == pytest.approx([3 * 0.02] * 4, rel=1e-3)
+
+
+def test_checkpoints_inside_a_window_add_four_puts_per_stage_every_k_iterations(
+        hand_problem) -> None:
+    import dataclasses
+
+    from planners import PlanError
+    every = dataclasses.replace(hand_problem, checkpoint_every=5)
+    b, c = cost.breakdown(two_stage_plan(), hand_problem), cost.breakdown(two_stage_plan(), every)
+    assert b.puts == 5 and c.puts == pytest.approx(5 + 2 * 4 / 5)  # 2 stages, replica 0 each
+    assert c.gets == b.gets and c.seconds == b.seconds
+    with pytest.raises(PlanError, match="checkpoint_every"):
+        dataclasses.replace(hand_problem, checkpoint_every=0)
 
 
 def test_replicas_divide_the_bottleneck_and_add_sync(hand_problem) -> None:

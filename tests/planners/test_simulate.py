@@ -96,10 +96,10 @@ def test_closed_form_bounds_the_simulator_within_the_updates_without_replicas() 
     assert count > 100
 
 
-@pytest.mark.parametrize("schedule,band", [("funcpipe", (0.9, 1.7)), ("1f1b", (0.55, 1.55))])
+@pytest.mark.parametrize("schedule,band", [("funcpipe", (0.9, 1.75)), ("1f1b", (0.55, 1.55))])
 def test_multi_stage_plans_stay_in_the_measured_band(schedule, band) -> None:
     """Where the closed form is only approximate (planners/README.md states these bands):
-    replicated FuncPipe pipelines, 0.96-1.61x of the simulator on 1714 random plans; 1F1B
+    replicated FuncPipe pipelines, 0.95-1.70x of the simulator on 2880 random plans; 1F1B
     pipelines, 0.61-1.47x (one reason ``schedule="any"`` keeps only one-stage 1F1B plans)."""
     for prob, plan, seconds in _sampled_plans(
             schedule, lambda p: len(p.stages) > 1 and (schedule == "1f1b"
