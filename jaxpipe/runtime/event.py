@@ -21,7 +21,7 @@ from typing import Any
 
 from jaxpipe.runtime.job import Keys
 
-__all__ = ["Fault", "RankEvent", "RankStatus", "Status", "TaskEvent", "parse_event"]
+__all__ = ["Fault", "RankEvent", "RankStatus", "Stall", "Status", "TaskEvent", "parse_event"]
 
 
 @dataclass(frozen=True)
@@ -45,6 +45,30 @@ class Fault:
 
 
 @dataclass(frozen=True)
+class Stall:
+    """Test hook: rank `rank` sleeps in iteration `iteration` (before its first forward) until
+    `leave_s` seconds of its invocation are left, as an iteration far slower than predicted
+    would; a rank without a deadline does not stall.
+
+    Example:
+      >>> Stall.from_dict(Stall(rank=0, iteration=1, leave_s=20.0).to_dict())
+      Stall(rank=0, iteration=1, leave_s=20.0)
+    """
+
+    rank: int
+    iteration: int
+    leave_s: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"rank": self.rank, "iteration": self.iteration, "leave_s": self.leave_s}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Stall:
+        return cls(rank=int(data["rank"]), iteration=int(data["iteration"]),
+                   leave_s=float(data["leave_s"]))
+
+
+@dataclass(frozen=True)
 class RankEvent:
     """Run rank `rank` of job `job` for iterations [start, stop).
 
@@ -58,7 +82,10 @@ class RankEvent:
       link: emulate the platform's bandwidth and latency around the store (local processes).
       iteration_s: the driver's estimate of one iteration, in seconds (None: the plan's).
       launched_at: epoch seconds when the platform launched it, for the cold start.
+      deadline_at: epoch seconds when the platform ends the invocation, where no context says
+        it (the local platform's emulation of a time limit, `platforms.local`); None: none.
       fault: test hook, see `Fault`.
+      stall: test hook, see `Stall`.
 
     Example:
       >>> e = RankEvent("j", 1, {"kind": "file", "root": "/tmp/s"}, 0, 4, 0, 0)
@@ -77,6 +104,8 @@ class RankEvent:
     iteration_s: float | None = None
     launched_at: float | None = None
     fault: Fault | None = None
+    deadline_at: float | None = None
+    stall: Stall | None = None
 
     @property
     def keys(self) -> Keys:
@@ -107,18 +136,24 @@ class RankEvent:
             data["launched_at"] = self.launched_at
         if self.fault is not None:
             data["fault"] = self.fault.to_dict()
+        if self.deadline_at is not None:
+            data["deadline_at"] = self.deadline_at
+        if self.stall is not None:
+            data["stall"] = self.stall.to_dict()
         return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> RankEvent:
-        fault = data.get("fault")
+        fault, stall = data.get("fault"), data.get("stall")
         return cls(
             job=str(data["job"]), rank=int(data["rank"]), store=dict(data["store"]),
             start=int(data["start"]), stop=int(data["stop"]), attempt=int(data["attempt"]),
             invocation=int(data["invocation"]), link=bool(data.get("link", True)),
             iteration_s=_float_or_none(data.get("iteration_s")),
             launched_at=_float_or_none(data.get("launched_at")),
-            fault=Fault.from_dict(fault) if fault else None)
+            fault=Fault.from_dict(fault) if fault else None,
+            deadline_at=_float_or_none(data.get("deadline_at")),
+            stall=Stall.from_dict(stall) if stall else None)
 
 
 @dataclass(frozen=True)
@@ -182,8 +217,9 @@ class Status(StrEnum):
     """How an invocation of a rank ended; the value is what the status JSON carries."""
 
     DONE = "done"            # the window ran to its end, and it was the job's last
-    HANDOVER = "handover"    # the window ran to its end; the next one starts at `next`
-    REFUSED = "refused"      # too little time left for the window: handed back whole
+    HANDOVER = "handover"    # the window ran to its end (or to a hand-over marker's stop,
+                             # `runtime.handover`); the next one starts at `next`
+    REFUSED = "refused"      # too little time left for one iteration: handed back whole
     FAILED = "failed"        # the handler raised (`error` holds the traceback's tail)
     DUPLICATE = "duplicate"  # a second delivery of one event: it did nothing (never stored)
 
@@ -197,7 +233,7 @@ class RankStatus:
       next: the iteration the next window starts at (None for "failed").
       error: "failed": the last 4000 characters of the traceback.
       reason, remaining_s, needed_s: "refused": why ("deadline"), and the seconds left in the
-        invocation against the seconds the window needs.
+        invocation against the seconds its first iteration needs.
 
     Example:
       >>> s = RankStatus(Status.HANDOVER, next=8)

@@ -35,7 +35,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from jaxpipe.runtime import checkpoint, optim
+from jaxpipe.runtime import checkpoint, handover, optim
 from jaxpipe.runtime.arrays import decode_list
 from jaxpipe.runtime.cancel import RankWatch
 from jaxpipe.runtime.dataset import ShardReader, batch_indices, micro_batch_keys
@@ -83,11 +83,11 @@ class Rank:
     """One (stage, replica) of a job: its programs, parameters, optimizer and lanes.
 
     `run_window()` runs the event's iterations and checkpoints; `close()` drains the lanes;
-    `metrics(...)` reports what the invocation measured.
+    `metrics(...)` reports what the invocation measured; a `deadline` can end it early.
     """
 
     def __init__(self, spec: JobSpec, store: ObjectStore, event: RankEvent,
-                 watch: RankWatch | None = None):
+                 watch: RankWatch | None = None, deadline: handover.Deadline | None = None):
         self.spec, self.store, self.event, self.watch = spec, store, event, watch
         self.keys, self.plan, self.platform = spec.keys, spec.plan, spec.platform
         self.rank, self.attempt = event.rank, event.attempt
@@ -105,6 +105,8 @@ class Rank:
         # optimizer's outputs are committed, so uncommitted loaded arrays made every rank
         # compile its stage programs a second time in its second iteration.
         self.params, self.opt_state, self.state = jax.device_put(loaded, jax.devices()[0])
+        self.handover = handover.for_rank(store, spec, event, deadline, loaded, self.replica == 0)
+        self.stop = event.stop  # where the window ends (earlier at a hand-over marker's stop)
         self.counters = stage_counters(spec, self.program.spec.state_paths,
                                        self.program.spec.new_state_paths, self.state,
                                        self.replicas)  # `runtime.replica_state`
@@ -129,17 +131,25 @@ class Rank:
             Kind.UPDATE: self._update}
 
     def run_window(self) -> None:
-        """Iterations [event.start, event.stop); replica 0 checkpoints every
-        `checkpoint_every` iterations and after the window's last."""
-        for t in range(self.event.start, self.event.stop):
+        """Iterations [event.start, self.stop): the event's stop, or an earlier one a hand-over
+        marker sets (`runtime.handover`, read before every iteration); replica 0 checkpoints
+        every `checkpoint_every` iterations and after the window's last."""
+        t, saved = self.event.start, None
+        while t < self.stop:
             if self.watch is not None:
                 self.watch.check()  # AttemptCancelled: the attempt is over, stop here
+            if self.handover is not None:
+                self.stop = self.handover.stop_at(t, self.stop, [r.seconds for r in self.records])
+                if t >= self.stop:
+                    break
             self.iteration(t)
             if t == self.event.start and self.after_first is not None:
                 self.cleaner.submit(self.after_first)  # off the critical path; close() waits
-            last = t + 1 == self.event.stop
-            if self.replica == 0 and (last or (t + 1) % self.spec.checkpoint_every == 0):
-                self.save(t + 1)
+            t += 1
+            if self.replica == 0 and t < self.stop and t % self.spec.checkpoint_every == 0:
+                self.save(saved := t)
+        if self.replica == 0 and saved != self.stop:
+            self.save(self.stop)
 
     # -- one iteration -------------------------------------------------------------------------
 
@@ -337,6 +347,8 @@ class Rank:
         fault = self.event.fault
         if fault is not None and fault.iteration == t and fault.rank == self.rank and m > 0:
             os.kill(os.getpid(), 9)  # die as a killed function does: no cleanup, no goodbye
+        if self.handover is not None and m == self.replica:  # its first forward of t
+            self.handover.stall(self.event.stall, t)
 
     # -- bookkeeping ---------------------------------------------------------------------------
 
@@ -353,8 +365,11 @@ class Rank:
         return load_optimizer(compile_optimizer(optimizer, [params], nested=False).export(), 0)
 
     def save(self, t: int) -> None:
+        began = time.time()
         checkpoint.save(self.store, self.keys, t, self.stage, self.params, self.opt_state,
                         self.state)
+        if self.handover is not None:  # what the next checkpoint is expected to take
+            self.handover.save_s = time.time() - began
 
     def close(self) -> None:
         self.up.shutdown(wait=True)
