@@ -37,7 +37,7 @@ from planners import Plan, platforms
 from tests.jaxpipe import test_reliability, test_worker
 from tests.jaxpipe.helpers import max_relative_error
 from tests.jaxpipe.test_runtime import single_process_training
-from transports import FileStore, codec, store_to_spec
+from transports import FileStore, store_to_spec
 
 # -- the rule --------------------------------------------------------------------------------
 
@@ -202,10 +202,7 @@ def test_a_job_sized_from_a_far_too_optimistic_prediction_finishes_by_handing_ov
     expected, losses = single_process_training()
     np.testing.assert_allclose([progress.losses[t] for t in range(iterations)], losses,
                                rtol=1e-5)
-    params = {}
-    for k in range(len(plan.stages)):
-        key = keys.checkpoint(iterations, k, "params")
-        params.update(codec.decode(job.store.get(key), key=key))
+    params = test_reliability.final_params(job.store, "overrun")
     assert max_relative_error(nest(params, strip="params"), expected) <= 1e-5
 
 

@@ -45,7 +45,7 @@ def prepared(workdir: Path, job: str, plan: Plan) -> Prepared:
 
 
 def event(job: Prepared, rank: int, **fields: Any) -> dict[str, Any]:
-    values = dict(start=0, stop=ITERATIONS, attempt=0, invocation=0, link=False)
+    values: dict[str, Any] = dict(start=0, stop=ITERATIONS, attempt=0, invocation=0, link=False)
     values.update(fields)
     return RankEvent(job.spec.job_id, rank, store_to_spec(job.store), **values).to_dict()
 
