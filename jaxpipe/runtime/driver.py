@@ -8,7 +8,10 @@
 A window is as many iterations as fit in one invocation's time limit after its start-up
 (with a safety factor), so a rank checkpoints at an iteration boundary and hands over before the
 platform would kill it. The start-up is the plan's prediction for the first window, then what
-the previous window measured (`runtime.startup`).
+the previous window measured (`runtime.startup`). When iterations run slower than predicted,
+the ranks end the window early at an iteration they agree on through a hand-over marker
+(`runtime.handover`); the driver reads it, continues from there, and sizes the next window
+from the iterations that ran.
 With `RunConfig.max_cost`, a window is also cut to what the budget still affords (`CostGuard`),
 and the job stops before a window that would exceed it. The driver acts on `Outcome`s only:
 each platform translates its own signals (exit codes, status records) into them.
@@ -41,7 +44,7 @@ from jaxpipe.runtime.attempts import (
 )
 from jaxpipe.runtime.billing import CostGuard, measured_dollars, steady_dollars
 from jaxpipe.runtime.cancel import cancel_attempt
-from jaxpipe.runtime.event import Fault, RankEvent
+from jaxpipe.runtime.event import Fault, RankEvent, Stall
 from jaxpipe.runtime.job import JobSpec
 from jaxpipe.runtime.metrics import RankMetrics
 from jaxpipe.runtime.patience import PatientStore
@@ -68,6 +71,11 @@ class RunConfig:
       link: emulate the platform's storage bandwidth and latency in each rank.
       faults: test hook, e.g. (Fault(rank=1, iteration=2),): that rank SIGKILLs itself
         mid-iteration during the first attempt.
+      stall: test hook (`event.Stall`): that rank sleeps in that iteration until little of
+        its invocation is left, during the first attempt.
+      emulate_time_limit: on the local platform (no `launcher` given), give every rank the
+        time limit as a deadline and kill it past the limit, as Lambda does
+        (`platforms.local`); off, local ranks have no deadline.
       log_dir: where rank processes write their output.
       startup_seconds: time an invocation needs before its first iteration, in seconds, for
         every window's size and budget; None (the default): the plan's prediction
@@ -82,6 +90,8 @@ class RunConfig:
     max_restarts: int = 3
     link: bool = True
     faults: tuple[Fault, ...] = ()
+    stall: Stall | None = None
+    emulate_time_limit: bool = False
     log_dir: str = ".jaxpipe/logs"
     startup_seconds: float | None = None
     max_cost: float | None = None
@@ -97,6 +107,7 @@ class Progress:
     clock: float = 0.0  # when the previous iteration (or the window's launch) ended
     restarts: int = 0
     handovers: int = 0
+    early_handovers: int = 0  # of those, windows the ranks ended before their planned stop
     invocations: int = 0
     dollars: float = 0.0  # spent so far: measured windows plus estimates for failed ones
 
@@ -111,7 +122,8 @@ def run_job(store: ObjectStore, spec: JobSpec, start: int = 0, config: RunConfig
         (2) launch every rank    one RankEvent each, on `launcher`
               |
         (3) watch                the losses of t .. stop-1, then every rank's end
-              |                  (`watching.WindowWatch`: exit codes, statuses, the marker)
+              |                  (`watching.WindowWatch`: exit codes, statuses, the markers;
+              |                  a hand-over marker moves stop earlier)
         all FINISHED -------------------------- a RankDeath (FAILED, REFUSED, SILENT)
               |                                     |
         (4) charge the measured dollars;       (5) cancel the attempt (its marker) and kill
@@ -147,7 +159,9 @@ def run_job(store: ObjectStore, spec: JobSpec, start: int = 0, config: RunConfig
     store = PatientStore(store)
     schedule = build(plan)
     if launcher is None:
-        launcher = LocalPlatform(spec.platform, Path(config.log_dir) / spec.job_id)
+        emulated = config.invocation_seconds or spec.platform.timeout_s
+        launcher = LocalPlatform(spec.platform, Path(config.log_dir) / spec.job_id,
+                                 time_limit_s=emulated if config.emulate_time_limit else None)
     startup = Startup.planned(spec.platform, spec.num_stages)  # measured after each window
     guard = CostGuard(config.max_cost, spec.platform, plan,
                       startup_s=_startup_s(config, startup))
@@ -175,10 +189,10 @@ def run_job(store: ObjectStore, spec: JobSpec, start: int = 0, config: RunConfig
                 death = (watch.losses(lambda t, loss: _record(t, loss, progress, on_iteration))
                          or watch.ends())
                 if death is None:
-                    per_iteration, startup = _charge_window(store, spec, window, guard,
-                                                            progress, per_iteration, startup,
-                                                            config)
-                    t, ranks = stop, []  # (4)
+                    ran = _ran(window, watch.stop, progress)
+                    per_iteration, startup = _charge_window(store, spec, ran, guard, progress,
+                                                            per_iteration, startup, config)
+                    t, ranks = ran.stop, []  # (4)
                     continue
                 _abandon(store, spec, attempt, ranks, _why(death))  # (5)
                 guard.charge_failure(time.time() - launched, len(ranks))
@@ -220,6 +234,17 @@ def _record(t: int, loss: float, progress: Progress,
         on_iteration(t, progress)
 
 
+def _ran(window: Window, stop: int, progress: Progress) -> Window:
+    """The part of `window` that ran: up to `stop`, the hand-over marker's if the ranks ended
+    it early (counted in `progress`, and said on stderr)."""
+    if stop >= window.stop:
+        return window
+    progress.early_handovers += 1
+    print(f"attempt {window.attempt}: window {window.start}..{window.stop - 1} handed over "
+          f"early at iteration {stop} (slower than predicted)", file=sys.stderr)
+    return dataclasses.replace(window, stop=stop)
+
+
 def _launch(launcher: Launcher, store: ObjectStore, spec: JobSpec, schedule: Schedule,
             window: Window, config: RunConfig, per_iteration: float, first: int,
             startup: Startup) -> list[Invocation]:
@@ -227,9 +252,10 @@ def _launch(launcher: Launcher, store: ObjectStore, spec: JobSpec, schedule: Sch
     attempt only. Each rank learns every stage's predicted start-up (its first iteration's
     waits cover the others')."""
     fault = config.faults[0] if window.attempt == first and config.faults else None
+    stall = config.stall if window.attempt == first else None
     event = RankEvent(job=spec.job_id, rank=0, store=store_to_spec(store), start=window.start,
                       stop=window.stop, attempt=window.attempt, invocation=window.invocation,
-                      link=config.link, iteration_s=per_iteration, fault=fault,
+                      link=config.link, iteration_s=per_iteration, fault=fault, stall=stall,
                       stages_startup_s=startup.stages_s)
     ranks: list[Invocation] = []
     for r in range(schedule.num_ranks):  # appended one by one: a failed launch stops the rest
@@ -264,9 +290,10 @@ def _tidy(store: ObjectStore, spec: JobSpec, attempt: int) -> None:
 def _charge_window(store: ObjectStore, spec: JobSpec, window: Window, guard: CostGuard,
                    progress: Progress, per_iteration: float, startup: Startup,
                    config: RunConfig) -> tuple[float, Startup]:
-    """Charges a finished window its measured dollars (its start-up apart, `CostGuard`);
-    returns the seconds per iteration (the median of this window's, its first left out: it
-    starts up) and the start-up (this window's, `runtime.startup`) the next is sized with."""
+    """Charges a finished window (the iterations that ran: `_ran`) its measured dollars (its
+    start-up apart, `CostGuard`); returns the seconds per iteration (the median of this
+    window's, its first left out: it starts up; with none left, the estimate it was sized with)
+    and the start-up (this window's, `runtime.startup`) the next is sized with."""
     metrics = [RankMetrics.from_dict(json.loads(store.get(
         spec.keys.metrics(r, window.attempt, window.invocation), timeout=spec.wait_timeout_s)))
         for r in range(spec.plan.num_functions)]

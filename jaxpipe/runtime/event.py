@@ -21,7 +21,7 @@ from typing import Any
 
 from jaxpipe.runtime.job import Keys
 
-__all__ = ["Fault", "RankEvent", "RankStatus", "Status", "TaskEvent", "parse_event"]
+__all__ = ["Fault", "RankEvent", "RankStatus", "Stall", "Status", "TaskEvent", "parse_event"]
 
 
 @dataclass(frozen=True)
@@ -45,6 +45,30 @@ class Fault:
 
 
 @dataclass(frozen=True)
+class Stall:
+    """Test hook: rank `rank` sleeps in iteration `iteration` (before its first forward) until
+    `leave_s` seconds of its invocation are left, as an iteration far slower than predicted
+    would; a rank without a deadline does not stall.
+
+    Example:
+      >>> Stall.from_dict(Stall(rank=0, iteration=1, leave_s=20.0).to_dict())
+      Stall(rank=0, iteration=1, leave_s=20.0)
+    """
+
+    rank: int
+    iteration: int
+    leave_s: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"rank": self.rank, "iteration": self.iteration, "leave_s": self.leave_s}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Stall:
+        return cls(rank=int(data["rank"]), iteration=int(data["iteration"]),
+                   leave_s=float(data["leave_s"]))
+
+
+@dataclass(frozen=True)
 class RankEvent:
     """Run rank `rank` of job `job` for iterations [start, stop).
 
@@ -58,10 +82,13 @@ class RankEvent:
       link: emulate the platform's bandwidth and latency around the store (local processes).
       iteration_s: the driver's estimate of one iteration, in seconds (None: the plan's).
       launched_at: epoch seconds when the platform launched it, for the cold start.
+      deadline_at: epoch seconds when the platform ends the invocation, where no context says
+        it (the local platform's emulation of a time limit, `platforms.local`); None: none.
       fault: test hook, see `Fault`.
       stages_startup_s: each stage's predicted start-up, in seconds (`runtime.startup`): the
         rank's waits in the window's first iteration cover the other stages' (empty: the
         plan's, `Platform.cold_start_s` each).
+      stall: test hook, see `Stall`.
 
     Example:
       >>> e = RankEvent("j", 1, {"kind": "file", "root": "/tmp/s"}, 0, 4, 0, 0)
@@ -81,6 +108,8 @@ class RankEvent:
     launched_at: float | None = None
     fault: Fault | None = None
     stages_startup_s: tuple[float, ...] = ()
+    deadline_at: float | None = None
+    stall: Stall | None = None
 
     @property
     def keys(self) -> Keys:
@@ -113,11 +142,15 @@ class RankEvent:
             data["fault"] = self.fault.to_dict()
         if self.stages_startup_s:
             data["stages_startup_s"] = list(self.stages_startup_s)
+        if self.deadline_at is not None:
+            data["deadline_at"] = self.deadline_at
+        if self.stall is not None:
+            data["stall"] = self.stall.to_dict()
         return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> RankEvent:
-        fault = data.get("fault")
+        fault, stall = data.get("fault"), data.get("stall")
         return cls(
             job=str(data["job"]), rank=int(data["rank"]), store=dict(data["store"]),
             start=int(data["start"]), stop=int(data["stop"]), attempt=int(data["attempt"]),
@@ -125,7 +158,9 @@ class RankEvent:
             iteration_s=_float_or_none(data.get("iteration_s")),
             launched_at=_float_or_none(data.get("launched_at")),
             fault=Fault.from_dict(fault) if fault else None,
-            stages_startup_s=tuple(float(s) for s in data.get("stages_startup_s", ())))
+            stages_startup_s=tuple(float(s) for s in data.get("stages_startup_s", ())),
+            deadline_at=_float_or_none(data.get("deadline_at")),
+            stall=Stall.from_dict(stall) if stall else None)
 
 
 @dataclass(frozen=True)
@@ -189,8 +224,9 @@ class Status(StrEnum):
     """How an invocation of a rank ended; the value is what the status JSON carries."""
 
     DONE = "done"            # the window ran to its end, and it was the job's last
-    HANDOVER = "handover"    # the window ran to its end; the next one starts at `next`
-    REFUSED = "refused"      # too little time left for the window: handed back whole
+    HANDOVER = "handover"    # the window ran to its end (or to a hand-over marker's stop,
+                             # `runtime.handover`); the next one starts at `next`
+    REFUSED = "refused"      # too little time left for one iteration: handed back whole
     FAILED = "failed"        # the handler raised (`error` holds the traceback's tail)
     DUPLICATE = "duplicate"  # a second delivery of one event: it did nothing (never stored)
 
@@ -204,7 +240,7 @@ class RankStatus:
       next: the iteration the next window starts at (None for "failed").
       error: "failed": the last 4000 characters of the traceback.
       reason, remaining_s, needed_s: "refused": why ("deadline"), and the seconds left in the
-        invocation against the seconds the window needs.
+        invocation against the seconds its first iteration needs.
 
     Example:
       >>> s = RankStatus(Status.HANDOVER, next=8)

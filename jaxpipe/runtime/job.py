@@ -17,6 +17,7 @@ Every key of a job lives under `jobs/<job-id>/` (docs/design.md), laid out as:
     metrics/rank<r>/<attempt>-<inv>.json   per-invocation metrics and timeline
     status/<attempt>/<inv>/rank<r>    how an invocation ended (`event.RankStatus`)
     status/<attempt>/<inv>/rank<r>.claim   the first delivery's claim of that invocation
+    status/<attempt>/<inv>/handover   the window ends early there (`runtime.handover`)
     cancel/<attempt>                  the attempt's cancellation marker (`runtime.cancel`)
     driver.json                       the running driver's lease and heartbeat (`runtime.lease`)
     driver.takeover/<sha>             the claim of the one driver taking over a dead lease
@@ -214,6 +215,10 @@ class Keys:
 
     def status(self, attempt: int, invocation: int, rank: int) -> str:
         return f"{self.prefix}status/{attempt}/{invocation}/rank{rank}"
+
+    def handover(self, attempt: int, invocation: int) -> str:
+        """The hand-over marker of a window that ends early (`jaxpipe.runtime.handover`)."""
+        return f"{self.prefix}status/{attempt}/{invocation}/handover"
 
     def cancel(self, attempt: int) -> str:
         """The attempt's cancellation marker (`jaxpipe.runtime.cancel`)."""

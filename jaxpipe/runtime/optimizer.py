@@ -39,11 +39,14 @@ from jax import export as jax_export
 
 from jaxpipe._jax_compat import Atom, ClosedJaxpr, Var, aval_of, eval_equations
 from jaxpipe.errors import CouplingError, OptimizerStateError, StructureError, TiedParameterError
+from jaxpipe.runtime import optim
 from jaxpipe.runtime.coupling import Analysis, analyse, label_of, propagate
+from jaxpipe.runtime.job import JobSpec
 from jaxpipe.tree import Array, Flat, flatten_paths, nest
+from transports import ObjectStore
 
 __all__ = ["OptimizerPrograms", "StageOptimizer", "compile_optimizer", "load_optimizer",
-           "state_slots", "sum_partials"]
+           "stage_optimizer", "state_slots", "sum_partials"]
 
 FORMAT = "jaxpipe-optimizer/1"
 
@@ -367,3 +370,16 @@ def _struct(e: Mapping[str, Any]) -> jax.ShapeDtypeStruct:
 def _nbytes(x: Any) -> int:
     return int(math.prod(np.shape(x))) * jnp.dtype(x.dtype).itemsize
 
+
+
+def stage_optimizer(spec: JobSpec, store: ObjectStore, stage: int, param_paths: Sequence[str],
+                    shapes: dict[str, Any], timeout: float) -> StageOptimizer:
+    """Stage `stage`'s exported optimizer programs; for a job written before them, its
+    optimizer by name compiled here for this stage alone (those names are element-wise), on
+    the flat `{path: array}` its checkpoints were written with (`shapes`)."""
+    if spec.optimizer_programs:
+        return load_optimizer(store.get(spec.keys.optimizer, timeout=timeout), stage)
+    params = {p: jax.ShapeDtypeStruct(tuple(shapes[p]["shape"]), shapes[p]["dtype"])
+              for p in param_paths}
+    optimizer = optim.make(spec.optimizer, spec.learning_rate)
+    return load_optimizer(compile_optimizer(optimizer, [params], nested=False).export(), 0)

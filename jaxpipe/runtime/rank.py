@@ -36,7 +36,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from jaxpipe.runtime import checkpoint, optim
+from jaxpipe.runtime import checkpoint, handover, optim
 from jaxpipe.runtime.arrays import decode_list
 from jaxpipe.runtime.cancel import RankWatch
 from jaxpipe.runtime.dataset import ShardReader, batch_indices, micro_batch_keys
@@ -51,12 +51,7 @@ from jaxpipe.runtime.metrics import (
     peak_rss_mb,
     run_queue_wait_s,
 )
-from jaxpipe.runtime.optimizer import (
-    StageOptimizer,
-    compile_optimizer,
-    load_optimizer,
-    sum_partials,
-)
+from jaxpipe.runtime.optimizer import stage_optimizer, sum_partials
 from jaxpipe.runtime.receives import RECEIVES, Receives
 from jaxpipe.runtime.replica_state import averaged_paths, set_counters, stage_counters
 from jaxpipe.runtime.stage_bundle import load_stage
@@ -85,11 +80,11 @@ class Rank:
     """One (stage, replica) of a job: its programs, parameters, optimizer and lanes.
 
     `run_window()` runs the event's iterations and checkpoints; `close()` drains the lanes;
-    `metrics(...)` reports what the invocation measured.
+    `metrics(...)` reports what the invocation measured; a `deadline` can end it early.
     """
 
     def __init__(self, spec: JobSpec, store: ObjectStore, event: RankEvent,
-                 watch: RankWatch | None = None):
+                 watch: RankWatch | None = None, deadline: handover.Deadline | None = None):
         self.spec, self.store, self.event, self.watch = spec, store, event, watch
         self.keys, self.plan, self.platform = spec.keys, spec.plan, spec.platform
         self.rank, self.attempt = event.rank, event.attempt
@@ -100,13 +95,16 @@ class Rank:
         self.count = self.plan.num_micro_batches
         self.timeout = spec.wait_timeout_s
         self.program, shapes = load_stage(store, self.keys, self.stage, self.timeout)
-        self.optimizer = self._stage_optimizer(shapes)
+        self.optimizer = stage_optimizer(spec, store, self.stage,
+                                         self.program.spec.param_paths, shapes, self.timeout)
         loaded = checkpoint.load(store, self.keys, event.start, self.stage, self.optimizer,
                                  self.timeout)
         # Committed to the device from the start: jit specialises on commitment, and the
         # optimizer's outputs are committed, so uncommitted loaded arrays made every rank
         # compile its stage programs a second time in its second iteration.
         self.params, self.opt_state, self.state = jax.device_put(loaded, jax.devices()[0])
+        self.handover = handover.for_rank(store, spec, event, deadline, loaded, self.replica == 0)
+        self.stop = event.stop  # where the window ends (earlier at a hand-over marker's stop)
         self.counters = stage_counters(spec, self.program.spec.state_paths,
                                        self.program.spec.new_state_paths, self.state,
                                        self.replicas)  # `runtime.replica_state`
@@ -131,17 +129,25 @@ class Rank:
             Kind.UPDATE: self._update}
 
     def run_window(self) -> None:
-        """Iterations [event.start, event.stop); replica 0 checkpoints every
-        `checkpoint_every` iterations and after the window's last."""
-        for t in range(self.event.start, self.event.stop):
+        """Iterations [event.start, self.stop): the event's stop, or an earlier one a hand-over
+        marker sets (`runtime.handover`, read before every iteration); replica 0 checkpoints
+        every `checkpoint_every` iterations and after the window's last."""
+        t, saved = self.event.start, None
+        while t < self.stop:
             if self.watch is not None:
                 self.watch.check()  # AttemptCancelled: the attempt is over, stop here
+            if self.handover is not None:
+                self.stop = self.handover.stop_at(t, self.stop, [r.seconds for r in self.records])
+                if t >= self.stop:
+                    break
             self.iteration(t)
             if t == self.event.start and self.after_first is not None:
                 self.cleaner.submit(self.after_first)  # off the critical path; close() waits
-            last = t + 1 == self.event.stop
-            if self.replica == 0 and (last or (t + 1) % self.spec.checkpoint_every == 0):
-                self.save(t + 1)
+            t += 1
+            if self.replica == 0 and t < self.stop and t % self.spec.checkpoint_every == 0:
+                self.save(saved := t)
+        if self.replica == 0 and saved != self.stop:
+            self.save(self.stop)
 
     # -- one iteration -------------------------------------------------------------------------
 
@@ -342,24 +348,17 @@ class Rank:
         fault = self.event.fault
         if fault is not None and fault.iteration == t and fault.rank == self.rank and m > 0:
             os.kill(os.getpid(), 9)  # die as a killed function does: no cleanup, no goodbye
+        if self.handover is not None and m == self.replica:  # its first forward of t
+            self.handover.stall(self.event.stall, t)
 
     # -- bookkeeping ---------------------------------------------------------------------------
 
-    def _stage_optimizer(self, shapes: dict[str, Any]) -> StageOptimizer:
-        """This stage's exported optimizer programs; for a job written before them, its
-        optimizer by name compiled here for this stage alone (those names are element-wise),
-        on the flat `{path: array}` its checkpoints were written with."""
-        if self.spec.optimizer_programs:
-            return load_optimizer(self.store.get(self.keys.optimizer, timeout=self.timeout),
-                                  self.stage)
-        params = {p: jax.ShapeDtypeStruct(tuple(shapes[p]["shape"]), shapes[p]["dtype"])
-                  for p in self.program.spec.param_paths}
-        optimizer = optim.make(self.spec.optimizer, self.spec.learning_rate)
-        return load_optimizer(compile_optimizer(optimizer, [params], nested=False).export(), 0)
-
     def save(self, t: int) -> None:
+        began = time.time()
         checkpoint.save(self.store, self.keys, t, self.stage, self.params, self.opt_state,
                         self.state)
+        if self.handover is not None:  # what the next checkpoint is expected to take
+            self.handover.save_s = time.time() - began
 
     def close(self) -> None:
         self.up.shutdown(wait=True)

@@ -1,8 +1,10 @@
 """The driver's watch over one window: losses as they arrive, and every rank's fate.
 
-    for t in window:    wait for the last stage's loss records of (attempt, t)
+    for t < stop:       wait for the last stage's loss records of (attempt, t)
                         meanwhile, every POLL_S:  each rank's `poll()`     (exit codes, statuses)
-                        every WATCH_EVERY_S:      the attempt's cancellation marker
+                        every WATCH_EVERY_S:      the attempt's cancellation marker, and the
+                                                  window's hand-over marker: its stop ends the
+                                                  window early (`runtime.handover`)
                         a non-finite loss:        NonFiniteLossError (the job ends)
     then:               every rank's end, watched the same way
 
@@ -19,7 +21,7 @@ import json
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -27,6 +29,7 @@ from jaxpipe.errors import NonFiniteLossError
 from jaxpipe.runtime.attempts import RankDeath, Window
 from jaxpipe.runtime.cancel import WATCH_EVERY_S, cancellation
 from jaxpipe.runtime.event import RankStatus
+from jaxpipe.runtime.handover import read_marker
 from jaxpipe.runtime.job import JobSpec
 from jaxpipe.runtime.metrics import LossRecord
 from jaxpipe.runtime.platforms import Invocation, Outcome
@@ -47,6 +50,8 @@ class WindowWatch:
       store, spec, schedule, window, ranks: the job, its window and its launched ranks.
       silent_after_s: seconds without progress after which a rank that has not ended counts
         as SILENT (the job's wait timeout plus an invocation's limit).
+      stop: where the window ends: `window.stop`, or a hand-over marker's earlier stop once
+        the watch has read it.
     """
 
     store: ObjectStore
@@ -55,7 +60,11 @@ class WindowWatch:
     window: Window
     ranks: list[Invocation]
     silent_after_s: float
+    stop: int = field(init=False)
     _marker_checked: float = 0.0
+
+    def __post_init__(self) -> None:
+        self.stop = self.window.stop
 
     def losses(self, on_loss: Callable[[int, float], None]) -> RankDeath | None:
         """Waits for each iteration's losses, calling `on_loss(t, mean)`; the death that
@@ -67,12 +76,15 @@ class WindowWatch:
         last = self.spec.num_stages - 1
         last_ranks = [self.schedule.rank(last, r)
                       for r in range(self.spec.plan.stages[last].replicas)]
-        for t in range(self.window.start, self.window.stop):
+        t = self.window.start
+        while t < self.stop:
             losses: list[float] = []
             for r in last_ranks:
-                body = self._wait_for(self.spec.keys.loss(t, r, self.window.attempt), r)
+                body = self._wait_for(self.spec.keys.loss(t, r, self.window.attempt), r, t)
                 if isinstance(body, RankDeath):
                     return body
+                if body is None:  # the window was handed over before t
+                    return None
                 parsed = _parsed_losses(body)
                 if parsed is None:
                     return self._culprit(RankDeath(r, Outcome.FAILED, reason=(
@@ -85,6 +97,7 @@ class WindowWatch:
                     f"{self.window.attempt}); training diverged: lower the learning rate "
                     f"(it was {self.spec.learning_rate}) or check the data for NaN/inf")
             on_loss(t, mean)
+            t += 1
         return None
 
     def ends(self) -> RankDeath | None:
@@ -103,13 +116,16 @@ class WindowWatch:
                 time.sleep(POLL_S)
         return None
 
-    def _wait_for(self, key: str, rank: int) -> bytes | RankDeath:
-        """The object at `key` once it appears, or the death that came first."""
+    def _wait_for(self, key: str, rank: int, t: int) -> bytes | RankDeath | None:
+        """The object at `key` (of iteration t) once it appears, the death that came first, or
+        None once a hand-over marker ends the window before t."""
         began = time.time()
         while True:
             death = self._look()
             if death is not None:
                 return death
+            if t >= self.stop:
+                return None
             try:
                 return self.store.get(key, timeout=POLL_S)
             except TimeoutError:
@@ -135,7 +151,18 @@ class WindowWatch:
             if marker is not None:
                 rank = marker.rank if marker.rank is not None else 0
                 return self._culprit(RankDeath(rank, Outcome.FAILED, reason=marker.reason))
+            self._read_handover()
         return None
+
+    def _read_handover(self) -> None:
+        """Learns the window's early stop from its hand-over marker, if a rank wrote one."""
+        try:
+            marker = read_marker(self.store, self.spec.keys, self.window.attempt,
+                                 self.window.invocation)
+        except (StoreError, ValueError, KeyError):
+            return  # an outage, or a marker being written: the next look reads it
+        if marker is not None:
+            self.stop = min(self.stop, marker.stop)
 
     def _culprit(self, death: RankDeath) -> RankDeath:
         """`death` with the rank that failed first (the marker names it) and its own error."""

@@ -24,6 +24,7 @@ from typing import Any, Protocol
 from jaxpipe.runtime import billing, compile_cache
 from jaxpipe.runtime.cancel import AttemptCancelled, RankWatch, cancel_attempt
 from jaxpipe.runtime.event import RankEvent, RankStatus, Status, TaskEvent, parse_event
+from jaxpipe.runtime.handover import HANDOVER_MARGIN_S, ClockDeadline, Deadline
 from jaxpipe.runtime.job import JobSpec, read_spec
 from jaxpipe.runtime.rank import Rank
 from jaxpipe.runtime.stoppable import StoppableStore, abort
@@ -36,9 +37,6 @@ __all__ = ["HANDOVER_MARGIN_S", "LambdaContext", "handler", "run_rank"]
 
 _PROCESS_STARTED = billing.process_started_at()  # for the INIT phase (`billing.init_seconds`)
 _IMPORTED = time.time()
-
-HANDOVER_MARGIN_S = 15.0
-"""Seconds kept free at the end of an invocation to checkpoint and write metrics and status."""
 
 
 class LambdaContext(Protocol):
@@ -77,8 +75,10 @@ def run_rank(event: RankEvent, context: LambdaContext | None = None,
 
     (a) The first delivery of an event claims its slot (job, attempt, invocation, rank) with a
     conditional write, and a duplicate delivery (Lambda may deliver an asynchronous event
-    twice) returns at once. (b) On a serverless platform (a `context`), a window that cannot
-    finish in the time left is refused with status "refused" before any iteration starts.
+    twice) returns at once. (b) With a deadline (a `context`; on the local platform, the
+    event's `deadline_at`), a window whose first iteration cannot finish in the time left is
+    refused with status "refused" before any iteration starts, and one that runs slower than
+    predicted ends early at an iteration boundary all ranks agree on (`runtime.handover`).
     (c) A rank that raises writes status "failed" with the traceback, then its attempt's
     cancellation marker (so its peers stop within seconds, `jaxpipe.runtime.cancel`), then
     raises. (d) A `RankWatch` follows the attempt's marker and the driver's heartbeat: it calls
@@ -98,7 +98,7 @@ def run_rank(event: RankEvent, context: LambdaContext | None = None,
         return _reply(RankStatus(Status.DUPLICATE, next=event.start), None)
     watch = RankWatch(base, event.keys, event.attempt, on_stop=on_stop).start()  # (d)
     try:
-        return _run(event, context, base, began, watch)
+        return _run(event, context, _deadline(event, context), base, began, watch)
     except AttemptCancelled:
         raise
     except Exception as err:  # (c) tell the driver and the peers why, then fail
@@ -113,8 +113,15 @@ def run_rank(event: RankEvent, context: LambdaContext | None = None,
         watch.stop()
 
 
-def _run(event: RankEvent, context: LambdaContext | None, base: ObjectStore,
-         began: float, watch: RankWatch) -> dict[str, Any]:
+def _deadline(event: RankEvent, context: Any) -> Deadline | None:
+    """The invocation's deadline: the platform's context, else the event's (local emulation)."""
+    if context is not None and hasattr(context, "get_remaining_time_in_millis"):
+        return context
+    return None if event.deadline_at is None else ClockDeadline(event.deadline_at)
+
+
+def _run(event: RankEvent, context: LambdaContext | None, deadline: Deadline | None,
+         base: ObjectStore, began: float, watch: RankWatch) -> dict[str, Any]:
     spec = read_spec(base, event.job, timeout=60)  # CorruptJobError names the key
     check_versions(spec.job_id, spec.versions)  # VersionMismatchError: redeploy the image
     # Every wait of the rank ends once `stop` is set: no lane outlives it (`runtime.stoppable`)
@@ -125,9 +132,9 @@ def _run(event: RankEvent, context: LambdaContext | None, base: ObjectStore,
     cache = compile_cache.for_rank(store, spec, build(spec.plan).tasks[event.rank][0].stage,
                                    os.environ)
     try:
-        rank = Rank(spec, store, event, watch)
+        rank = Rank(spec, store, event, watch, deadline)
         try:
-            return _run_window(event, context, spec, base, store, began, rank, cache)
+            return _run_window(event, context, deadline, spec, base, store, began, rank, cache)
         except BaseException as err:  # failed or cancelled: stop the lanes before returning
             abort(stop, [rank.down, rank.up, rank.cleaner])
             if watch.stopped.is_set() and not isinstance(err, AttemptCancelled):
@@ -138,20 +145,21 @@ def _run(event: RankEvent, context: LambdaContext | None, base: ObjectStore,
         cache.close()
 
 
-def _run_window(event: RankEvent, context: LambdaContext | None, spec: JobSpec,
-                base: ObjectStore, store: ObjectStore, began: float, rank: Rank,
+def _run_window(event: RankEvent, context: LambdaContext | None, deadline: Deadline | None,
+                spec: JobSpec, base: ObjectStore, store: ObjectStore, began: float, rank: Rank,
                 cache: compile_cache.CompileCache) -> dict[str, Any]:
     rank.after_first = cache.publish  # every program has compiled by the first iteration's end
     ready = time.time()
-    refusal = deadline_refusal(event, context, spec.plan)
+    refusal = deadline_refusal(event, deadline, spec.plan,
+                               rank.handover.save_s if rank.handover is not None else 0.0)
     if refusal is not None:  # (b) hand the window back whole rather than die in the middle of it
         rank.close()
         base.put(event.status_key, json.dumps(refusal.to_dict()).encode())
         return _reply(refusal, None)
     rank.run_window()
     rank.close()
-    done = event.stop >= spec.iterations
-    status = RankStatus(Status.DONE if done else Status.HANDOVER, next=event.stop)
+    done = rank.stop >= spec.iterations  # rank.stop: the event's, or a hand-over marker's
+    status = RankStatus(Status.DONE if done else Status.HANDOVER, next=rank.stop)
     # On Lambda the bill starts when the handler does (queueing in the async queue is free);
     # locally the process start is part of the emulated function.
     launched = event.launched_at if event.launched_at is not None else began
@@ -181,13 +189,16 @@ def _reply(status: RankStatus, metrics_key: str | None) -> dict[str, Any]:
     return {**status.to_dict(), "metrics": metrics_key}
 
 
-def deadline_refusal(event: RankEvent, context: LambdaContext | None,
-                     plan: Plan) -> RankStatus | None:
-    """The "refused" status if the window cannot finish in the invocation's time left, else None.
+def deadline_refusal(event: RankEvent, deadline: Deadline | None, plan: Plan,
+                     save_s: float = 0.0) -> RankStatus | None:
+    """The "refused" status if not even the window's first iteration can finish in the
+    invocation's time left, else None.
 
-    Needed time = iterations x seconds per iteration (the driver's measurement in the event,
-    else the plan's prediction) + HANDOVER_MARGIN_S. Without a context (local processes) there
-    is no platform deadline and nothing is refused.
+    Needed time = one iteration (the driver's measurement in the event, else the plan's
+    prediction) + `save_s` (the checkpoint after it, in seconds) + HANDOVER_MARGIN_S. A window
+    that fits one iteration but not all of them runs and ends early instead
+    (`runtime.handover`). Without a deadline (local processes, unless the platform emulates
+    one) nothing is refused.
 
     Example:
       >>> from planners import StagePlan
@@ -195,14 +206,14 @@ def deadline_refusal(event: RankEvent, context: LambdaContext | None,
       ...     def get_remaining_time_in_millis(self): return 10_000
       >>> plan = Plan((StagePlan(0, 0, 1024),), micro_batch=1, global_batch=1)
       >>> event = RankEvent("j", 0, {}, start=0, stop=2, attempt=0, invocation=0, iteration_s=1.0)
-      >>> deadline_refusal(event, Ten(), plan).needed_s  # 2 x 1 s + 15 s
-      17.0
+      >>> deadline_refusal(event, Ten(), plan, save_s=0.5).needed_s  # 1 s + 0.5 s + 15 s
+      16.5
     """
-    if context is None or not hasattr(context, "get_remaining_time_in_millis"):
+    if deadline is None or not hasattr(deadline, "get_remaining_time_in_millis"):
         return None
-    remaining = context.get_remaining_time_in_millis() / 1000.0
+    remaining = deadline.get_remaining_time_in_millis() / 1000.0
     per_iteration = event.iteration_s or plan.iteration_seconds or 0.0
-    needed = (event.stop - event.start) * per_iteration + HANDOVER_MARGIN_S
+    needed = per_iteration + save_s + HANDOVER_MARGIN_S
     if remaining >= needed:
         return None
     return RankStatus(Status.REFUSED, next=event.start, reason="deadline",

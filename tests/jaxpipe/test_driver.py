@@ -5,6 +5,7 @@ each platform reports, from exit codes and status records."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -26,6 +27,7 @@ from jaxpipe.runtime.driver import (
     window_for,
 )
 from jaxpipe.runtime.event import Fault, RankEvent, RankStatus, Status
+from jaxpipe.runtime.handover import HandoverMarker, write_marker
 from jaxpipe.runtime.job import JobSpec
 from jaxpipe.runtime.metrics import CompileRecord, IterationRecord, LossRecord, RankMetrics
 from jaxpipe.runtime.platforms import LocalInvocation, Outcome
@@ -275,6 +277,49 @@ def test_a_refused_window_is_tried_again_at_half_its_size(store):
                        launcher=launcher)
     assert launcher.windows() == [(0, 8, 0), (0, 4, 1), (4, 8, 1)]
     assert progress.restarts == 1 and progress.handovers == 1
+
+
+class HandsOverEarly(FakeLauncher):
+    """The first window's ranks end it at iteration `at` through its hand-over marker, as
+    ranks do whose iterations run slower than predicted (`runtime.handover`)."""
+
+    def __init__(self, store: FileStore, spec: JobSpec, at: int):
+        super().__init__(store, spec)
+        self.at = at
+
+    def _finish(self, event: RankEvent, memory_mb: int) -> None:
+        if event.invocation == 0:
+            write_marker(self.store, self.spec.keys, event.attempt, event.invocation,
+                         HandoverMarker(self.at, event.rank, 10.0, 20.0))
+            event = dataclasses.replace(event, stop=self.at)
+        super()._finish(event, memory_mb)
+
+
+def test_a_window_handed_over_early_continues_from_the_markers_stop(store):
+    spec = job(6)
+    launcher = HandsOverEarly(store, spec, at=2)
+    progress = run_job(store, spec, config=RunConfig(invocation_seconds=100.0, startup_seconds=0),
+                       launcher=launcher)
+    # the first window was planned for all six iterations and ran two: a handover, no restart
+    assert launcher.windows() == [(0, 6, 0), (2, 6, 0)]
+    assert progress.restarts == 0 and progress.handovers == 1
+    assert progress.early_handovers == 1
+    assert sorted(progress.losses) == list(range(6))
+    # the next window is sized from the iterations that ran: iteration 1's time alone
+    second = launcher.events[3][0]
+    assert second.start == 2 and second.iteration_s == pytest.approx(progress.times[1])
+    assert progress.dollars == pytest.approx(2 * window_dollars())
+
+
+def test_the_cost_guard_prices_a_handed_over_window_by_the_iterations_that_ran(store):
+    spec, dollars = job(6), window_dollars()
+    launcher = HandsOverEarly(store, spec, at=2)
+    # After the first window, 2.6 windows' dollars leave 1.6 of them; at one window's dollars
+    # per 2 iterations that affords 3 more (as per 6 planned iterations it would be 9).
+    config = RunConfig(invocation_seconds=100.0, startup_seconds=0, max_cost=2.6 * dollars)
+    progress = run_job(store, spec, config=config, launcher=launcher)
+    assert launcher.windows() == [(0, 6, 0), (2, 5, 0), (5, 6, 0)]
+    assert progress.dollars == pytest.approx(3 * dollars)
 
 
 def test_a_silent_rank_counts_as_dead_after_the_wait_timeout_and_the_limit(store):

@@ -49,7 +49,7 @@ def prepared(workdir: Path, job: str, plan: Plan) -> Prepared:
 
 
 def event(job: Prepared, rank: int, **fields: Any) -> dict[str, Any]:
-    values = dict(start=0, stop=ITERATIONS, attempt=0, invocation=0, link=False)
+    values: dict[str, Any] = dict(start=0, stop=ITERATIONS, attempt=0, invocation=0, link=False)
     values.update(fields)
     return RankEvent(job.spec.job_id, rank, store_to_spec(job.store), **values).to_dict()
 
@@ -174,11 +174,13 @@ class Seconds:
         return int(max(0.0, self.deadline - time.time()) * 1000)
 
 
-def test_a_window_that_cannot_finish_in_the_time_left_is_refused_before_it_starts(one_stage):
+def test_a_window_whose_first_iteration_cannot_finish_in_the_time_left_is_refused(one_stage):
     job, _ = one_stage
     reply = worker.handler(event(job, 0, attempt=7, iteration_s=1.0), Seconds(5.0))
     assert reply["status"] == "refused" and reply["next"] == 0 and reply["metrics"] is None
-    assert reply["needed_s"] == ITERATIONS * 1.0 + worker.HANDOVER_MARGIN_S
+    # one iteration, the checkpoint after it (a small MLP's: well under a second) and the margin
+    margin = worker.HANDOVER_MARGIN_S
+    assert 1.0 + margin < reply["needed_s"] < 2.0 + margin
     stored = RankStatus.from_dict(json.loads(job.store.get(job.spec.keys.status(7, 0, 0))))
     assert stored.status is Status.REFUSED and stored.reason == "deadline"
     assert not job.store.exists(job.spec.keys.metrics(0, 7, 0))

@@ -3,7 +3,11 @@
 What it emulates, per rank: a cold start (a new Python process imports JAX and loads its stage),
 the plan's memory size as a hard cap (`RLIMIT_DATA`: a rank that exceeds it dies, as on Lambda),
 its CPU share (XLA's intra-op threads), and its link to storage (the worker wraps its store in a
-`ThrottledStore` with the platform's bandwidth and latency when the event says `link`).
+`ThrottledStore` with the platform's bandwidth and latency when the event says `link`). With a
+`time_limit_s`, also its time limit: the event carries the deadline (`RankEvent.deadline_at`,
+which the worker reads as Lambda's context, so it refuses or hands over as on Lambda), and a
+rank still running past it is killed and reported `Outcome.SILENT`, as Lambda's time limit
+ends a function without a word. Without one (the default) a local rank has no deadline.
 """
 
 from __future__ import annotations
@@ -35,15 +39,19 @@ class LocalInvocation:
     """A running rank: its process and where its output goes.
 
     Exit code 0 is `Outcome.FINISHED`; any other code (an exception, SIGKILL, the memory cap)
-    is `Outcome.FAILED`. A local worker never refuses a window: it has no deadline.
+    is `Outcome.FAILED`. Past its `deadline` (epoch seconds; None: no time limit) a rank still
+    running is killed (`timed_out`) and is `Outcome.SILENT`.
     """
 
     rank: int
     process: subprocess.Popen
     log: Path
+    deadline: float | None = None
+    timed_out: bool = False
 
     def poll(self) -> Outcome | None:
-        return _outcome(self.process.poll())
+        self._enforce_limit()
+        return Outcome.SILENT if self.timed_out else _outcome(self.process.poll())
 
     def kill(self) -> None:
         if self.process.poll() is None:
@@ -51,9 +59,12 @@ class LocalInvocation:
         self.process.wait(timeout=30)
 
     def wait(self, timeout: float) -> Outcome:
+        if self.deadline is not None:
+            timeout = min(timeout, max(0.0, self.deadline - time.time()))
         try:
             code = self.process.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
+            self._enforce_limit()
             return Outcome.SILENT
         return Outcome.FINISHED if code == 0 else Outcome.FAILED
 
@@ -61,7 +72,16 @@ class LocalInvocation:
         text = self.log.read_text(errors="replace") if self.log.exists() else ""
         code = self.process.poll()
         ended = f"exit code {code}" if code is not None else "still running"
+        if self.timed_out:
+            ended = f"killed at its time limit, {ended}"
         return "\n".join([f"({ended}; log {self.log})", *text.splitlines()[-lines:]])
+
+    def _enforce_limit(self) -> None:
+        """Kills the rank if it runs past its deadline, as the platform's time limit would."""
+        if (self.deadline is not None and not self.timed_out and time.time() >= self.deadline
+                and self.process.poll() is None):
+            self.timed_out = True
+            self.kill()
 
 
 def worker_env(platform: Platform, memory_mb: int, xla_flags: str = "") -> dict[str, str]:
@@ -93,12 +113,14 @@ def _outcome(code: int | None) -> Outcome | None:
 
 
 class LocalPlatform:
-    """Launches ranks as local processes (see the module docstring)."""
+    """Launches ranks as local processes (see the module docstring); `time_limit_s`, in
+    seconds from each launch, emulates the platform's time limit (None: none)."""
 
     name = "local"
 
-    def __init__(self, platform: Platform, log_dir: str | Path):
-        self.platform = platform
+    def __init__(self, platform: Platform, log_dir: str | Path,
+                 time_limit_s: float | None = None):
+        self.platform, self.time_limit_s = platform, time_limit_s
         self.log_dir = Path(log_dir)
         self.log_dir.mkdir(parents=True, exist_ok=True)
 
@@ -111,7 +133,9 @@ class LocalPlatform:
         # compiled programs from one window to the next (`runtime.compile_cache`).
         env.setdefault(CACHE_DIR_VARIABLE, FRESH)
 
-        event = dataclasses.replace(event, launched_at=time.time())
+        launched = time.time()
+        deadline = None if self.time_limit_s is None else launched + self.time_limit_s
+        event = dataclasses.replace(event, launched_at=launched, deadline_at=deadline)
         log = self.log_dir / f"rank{event.rank}-{event.attempt}-{event.invocation}.log"
         with open(log, "w") as out:  # the child keeps its own descriptor until it exits
             process = subprocess.Popen(
@@ -122,4 +146,4 @@ class LocalPlatform:
         assert process.stdin is not None  # stdin=PIPE
         process.stdin.write(json.dumps(event.to_dict()).encode())
         process.stdin.close()
-        return LocalInvocation(event.rank, process, log)
+        return LocalInvocation(event.rank, process, log, deadline)
