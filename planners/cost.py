@@ -209,7 +209,7 @@ class StageModel:
         state = w * (1 + self.problem.optimizer_slots)  # parameters and optimizer slots
         handover = (state / up + lat) + (state / down + lat)
         life = plat.timeout_s - plat.cold_start_s - handover
-        dataset = cached or 0.0
+        dataset = self.problem.stage0_data_bytes if is_first else 0.0
         peak = (model + acts + dataset + 2 * (x_in + x_out)) / MIB + self._fixed_mb
         m_total = self.M
         # Per rank of an all-reduce: n+1 PUTs and one LIST, priced as a PUT (transports/README.md).

@@ -160,6 +160,9 @@ class Problem(JsonMixin):
         iterations inside its window (JaxPipe's workers do, ``jaxpipe train
         --checkpoint-every``, default 10), 4 PUTs each, so each stage pays 4 / k PUTs per
         iteration.
+      input_cache_bytes: bytes of the training set a stage-0 function keeps while it streams
+        (``cached_input_bytes`` None; JaxPipe's shard cache, ``jaxpipe train --data-cache-mb``):
+        held in stage 0's memory; its reads are still counted per micro-batch.
     """
 
     profile: ModelProfile
@@ -175,6 +178,7 @@ class Problem(JsonMixin):
     update_seconds_per_byte: float = 1e-9
     cached_input_bytes: float | None = None
     checkpoint_every: int | None = None
+    input_cache_bytes: float = 0.0
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "micro_batches", tuple(sorted(set(self.micro_batches))))
@@ -210,6 +214,8 @@ class Problem(JsonMixin):
         if self.checkpoint_every is not None and not self.checkpoint_every >= 1:
             problems.append(f"checkpoint_every must be None or >= 1 iterations, got "
                             f"{self.checkpoint_every}")
+        if not self.input_cache_bytes >= 0:
+            problems.append(f"input_cache_bytes must be >= 0, got {self.input_cache_bytes}")
         if problems:
             raise PlanError("invalid problem:\n" + "\n".join(f"  - {p}" for p in problems))
 
@@ -217,6 +223,13 @@ class Problem(JsonMixin):
     def valid_micro_batches(self) -> tuple[int, ...]:
         """Candidate micro-batch sizes that divide the global batch."""
         return tuple(b for b in self.micro_batches if self.global_batch % b == 0)
+
+    @property
+    def stage0_data_bytes(self) -> float:
+        """Bytes of training data each stage-0 function holds: the whole set when cached,
+        else its streaming cache."""
+        return self.input_cache_bytes if self.cached_input_bytes is None else \
+            self.cached_input_bytes
 
     @property
     def schedules(self) -> tuple[str, ...]:
@@ -244,6 +257,7 @@ class Problem(JsonMixin):
             "update_seconds_per_byte": self.update_seconds_per_byte,
             "cached_input_bytes": self.cached_input_bytes,
             "checkpoint_every": self.checkpoint_every,
+            "input_cache_bytes": self.input_cache_bytes,
         }
 
     @classmethod

@@ -136,7 +136,7 @@ def stage_configs(problem: Problem, micro_batch: int, d: int, in_flight: int | N
     life = plat.timeout_s - plat.cold_start_s - ((state / up + lat) + (state / down + lat))
     with np.errstate(divide="ignore"):
         window_factor = np.where(life > 0, plat.timeout_s / life, np.inf)
-    dataset = np.where(first, cached or 0.0, 0.0)
+    dataset = np.where(first, problem.stage0_data_bytes, 0.0)
     fwd = r[None, :] * (fwd_p[j + 1] - fwd_p[i])[:, None]  # (G, K)
     bwd_base = r[None, :] * (bwd_p[j + 1] - bwd_p[i])[:, None]
     act_down = np.where(first & (cached is not None), 0.0, x_in / down + lat)[:, None]

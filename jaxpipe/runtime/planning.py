@@ -45,14 +45,15 @@ def profile_sizes(batch: int) -> tuple[int, ...]:
 
 
 def planning_problem(traced: Traced, name: str, platform: Platform, options: TrainOptions,
-                     data_bytes: float | None) -> Problem:
+                     data_bytes: float | None, cache_bytes: float = 0.0) -> Problem:
     """The planning problem of a job: the model's profile (the shipped one of the default job's
     model unless `options.live_profile`, `first_job.shipped_profile`; else from the cache at
     `profile_cache_path`, else measured here and cached), coarsened to at most 30 layers.
 
     `data_bytes` is the training set stage 0 holds whole once read (no request per
     micro-batch, its bytes in memory), or None when it streams shards through a bounded cache
-    (`jaxpipe.runtime.dataset.cache_shards`): then each micro-batch's input counts as a read.
+    (`jaxpipe.runtime.dataset.cache_shards`): then each micro-batch's input counts as a read,
+    and `cache_bytes`, the shards that cache keeps, count in stage 0's memory.
     """
     from jaxpipe.runtime.first_job import shipped_profile
     from jaxpipe.staging.profiling import profile
@@ -75,7 +76,8 @@ def planning_problem(traced: Traced, name: str, platform: Platform, options: Tra
                    micro_batches=sizes, replica_options=(1, 2, 4),
                    max_functions=options.max_functions,
                    optimizer_slots=optimizer_slots(traced, options),
-                   cached_input_bytes=data_bytes, checkpoint_every=options.checkpoint_every)
+                   cached_input_bytes=data_bytes, checkpoint_every=options.checkpoint_every,
+                   input_cache_bytes=cache_bytes)
 
 
 def profile_cache_path(folder: str | Path, name: str, overrides: dict[str, Any],

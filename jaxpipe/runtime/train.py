@@ -149,7 +149,8 @@ def prepare(options: TrainOptions, setup: TrainingSetup | None = None) -> Prepar
     cache = _cache_shards(data, options, checked.platform)
     problem = functools.cache(functools.partial(
         planning_problem, traced, _profile_name(setup, options), checked.platform, options,
-        data.nbytes if cache is None else None))
+        data.nbytes if cache is None else None,
+        0.0 if cache is None else cache * options.shard_size * data.bytes_per_example))
     plan = given if given is not None else plan_for(problem(), options.method, traced)  # 4
     if given is None:  # the report replays the plan on it (`runtime.report`)
         _store_problem(checked.store, Keys(checked.job_id), problem())

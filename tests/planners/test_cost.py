@@ -38,6 +38,17 @@ def test_a_cached_training_set_costs_stage_0_memory_not_downloads(hand_problem) 
     assert c.stages[1].peak_mb == pytest.approx(b.stages[1].peak_mb)
 
 
+def test_a_streaming_data_cache_costs_stage_0_memory_and_keeps_its_reads(hand_problem) -> None:
+    import dataclasses
+    streaming = dataclasses.replace(hand_problem, input_cache_bytes=8 * MIB)
+    b, c = cost.breakdown(two_stage_plan(), hand_problem), cost.breakdown(two_stage_plan(),
+                                                                          streaming)
+    # the shards in stage 0's cache take memory there only; every input is still downloaded
+    assert c.seconds == b.seconds and (c.gets, c.puts) == (b.gets, b.puts)
+    assert c.stages[0].peak_mb == pytest.approx(b.stages[0].peak_mb + 8)
+    assert c.stages[1].peak_mb == pytest.approx(b.stages[1].peak_mb)
+
+
 def test_peak_memory_counts_stash_of_every_micro_batch_in_flight(hand_problem) -> None:
     peaks = cost.peak_memory(two_stage_plan(), hand_problem)
     io = 2 * (1e6 + 1e6) / MIB  # double-buffered input and output of one micro-batch

@@ -35,6 +35,7 @@ def assert_same(prob: Problem, b: int) -> None:
 
 @pytest.mark.parametrize("seed", range(6))
 @pytest.mark.parametrize("options", [{}, {"cached_input_bytes": 50e6}, {"checkpoint_every": 3},
+                                     {"input_cache_bytes": 30e6},
                                      {"allow_recompute": False}, {"replica_options": (1, 2, 4),
                                                                   "global_batch": 8}])
 def test_the_grid_equals_the_candidates_bit_for_bit(seed: int, options: dict[str, object]) -> None:
