@@ -33,9 +33,10 @@ def dots_problem(**kw: object) -> Problem:
                          dots_stash_bytes_per_sample=40.0 * MIB, dots_bwd_alpha=0.0,
                          dots_bwd_beta=2.5)
     prof = ModelProfile("one", (layer,), input_bytes_per_sample=1e6, reference_cpus=1.0)
-    base = {"global_batch": 4, "micro_batches": (1,), "replica_options": (1,),
-            "update_seconds_per_byte": 0.0, "objective": Objective.min_time()}
-    return Problem(prof, hand_platform(memory_options_mb=(1024,)), **(base | kw))
+    prob = Problem(prof, hand_platform(memory_options_mb=(1024,)), global_batch=4,
+                   micro_batches=(1,), replica_options=(1,), update_seconds_per_byte=0.0,
+                   objective=Objective.min_time())
+    return dataclasses.replace(prob, **kw)
 
 
 def test_dots_is_chosen_when_stash_does_not_fit_and_beats_recompute() -> None:
@@ -55,7 +56,8 @@ def test_dots_is_chosen_when_stash_does_not_fit_and_beats_recompute() -> None:
         assert best.iteration_seconds == pytest.approx(1 + 1 + 2.5 + 3 * 1 + 3 * 2.5)
     without = plan(dataclasses.replace(prob, allow_dots=False), "exhaustive")
     assert [st.mode for st in without.stages] == ["recompute"]
-    assert without.iteration_seconds - best.iteration_seconds == pytest.approx(4 * 0.5)
+    assert (without.iteration_seconds or 0.0) - (best.iteration_seconds or 0.0) == \
+        pytest.approx(4 * 0.5)
     with pytest.raises(InfeasibleError):
         plan(dataclasses.replace(prob, allow_dots=False, allow_recompute=False), "miqp")
 
@@ -99,7 +101,7 @@ def test_dots_fields_survive_json_and_add_up_when_coarsened() -> None:
 
 
 @settings(max_examples=15, deadline=None, derandomize=True,
-          suppress_health_check=list(HealthCheck))
+          suppress_health_check=[HealthCheck.too_slow])
 @given(seed=st.integers(0, 10_000), layers=st.integers(2, 4), functions=st.integers(2, 5),
        weight=st.sampled_from([0.0, 1e-3, None]), recompute=st.booleans())
 def test_miqp_equals_exhaustive_with_dots_profiles(seed, layers, functions, weight,
