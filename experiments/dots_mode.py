@@ -21,7 +21,7 @@ them to 166 MB for about 5% more time.
    MIQP with dots allowed and forbidden (recompute allowed in both): the modes it picks and
    the predicted time and cost.
 
-Full: about 10-15 min on 2 shared cores (compiles dominate). `--quick`: the -tiny AmoebaNet,
+Full: 24 min on 2 shared cores at load 5-14 (compiles dominate). `--quick`: the -tiny AmoebaNet,
 cuts balancing parameter bytes, 3 rounds (10.5 min at load 14, compiles dominate; its times
 are per-call dispatch, so only the full run speaks to the claim).
 Writes experiments/results/dots_mode[/quick]/dots_mode.json.
