@@ -63,12 +63,12 @@ def signature(traced: Any, index: int, b: int) -> str:
 
 
 def profile_model(name: str, sizes: tuple[int, ...], repeats: int, cache: dict[str, Any],
-                  reuse: bool = True) -> dict[str, Any]:
+                  reuse: bool = True, dots: bool = False) -> dict[str, Any]:
     """Profile ``name``; ``cache`` maps signature -> (layer name, per-size measurements)."""
     import jax
     import numpy as np
 
-    from jaxpipe.staging.profiling import _fit, _measure
+    from jaxpipe.staging.profiling import _dots_fields, _fit, _measure
 
     t0 = time.time()
     traced = _trace(name, max(sizes))
@@ -78,7 +78,11 @@ def profile_model(name: str, sizes: tuple[int, ...], repeats: int, cache: dict[s
         key = signature(traced, i, min(sizes)) + json.dumps(sizes) if reuse else f"{name}/{i}"
         if key not in cache:
             t1 = time.time()
-            per_b = {b: _measure(traced, i, b, repeats) for b in sizes}
+            per_b = {b: _measure(traced, i, b, repeats, "stash") for b in sizes}
+            if dots:  # the dots-mode stage's backward and residuals (no second forward)
+                for b in sizes:
+                    m = _measure(traced, i, b, repeats, "dots", forward=False)
+                    per_b[b] |= {"dots_bwd": m["bwd"], "dots_saved": m["saved"]}
             cache[key] = (f"{name}/{layer.name}", per_b)
             print(f"[{name}] {layer.name}: measured in {time.time() - t1:.0f} s", flush=True)
         source, per_b = cache[key]
@@ -95,6 +99,8 @@ def profile_model(name: str, sizes: tuple[int, ...], repeats: int, cache: dict[s
             "fwd_seconds": {str(b): v for b, v in fwd.items()},
             "bwd_seconds": {str(b): v for b, v in bwd.items()},
             "flops_per_sample": max(_fit({b: per_b[b]["flops"] for b in sizes})[1], 0.0),
+            **(_dots_fields({k: {b: per_b[b][k] for b in sizes}
+                             for k in ("dots_bwd", "dots_saved")}) if dots else {}),
         })
     data = traced.data_specs(1)[: len(traced.inputs.leaves) + len(traced.targets.leaves)]
     return {
@@ -114,6 +120,8 @@ def main(argv: list[str] | None = None) -> int:
                         "(default: 1,2,4,8; AmoebaNet 1,4)")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--no-reuse", action="store_true", help="measure every layer")
+    parser.add_argument("--dots", action="store_true",
+                        help="also measure dots mode (residual bytes and backward time)")
     parser.add_argument("--out", type=Path, default=PROFILES)
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
@@ -121,7 +129,8 @@ def main(argv: list[str] | None = None) -> int:
     for name in args.models.split(","):
         sizes = (tuple(int(s) for s in args.sizes.split(",")) if args.sizes
                  else DEFAULT_SIZES.get(name, (1, 2, 4, 8)))
-        result = profile_model(name, sizes, args.repeats, cache, reuse=not args.no_reuse)
+        result = profile_model(name, sizes, args.repeats, cache, reuse=not args.no_reuse,
+                               dots=args.dots)
         from planners import ModelProfile
 
         ModelProfile.from_dict(result)  # validate

@@ -213,7 +213,7 @@ def _demo(args: argparse.Namespace) -> int:
               f"{note}")
     scale = max(float(np.max(np.abs(g))) for g in jax.tree.leaves(ref_grads))
     worst = 0.0
-    for mode in ("stash", "recompute"):
+    for mode in ("stash", "dots", "recompute"):
         staged = traced.split(cuts, mode)
         loss, grads, _ = staged.value_and_grad(user, batch, micro_batches=1)
         err = max(float(np.max(np.abs(a - b))) for a, b in

@@ -189,7 +189,7 @@ class CutError(InputError):
     """The cut points or modes do not describe a split of the model's layers into stages.
 
     Fix: pass sorted layer indices in `1 .. len(traced.layers) - 1` (where stages 1.. start), and
-    modes `"stash"` or `"recompute"`, one for all stages or one per stage.
+    modes `"stash"`, `"dots"` or `"recompute"`, one for all stages or one per stage.
     """
 
 

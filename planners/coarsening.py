@@ -8,6 +8,7 @@ and ``expand_plan`` maps a plan back to original layer indices.
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
 from planners.errors import PlanError
 from planners.plans import Plan
@@ -89,7 +90,22 @@ def _merge(layers: tuple[LayerProfile, ...]) -> LayerProfile:
         fwd_seconds={b: sum(x.fwd_seconds[b] for x in layers) for b in common},
         bwd_seconds={b: sum(x.bwd_seconds[b] for x in layers) for b in common_b},
         flops_per_sample=sum(x.flops_per_sample for x in layers),
+        **_merged_dots(layers),
     )
+
+
+def _merged_dots(layers: tuple[LayerProfile, ...]) -> dict[str, Any]:
+    """The group's dots-mode fields: sums when every layer has them, else none (a stage can run
+    in dots mode only if all its layers can)."""
+    if not all(x.has_dots for x in layers):
+        return {}
+    common = _common_keys([x.dots_bwd_seconds for x in layers])
+    return {
+        "dots_stash_bytes_per_sample": sum(x.dots_stash_bytes_per_sample or 0.0 for x in layers),
+        "dots_bwd_alpha": sum(x.dots_bwd_alpha or 0.0 for x in layers),
+        "dots_bwd_beta": sum(x.dots_bwd_beta or 0.0 for x in layers),
+        "dots_bwd_seconds": {b: sum(x.dots_bwd_seconds[b] for x in layers) for b in common},
+    }
 
 
 def groups_of(profile: ModelProfile) -> list[tuple[int, int]]:

@@ -3,7 +3,8 @@
 Notation (per stage s, one micro-batch of b samples, at memory option m_s with CPU share c):
   r       = reference_cpus / c                      compute slow-down vs the profile
   F_s     = r * sum_l fwd_l(b)                      forward compute, s
-  G_s     = r * sum_l bwd_l(b) (+ F_s if recompute) backward compute, s
+  G_s     = r * sum_l bwd_l(b) (+ F_s if recompute) backward compute, s (dots mode: its own
+                                                    measured backward; ``planners.modes``)
   D^a_s   = lat + b*in_s/down                       download of the input (stage 0: the data;
                                                     0 when the problem caches the input)
   U^a_s   = lat + b*out_s/up                        upload of the output (0 on the last stage)
@@ -43,6 +44,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
 from planners.errors import PlanError
+from planners.modes import DotsPrefix, held_bytes
 from planners.plans import Plan
 from planners.platforms import Platform
 from planners.problem import Problem
@@ -148,6 +150,7 @@ class StageModel:
         self._bound = [layer.boundary_bytes_per_sample for layer in prof.layers]
         self._ref, self._plat = prof.reference_cpus, plat
         self._fixed_mb = plat.runtime_base_mb + plat.safety_margin_mb
+        self.dots = DotsPrefix(prof, micro_batch)  # dots mode's sums (``planners.modes``)
 
     def in_bytes(self, first: int) -> float:
         """Bytes per sample entering a stage that starts at ``first``."""
@@ -190,20 +193,24 @@ class StageModel:
 
         ``in_flight`` is the number of micro-batches whose activations a replica holds at once;
         None means n_s (FuncPipe's schedule keeps every owned micro-batch until its backward).
+        Raises PlanError for a mode the layers cannot run in (``DotsPrefix.check``).
         """
+        self.dots.check(mode, first, last)
         plat, b = self._plat, self.b
         lat, up, down = plat.request_latency_s, plat.uplink_bytes_per_s, plat.downlink_bytes_per_s
         r = self._ref / plat.cpus(memory_mb)
         is_first, is_last = first == 0, last == self.L - 1
         fwd = r * (self._fwd[last + 1] - self._fwd[first])
-        bwd = r * (self._bwd[last + 1] - self._bwd[first]) + (fwd if mode == "recompute" else 0.0)
+        bwd = (r * (self.dots.bwd[last + 1] - self.dots.bwd[first]) if mode == "dots" else
+               r * (self._bwd[last + 1] - self._bwd[first]) + (fwd if mode == "recompute" else 0.0))
         x_in = b * self.in_bytes(first)
         x_out = 0.0 if is_last else b * self._bound[last]
         w = self.param_bytes(first, last)
         n = -(-self.M // replicas)
         held = n if in_flight is None else min(in_flight, n)
         stash = b * self.stash_bytes_per_sample(first, last)
-        acts = held * stash if mode == "stash" else held * x_in + stash
+        acts = held_bytes(mode, held, x_in, stash,
+                          b * (self.dots.stash[last + 1] - self.dots.stash[first]))
         model = w * (2 + self.problem.optimizer_slots) + (2 * w if replicas > 1 else 0.0)
         cached = self.problem.cached_input_bytes if is_first else None
         state = w * (1 + self.problem.optimizer_slots)  # parameters and optimizer slots
@@ -235,16 +242,14 @@ class StageModel:
 
     def fit(self, first: int, last: int, memory_mb: int, replicas: int,
             in_flight: int | None = None) -> tuple[str, StageTerms] | None:
-        """(mode, terms) in stash mode if it fits ``memory_mb``, else in recompute mode if allowed
-        and it fits, else None. (Recompute at equal memory and replicas is never faster.)"""
-        t = self.terms(first, last, memory_mb, replicas, "stash", in_flight)
-        if t.peak_mb <= memory_mb:
-            return "stash", t
-        if self.problem.allow_recompute:
-            t = self.terms(first, last, memory_mb, replicas, "recompute", in_flight)
-            if t.peak_mb <= memory_mb:
-                return "recompute", t
-        return None
+        """(mode, terms) of the fastest allowed mode that fits ``memory_mb`` (smallest G_s; a
+        tie keeps the first of ``MODES``), else None; ``planners.modes`` argues it is exact."""
+        best: tuple[str, StageTerms] | None = None
+        for mode in self.dots.modes(self.problem, first, last):
+            t = self.terms(first, last, memory_mb, replicas, mode, in_flight)
+            if t.peak_mb <= memory_mb and (best is None or t.bwd < best[1].bwd):
+                best = mode, t
+        return best
 
 
 def aggregate(terms: Sequence[StageTerms], problem: Problem,

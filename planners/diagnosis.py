@@ -84,7 +84,7 @@ def _memory_infeasibility(problem: Problem) -> InfeasibleError | None:
         for b in problem.valid_micro_batches:
             model = StageModel(problem, b)
             for d in problem.replicas_for(b):
-                for mode in ("stash", "recompute") if problem.allow_recompute else ("stash",):
+                for mode in model.dots.modes(problem, layer_index, layer_index):
                     need = model.terms(layer_index, layer_index, plat.max_memory_mb, d,
                                        mode, held).peak_mb
                     if best is None or need < best[0]:
@@ -98,5 +98,6 @@ def _memory_infeasibility(problem: Problem) -> InfeasibleError | None:
             f"no plan fits: the largest memory option of {plat.name!r} is "
             f"{plat.max_memory_mb} MB but\n" + "\n".join(f"  - {x}" for x in lines) +
             "\nfix: add a larger memory option, smaller micro-batches, more replicas, "
-            "allow recompute, or lower runtime_base_mb/safety_margin_mb if measured lower")
+            "allow recompute or dots mode, or lower runtime_base_mb/safety_margin_mb if "
+            "measured lower")
     return None

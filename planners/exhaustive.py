@@ -48,25 +48,24 @@ def enumerate_plans(problem: Problem, limit: int = LIMIT) -> Iterator[Scored]:
     if size > limit:
         raise PlanError(f"exhaustive: about {size:.2e} plans exceed the limit of {limit:.0e}; "
                         "coarsen the profile or shrink the option sets")
-    modes = MODES if problem.allow_recompute else ("stash",)
     for b in problem.valid_micro_batches:
         model = StageModel(problem, b)
         for schedule in problem.schedules:
             if schedule == "funcpipe":
-                yield from _walk(problem, model, modes, schedule, None)
+                yield from _walk(problem, model, schedule, None)
             else:  # 1F1B: a stage's memory depends on S - s, so S is fixed per walk, and
                 # every stage has the same replica count (unequal ones can deadlock)
                 most = 1 if problem.schedule == ANY_SCHEDULE else L  # "any": one-stage 1F1B
                 for d in problem.replicas_for(b):
                     for S in range(1, min(L, most, problem.max_functions // d) + 1):
-                        yield from _walk(problem, model, modes, schedule, S, d)
+                        yield from _walk(problem, model, schedule, S, d)
 
 
 Option = tuple[StagePlan, StageTerms]
 
 
-def _walk(problem: Problem, model: StageModel, modes: tuple[str, ...], schedule: str,
-          stages: int | None, replicas: int | None = None) -> Iterator[Scored]:
+def _walk(problem: Problem, model: StageModel, schedule: str, stages: int | None,
+          replicas: int | None = None) -> Iterator[Scored]:
     """Every plan of ``model``'s micro-batch size under ``schedule``, stages in lexicographic
     order; with ``stages`` only plans of that many stages, each on ``replicas`` replicas,
     stage s priced with S - s micro-batches in flight (1F1B), else with all it owns
@@ -79,7 +78,8 @@ def _walk(problem: Problem, model: StageModel, modes: tuple[str, ...], schedule:
             options[i, j, held] = [
                 (StagePlan(i, j, m, d, mode), t)
                 for m in problem.platform.memory_options_mb
-                for d in problem.replicas_for(b) if replicas in (None, d) for mode in modes
+                for d in problem.replicas_for(b) if replicas in (None, d)
+                for mode in model.dots.modes(problem, i, j)  # every mode, none dominated out
                 if (t := model.terms(i, j, m, d, mode, held)).peak_mb <= m]
         return options[i, j, held]
 

@@ -18,7 +18,7 @@ from planners.coarsening import balance_weights, partition_min_max
 from planners.cost import score
 from planners.errors import InfeasibleError
 from planners.plans import Plan, StagePlan
-from planners.problem import Problem
+from planners.problem import MODES, Problem
 from planners.profile import ModelProfile
 from planners.stage_grid import StageConfigs, stage_configs, window_rate
 
@@ -86,7 +86,7 @@ def best_homogeneous(problem: Problem, rule: Callable[[ModelProfile, int, int], 
                     if best is None or value < best[0]:
                         m = plat.memory_options_mb[k]
                         stages = tuple(
-                            StagePlan(i, j, m, d, "recompute" if table.rec[r][k] else "stash")
+                            StagePlan(i, j, m, d, MODES[table.mode[r][k]])
                             for (i, j), r in zip(parts, rows, strict=True))
                         best = (value, Plan(stages, b, problem.global_batch,
                                             problem.rival_schedule))
@@ -104,7 +104,7 @@ class _Table(NamedTuple):
 
     cfg: StageConfigs
     fits: list[list[bool]]
-    rec: list[list[bool]]
+    mode: list[list[int]]  # index into MODES
     fill: list[list[float]]
     a_fwd: list[list[float]]
     a_bwd: list[list[float]]
@@ -118,7 +118,7 @@ class _Table(NamedTuple):
 def _table(problem: Problem, micro_batch: int, d: int) -> _Table:
     cfg = stage_configs(problem, micro_batch, d)
     rate = window_rate(problem, cfg, d)
-    return _Table(cfg, cfg.fits.tolist(), cfg.recompute.tolist(), cfg.fill.tolist(),
+    return _Table(cfg, cfg.fits.tolist(), cfg.mode.tolist(), cfg.fill.tolist(),
                   cfg.a_fwd.tolist(), cfg.a_bwd.tolist(), cfg.tail.tolist(), rate.tolist(),
                   cfg.life.tolist(), cfg.puts.tolist(), cfg.gets.tolist())
 

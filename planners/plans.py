@@ -25,8 +25,9 @@ class StagePlan(JsonMixin):
       first_layer, last_layer: inclusive layer indices of the stage.
       memory_mb: memory of each of the stage's functions, MB.
       replicas: data-parallel replicas d_s of the stage (one function each).
-      mode: ``stash`` keeps residuals for backward; ``recompute`` keeps only the stage input and
-        reruns the forward during backward.
+      mode: ``stash`` keeps residuals for backward; ``dots`` keeps only matmul and convolution
+        outputs (and the stage input) and recomputes the elementwise ops during backward;
+        ``recompute`` keeps only the stage input and reruns the forward during backward.
     """
 
     first_layer: int

@@ -17,7 +17,7 @@ SCHEDULES = ("funcpipe", "1f1b")
 # Problem.schedule value that lets the planner choose the schedule of each plan (a plan's own
 # schedule is always one of SCHEDULES).
 ANY_SCHEDULE = "any"
-MODES = ("stash", "recompute")
+MODES = ("stash", "dots", "recompute")  # fastest first (``planners.modes``)
 _KINDS = ("weighted", "budget", "deadline")
 # The one tolerance rule of the library: a plan meets a budget (deadline) X when its predicted
 # dollars (seconds) are <= X * (1 + REL_TOL). ``Objective.feasible`` applies it to scored plans;
@@ -149,6 +149,9 @@ class Problem(JsonMixin):
         misprices them by up to 40 % against the simulator, planners/README.md); the
         fixed-rule rivals (uniform, balanced, pipedream, maxload) keep ``funcpipe``.
       allow_recompute: whether a stage may keep only its inputs and recompute in backward.
+      allow_dots: whether a stage may keep only its matmul and convolution outputs and
+        recompute the elementwise ops in backward (``dots`` mode; only stages whose layers all
+        have a dots profile).
       update_seconds_per_byte: optimizer update time per parameter byte at the reference CPU
         share, seconds/byte (1e-9: 1 GB/s); 0 makes updates free.
       cached_input_bytes: None: stage 0 reads every micro-batch's input from storage (FuncPipe,
@@ -175,6 +178,7 @@ class Problem(JsonMixin):
     optimizer_slots: int = 2
     schedule: str = "funcpipe"
     allow_recompute: bool = True
+    allow_dots: bool = True
     update_seconds_per_byte: float = 1e-9
     cached_input_bytes: float | None = None
     checkpoint_every: int | None = None
@@ -254,6 +258,7 @@ class Problem(JsonMixin):
             "replica_options": list(self.replica_options), "max_functions": self.max_functions,
             "objective": self.objective.to_dict(), "optimizer_slots": self.optimizer_slots,
             "schedule": self.schedule, "allow_recompute": self.allow_recompute,
+            "allow_dots": self.allow_dots,
             "update_seconds_per_byte": self.update_seconds_per_byte,
             "cached_input_bytes": self.cached_input_bytes,
             "checkpoint_every": self.checkpoint_every,

@@ -32,6 +32,15 @@ class LayerProfile(JsonMixin):
       fwd_seconds, bwd_seconds: measured medians in seconds keyed by micro-batch size; when a key
         is present it overrides the linear fit. May be empty.
       flops_per_sample: forward FLOPs per sample (informational; used to balance when times are 0).
+      dots_stash_bytes_per_sample: bytes of residuals kept for backward per sample in ``dots``
+        mode (only matmul and convolution outputs and the layer's inputs; the backward
+        recomputes the elementwise ops). None: the mode was not profiled, and a stage may run
+        in ``dots`` mode only if every one of its layers has it.
+      dots_bwd_alpha, dots_bwd_beta: backward seconds in ``dots`` mode (including the
+        recomputed elementwise ops), as ``bwd_alpha``/``bwd_beta``; None exactly when
+        ``dots_stash_bytes_per_sample`` is.
+      dots_bwd_seconds: measured ``dots`` backward medians by micro-batch size, as
+        ``bwd_seconds``.
     """
 
     name: str
@@ -45,18 +54,34 @@ class LayerProfile(JsonMixin):
     fwd_seconds: dict[int, float] = field(default_factory=dict[int, float], hash=False)
     bwd_seconds: dict[int, float] = field(default_factory=dict[int, float], hash=False)
     flops_per_sample: float = 0.0
+    dots_stash_bytes_per_sample: float | None = None
+    dots_bwd_alpha: float | None = None
+    dots_bwd_beta: float | None = None
+    dots_bwd_seconds: dict[int, float] = field(default_factory=dict[int, float], hash=False)
 
     def __post_init__(self) -> None:
         bad = [
             f"{f.name}={getattr(self, f.name)!r}"
             for f in dataclasses.fields(self)
-            if f.type in ("int", "float") and getattr(self, f.name) < 0
+            if f.type in ("int", "float", "float | None")
+            and getattr(self, f.name) is not None and getattr(self, f.name) < 0
         ]
         if bad:
             raise PlanError(
                 f"layer {self.name!r}: sizes and times must be >= 0, got {', '.join(bad)}; "
                 "fix the profile"
             )
+        dots = (self.dots_stash_bytes_per_sample, self.dots_bwd_alpha, self.dots_bwd_beta)
+        if any(x is None for x in dots) and not all(x is None for x in dots):
+            raise PlanError(
+                f"layer {self.name!r}: dots_stash_bytes_per_sample, dots_bwd_alpha and "
+                f"dots_bwd_beta must be all given or all None (got {dots}); re-profile the "
+                "layer or drop the three")
+
+    @property
+    def has_dots(self) -> bool:
+        """Whether the layer was profiled in ``dots`` mode (so a stage may run it there)."""
+        return self.dots_stash_bytes_per_sample is not None
 
     def fwd_time(self, micro_batch: int) -> float:
         """Forward seconds for ``micro_batch`` samples at the reference CPU share."""
@@ -70,11 +95,26 @@ class LayerProfile(JsonMixin):
             return self.bwd_seconds[micro_batch]
         return self.bwd_alpha + self.bwd_beta * micro_batch
 
+    def dots_bwd_time(self, micro_batch: int) -> float:
+        """Backward seconds in ``dots`` mode for ``micro_batch`` samples at the reference CPU
+        share.
+
+        Raises:
+          PlanError: the layer has no ``dots`` profile (``has_dots`` is false).
+        """
+        if micro_batch in self.dots_bwd_seconds:
+            return self.dots_bwd_seconds[micro_batch]
+        if self.dots_bwd_alpha is None or self.dots_bwd_beta is None:
+            raise PlanError(f"layer {self.name!r} has no dots-mode profile; re-profile it "
+                            "(jaxpipe profile) or plan without dots mode")
+        return self.dots_bwd_alpha + self.dots_bwd_beta * micro_batch
+
     def to_dict(self) -> dict[str, Any]:
         """Return a JSON-ready dict (dict keys become strings)."""
         data = dataclasses.asdict(self)
         data["fwd_seconds"] = {str(k): v for k, v in self.fwd_seconds.items()}
         data["bwd_seconds"] = {str(k): v for k, v in self.bwd_seconds.items()}
+        data["dots_bwd_seconds"] = {str(k): v for k, v in self.dots_bwd_seconds.items()}
         return data
 
     @classmethod
@@ -84,6 +124,7 @@ class LayerProfile(JsonMixin):
         kwargs = dict(data)
         kwargs["fwd_seconds"] = int_keyed(data.get("fwd_seconds"))
         kwargs["bwd_seconds"] = int_keyed(data.get("bwd_seconds"))
+        kwargs["dots_bwd_seconds"] = int_keyed(data.get("dots_bwd_seconds"))
         kwargs["param_bytes"] = int(data["param_bytes"])
         return cls(**kwargs)
 

@@ -23,7 +23,7 @@ from numpy.typing import NDArray
 from planners.bounds import BoolArray, CandidateArrays, FloatArray, IntArray
 from planners.cost import MIB, StageModel, checkpoint_dollars, checkpoint_puts
 from planners.plans import StagePlan
-from planners.problem import Problem
+from planners.problem import MODES, Problem
 
 __all__: list[str] = []  # internal to planners.bands and planners.grid_1f1b
 
@@ -35,7 +35,7 @@ class CandidateGrid:
     Attributes:
       arrays: the MILP data (``CandidateArrays``), entry v is candidate v.
       memory_mb: m_v, MB.
-      recompute: whether candidate v runs in recompute mode (else stash).
+      mode: candidate v's mode, an index into ``MODES``.
       schedule: the schedule every plan over these candidates runs.
       nodes: None: ``arrays.first``/``last`` are layers (edges i -> j + 1 of the chain 0..L);
         else they are nodes of an expanded chain 0..nodes (``planners.grid_1f1b``).
@@ -44,7 +44,7 @@ class CandidateGrid:
 
     arrays: CandidateArrays
     memory_mb: IntArray
-    recompute: BoolArray
+    mode: IntArray
     schedule: str = "funcpipe"
     nodes: int | None = None
     layers: tuple[IntArray, IntArray] | None = None
@@ -62,7 +62,7 @@ class CandidateGrid:
         c = self.arrays
         first, last = (c.first, c.last) if self.layers is None else self.layers
         return StagePlan(int(first[v]), int(last[v]), int(self.memory_mb[v]),
-                         int(c.replicas[v]), "recompute" if self.recompute[v] else "stash")
+                         int(c.replicas[v]), MODES[int(self.mode[v])])
 
 
 def _sync(w: FloatArray, d: int, up: float, down: float, lat: float) -> FloatArray:
@@ -81,8 +81,9 @@ class StageConfigs(NamedTuple):
 
     Attributes:
       first, last: (G,) the intervals i..j, i-major (``row`` finds one).
-      fits: (G, K) whether the configuration fits in stash or (allowed) recompute mode.
-      recompute: (G, K) whether it runs in recompute mode.
+      fits: (G, K) whether the configuration fits in some allowed mode.
+      mode: (G, K) the mode it runs in (``StageModel.fit``'s), an index into ``MODES``; -1
+        where it does not fit.
       fill, a_fwd, a_bwd, tail: (G, K) fill_v, aF_v, aB_v, y_v in its mode, seconds.
       gb: (K,) d m / 1024, the GB of the stage's functions.
       puts, gets: (G,) requests per iteration of the stage (all replicas).
@@ -92,7 +93,7 @@ class StageConfigs(NamedTuple):
     first: IntArray
     last: IntArray
     fits: BoolArray
-    recompute: BoolArray
+    mode: IntArray
     fill: FloatArray
     a_fwd: FloatArray
     a_bwd: FloatArray
@@ -152,10 +153,25 @@ def stage_configs(problem: Problem, micro_batch: int, d: int, in_flight: int | N
         return (fixed + acts + dataset[:, None] + (2 * (x_in + x_out))[:, None]) / MIB \
             + model.fixed_mb
 
-    ok_stash = peak(np.broadcast_to((held * stash)[:, None], fwd.shape)) <= mems[None, :]
-    peak_rec = peak(np.broadcast_to((held * x_in + stash)[:, None], fwd.shape))
-    rec = ~ok_stash & problem.allow_recompute & (peak_rec <= mems[None, :])
-    bwd = np.where(rec, bwd_base + fwd, bwd_base + 0.0)
+    # StageModel.fit: the allowed mode that fits with the smallest backward, in MODES order
+    dots = b * (np.array(model.dots.stash)[j + 1] - np.array(model.dots.stash)[i])
+    has_dots = np.array(model.dots.missing)[j + 1] == np.array(model.dots.missing)[i]
+    dots_bwd = np.array(model.dots.bwd)
+    by_mode = [  # (G, K) backward and whether it may run and fits, per mode of MODES
+        (bwd_base + 0.0, peak(np.broadcast_to((held * stash)[:, None], fwd.shape))
+         <= mems[None, :]),
+        (r[None, :] * (dots_bwd[j + 1] - dots_bwd[i])[:, None],
+         (problem.allow_dots & has_dots)[:, None]
+         & (peak(np.broadcast_to((held * dots + np.maximum(stash - dots, 0.0))[:, None],
+                                 fwd.shape)) <= mems[None, :])),
+        (bwd_base + fwd, problem.allow_recompute
+         & (peak(np.broadcast_to((held * x_in + stash)[:, None], fwd.shape)) <= mems[None, :])),
+    ]
+    mode = np.full(fwd.shape, -1, dtype=np.int64)
+    bwd = bwd_base + 0.0  # where nothing fits: the stash backward (unused)
+    for k, (bwd_k, ok_k) in enumerate(by_mode):
+        better = ok_k & ((mode < 0) | (bwd_k < bwd))
+        mode, bwd = np.where(better, k, mode), np.where(better, bwd_k, bwd)
     update = r[None, :] * w[:, None] * problem.update_seconds_per_byte
     sync_puts = d * (d + 2) if d > 1 else 0
     sync_gets = 2 * d * (d - 1)
@@ -169,7 +185,7 @@ def stage_configs(problem: Problem, micro_batch: int, d: int, in_flight: int | N
         a_fwd = (n - 1) * np.maximum(np.maximum(fwd, act_up), act_down)
         a_bwd = (n - 1) * np.maximum(np.maximum(bwd, grad_up), grad_down)
     return StageConfigs(
-        first=i, last=j, fits=ok_stash | rec, recompute=rec,
+        first=i, last=j, fits=mode >= 0, mode=mode,
         fill=(act_down + fwd + act_up) + (grad_down + bwd + grad_up),
         a_fwd=a_fwd, a_bwd=a_bwd,
         tail=_sync(w, d, up, down, lat)[:, None] + update,
@@ -188,7 +204,7 @@ def candidate_grid(problem: Problem, micro_batch: int) -> CandidateGrid:
 
 
 Columns = dict[str, NDArray[Any]]  # first, last, fill, a_fwd, a_bwd, tail, replicas, rate,
-# req, life (the ``CandidateArrays`` fields), mem and rec (the grid's): one per candidate
+# req, life (the ``CandidateArrays`` fields), mem and mode (the grid's): one per candidate
 
 
 def kept_columns(problem: Problem, cfg: StageConfigs, d: int) -> Columns:
@@ -197,7 +213,7 @@ def kept_columns(problem: Problem, cfg: StageConfigs, d: int) -> Columns:
     row-major (interval, memory) order."""
     plat = problem.platform
     mems = np.array(plat.memory_options_mb, dtype=np.int64)  # (K,)
-    i, j, fits, rec = cfg.first, cfg.last, cfg.fits, cfg.recompute
+    i, j, fits, mode = cfg.first, cfg.last, cfg.fits, cfg.mode
     fill, a_fwd, a_bwd, tail = cfg.fill, cfg.a_fwd, cfg.a_bwd, cfg.tail
     gb = np.broadcast_to(cfg.gb[None, :], fill.shape)
     keys = np.stack([gb, fill, a_fwd, a_bwd, tail], axis=2)  # (G, K, 5)
@@ -214,7 +230,7 @@ def kept_columns(problem: Problem, cfg: StageConfigs, d: int) -> Columns:
             "tail": tail[g_idx, k_idx], "replicas": np.full(len(g_idx), d, dtype=np.int64),
             "rate": window_rate(problem, cfg, d)[g_idx, k_idx], "req": req_g[g_idx],
             "life": cfg.life[g_idx], "mem": mems[k_idx],
-            "rec": rec[g_idx, k_idx]}
+            "mode": mode[g_idx, k_idx]}
 
 
 def window_rate(problem: Problem, cfg: StageConfigs, d: int) -> FloatArray:
@@ -242,5 +258,5 @@ def assemble(parts: list[Columns], schedule: str = "funcpipe", nodes: int | None
         a_fwd=cat("a_fwd", np.float64), a_bwd=cat("a_bwd", np.float64),
         tail=cat("tail", np.float64), replicas=cat("replicas", np.int64),
         rate=cat("rate", np.float64), req=cat("req", np.float64), life=cat("life", np.float64))
-    return CandidateGrid(arrays, cat("mem", np.int64), cat("rec", np.bool_), schedule, nodes,
+    return CandidateGrid(arrays, cat("mem", np.int64), cat("mode", np.int64), schedule, nodes,
                          layers)

@@ -7,6 +7,7 @@ forward. Real profiles come from ``jaxpipe profile``.
 
 from __future__ import annotations
 
+import dataclasses
 import random
 
 from planners.profile import LayerProfile, ModelProfile
@@ -90,9 +91,14 @@ SHAPES = {"resnet101": resnet101_like, "amoebanet-d36": amoebanet_d36_like,
           "bert-large": bert_large_like}
 
 
-def random_profile(seed: int, num_layers: int) -> ModelProfile:
-    """A small random chain for property tests: MB-scale tensors, 10-300 ms layers."""
-    rng = random.Random(seed)
+def random_profile(seed: int, num_layers: int, dots: bool = False) -> ModelProfile:
+    """A small random chain for property tests: MB-scale tensors, 10-300 ms layers.
+
+    ``dots``: most layers (about 4 in 5) also get a dots-mode profile, 10-90 % of the stash
+    bytes and 0.9-1.4 times the stash backward (below 1: timing noise, which the planners must
+    price as measured), drawn from a second generator so the other fields stay as without.
+    """
+    rng, dots_rng = random.Random(seed), random.Random(f"{seed}-dots")
     MB = 1 << 20
     layers = tuple(
         LayerProfile(name=f"l{i}", param_bytes=int(rng.uniform(1, 300) * MB),
@@ -101,5 +107,11 @@ def random_profile(seed: int, num_layers: int) -> ModelProfile:
                      fwd_alpha=rng.uniform(0, 0.01), fwd_beta=rng.uniform(0.01, 0.3),
                      bwd_alpha=rng.uniform(0, 0.02), bwd_beta=rng.uniform(0.02, 0.6))
         for i in range(num_layers))
+    if dots:
+        layers = tuple(dataclasses.replace(
+            x, dots_stash_bytes_per_sample=x.stash_bytes_per_sample * dots_rng.uniform(0.1, 0.9),
+            dots_bwd_alpha=x.bwd_alpha * dots_rng.uniform(0.9, 1.4),
+            dots_bwd_beta=x.bwd_beta * dots_rng.uniform(0.9, 1.4))
+            if dots_rng.random() < 0.8 else x for x in layers)
     return ModelProfile(f"random{seed}", layers, input_bytes_per_sample=rng.uniform(0.1, 2) * MB,
                         reference_cpus=1.0)

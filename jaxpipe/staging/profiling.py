@@ -7,7 +7,10 @@ pipeline runs) at each micro-batch size b, then:
   `t(b) = alpha + beta * b` is fitted by least squares;
 - bytes stashed for backward come from the compiled forward's memory analysis (its output
   buffers minus the values it hands on), and their per-sample part is the slope over b;
-- FLOPs come from XLA's cost analysis of the forward.
+- FLOPs come from XLA's cost analysis of the forward;
+- with `dots`, the layer is built a second time in `dots` mode (only matmul and convolution
+  outputs kept), and its residual bytes and backward time are measured the same way (its
+  forward computes the same values, so the stash forward's time stands for both).
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import operator
 import os
 import time
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import jax
 import numpy as np
@@ -35,6 +39,7 @@ def profile(
     repeats: int = 5,
     name: str | None = None,
     progress: Callable[[str], None] | None = None,
+    dots: bool = True,
 ) -> ModelProfile:
     """Measures every layer of `traced` at every micro-batch size.
 
@@ -44,10 +49,13 @@ def profile(
       repeats: timed runs per measurement (after one warm-up run); the median is kept.
       name: the model's name in the profile (defaults to the Flax module's class name).
       progress: called with a short message after each layer (e.g. a progress bar's update).
+      dots: also profile `dots` mode (one more compile per layer and size), so planners may
+        choose it; False leaves the layers' dots fields None.
 
     Returns:
       ModelProfile: per layer, parameter bytes, stashed and boundary bytes per sample, forward
-      and backward seconds per micro-batch size with their linear fits, and FLOPs per sample;
+      and backward seconds per micro-batch size with their linear fits, and FLOPs per sample
+      (with `dots`: the same residual bytes and backward times in dots mode);
       `reference_cpus` is the number of cores this process could use.
     """
     try:  # operator.index: 1.5 or "2" is an error, not silently 1 or 2
@@ -56,11 +64,14 @@ def profile(
         sizes = []
     if not sizes or sizes[0] < 1:
         raise ProfileError(f"micro_batch_sizes must be positive integers; got {micro_batch_sizes}")
-    per_layer: list[dict[str, dict[int, float]]] = [
-        {"fwd": {}, "bwd": {}, "saved": {}, "flops": {}} for _ in traced.layers]
+    keys = ("fwd", "bwd", "saved", "flops") + (("dots_bwd", "dots_saved") if dots else ())
+    per_layer: list[dict[str, dict[int, float]]] = [{k: {} for k in keys} for _ in traced.layers]
     for i, layer in enumerate(traced.layers):
         for b in sizes:
-            m = _measure(traced, i, b, repeats)
+            m = _measure(traced, i, b, repeats, "stash")
+            if dots:
+                dots_m = _measure(traced, i, b, repeats, "dots", forward=False)
+                m |= {"dots_bwd": dots_m["bwd"], "dots_saved": dots_m["saved"]}
             for key in per_layer[i]:
                 per_layer[i][key][b] = m[key]
         if progress:
@@ -79,6 +90,7 @@ def profile(
             fwd_alpha=fwd_alpha, fwd_beta=fwd_beta, bwd_alpha=bwd_alpha, bwd_beta=bwd_beta,
             fwd_seconds=dict(m["fwd"]), bwd_seconds=dict(m["bwd"]),
             flops_per_sample=max(_fit(m["flops"])[1], 0.0),
+            **(_dots_fields(m) if dots else {}),
         ))
     data = traced.data_specs(1)[: len(traced.inputs.leaves) + len(traced.targets.leaves)]
     return ModelProfile(
@@ -91,11 +103,21 @@ def profile(
     )
 
 
-def _measure(traced: Traced, index: int, b: int, repeats: int) -> dict[str, float]:
-    """Times and sizes layer `index` alone, as a one-layer stage, at micro-batch size `b`."""
+def _dots_fields(m: dict[str, dict[int, float]]) -> dict[str, Any]:
+    """The dots-mode `LayerProfile` fields of one layer's measurements."""
+    alpha, beta = _fit(m["dots_bwd"])
+    return {"dots_stash_bytes_per_sample": max(_fit(m["dots_saved"])[1], 0.0),
+            "dots_bwd_alpha": alpha, "dots_bwd_beta": beta,
+            "dots_bwd_seconds": dict(m["dots_bwd"])}
+
+
+def _measure(traced: Traced, index: int, b: int, repeats: int, mode: str,
+             forward: bool = True) -> dict[str, float]:
+    """Times and sizes layer `index` alone, as a one-layer stage in `mode`, at micro-batch size
+    `b` (the forward is timed only if `forward`)."""
     program = traced.program(b)
     stage = build_stage(program, traced.params.paths, traced.state.paths, 0, index, index + 1,
-                        "stash")
+                        mode)
     spec = stage.spec
     params = [_leaf(traced, p) for p in spec.param_paths]
     state = [_leaf(traced, p) for p in spec.state_paths]
@@ -105,7 +127,8 @@ def _measure(traced: Traced, index: int, b: int, repeats: int) -> dict[str, floa
     cts = [np.ones(t.shape, t.dtype) for t in spec.outputs if t.differentiable]
     backward = stage.backward.lower(params, saved, cts).compile()
     return {
-        "fwd": _median_seconds(lambda: compiled(params, state, acts), repeats),
+        "fwd": _median_seconds(lambda: compiled(params, state, acts), repeats) if forward
+        else 0.0,
         "bwd": _median_seconds(lambda: backward(params, saved, cts), repeats),
         "saved": _saved_bytes(compiled, spec),
         "flops": _flops(compiled),

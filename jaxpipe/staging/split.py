@@ -50,7 +50,7 @@ class Staged:
     Attributes:
       cuts: layer indices where stages 1.. start.
       bounds: each stage's layer range [first, stop).
-      modes: each stage's mode, "stash" or "recompute".
+      modes: each stage's mode, "stash", "dots" or "recompute".
     """
 
     def __init__(self, traced: Traced, cuts: Iterable[int], modes: str | Sequence[str] = "stash"):

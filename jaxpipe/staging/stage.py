@@ -9,8 +9,11 @@ an exported bundle and a worker in a serverless function all drive stages the sa
 `inputs`/`outputs` are the values live across the stage's cuts (see `jaxpipe.trace`); the last
 stage's only output is the loss. Cotangents travel only for *differentiable* values: floats that
 depend on parameters (so masks, labels and keys never send gradients back). `saved` is what the
-forward keeps for the backward: the VJP residuals in `stash` mode, only the inputs and state in
-`recompute` mode (the backward then re-runs the forward under the VJP).
+forward keeps for the backward: the VJP residuals in `stash` mode; in `dots` mode only the
+outputs of matrix products and convolutions plus the stage's inputs (the run is under
+`jax.checkpoint` with the `dots_saveable` policy, so the backward recomputes the cheap
+elementwise ops from them); only the inputs and state in `recompute` mode (the backward then
+re-runs the forward under the VJP).
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ if TYPE_CHECKING:  # tracing imports split, which imports this module
 
 __all__ = ["MODES", "StageProgram", "StageSpec", "TensorSpec", "build_stage"]
 
-MODES = ("stash", "recompute")
+MODES = ("stash", "dots", "recompute")  # fastest and largest first
 
 _T = TypeVar("_T")
 
@@ -64,7 +67,7 @@ class StageSpec:
     Attributes:
       index: stage number, from 0.
       first_layer, stop_layer: the layer range [first_layer, stop_layer).
-      mode: "stash" or "recompute".
+      mode: "stash", "dots" or "recompute".
       micro_batch: the batch size its programs were traced at.
       param_paths, state_paths: the parameters and state leaves it reads, by path.
       new_state_paths: the state leaves its forward updates.
@@ -133,7 +136,11 @@ def build_stage(program: Program, param_paths: tuple[str, ...], state_paths: tup
         outs, new_s = values[: len(outputs)], values[len(outputs):]
         return _pick(outs, diff_out, True), (_pick(outs, diff_out, False), new_s)
 
-    forward, backward = (_stash if mode == "stash" else _recompute)(
+    if mode == "dots":
+        # Only dot_general and conv_general_dilated outputs (and the run's own arguments) are
+        # residuals; `dots_saveable` is the one policy of jax 0.10 that saves both.
+        run = jax.checkpoint(run, policy=jax.checkpoint_policies.dots_saveable)
+    forward, backward = (_recompute if mode == "recompute" else _stash)(
         run, diff_in, diff_out, [_struct(v) for v in params], [_struct(v) for v in state],
         [_struct(v) for v in inputs])
     saved_shapes = jax.eval_shape(forward, [_struct(v) for v in params],

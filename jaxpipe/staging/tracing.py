@@ -233,8 +233,10 @@ class Traced:
     def split(self, cuts: Sequence[int], modes: str | Sequence[str] = "stash") -> Staged:
         """Cuts the model into stages; `cuts` are the sorted layer indices where stages start.
 
-        `modes` is `"stash"` (forward keeps residuals for backward) or `"recompute"` (forward
-        keeps only its inputs; backward re-runs it), for all stages or one per stage.
+        `modes` is `"stash"` (forward keeps residuals for backward), `"dots"` (forward keeps only
+        matmul and convolution outputs; backward recomputes the elementwise ops) or
+        `"recompute"` (forward keeps only its inputs; backward re-runs it), for all stages or
+        one per stage.
         """
         return Staged(self, cuts, modes)
 

@@ -33,7 +33,7 @@ FRESH_PROCESS = textwrap.dedent("""
 """)
 
 
-@pytest.mark.parametrize("mode", ["stash", "recompute"])
+@pytest.mark.parametrize("mode", ["stash", "dots", "recompute"])
 def test_bundle_in_a_fresh_process_gives_the_same_loss_and_gradients(tmp_path, mode):
     model, variables, batch, _ = skipnet_case(norm=True)
     traced = jaxpipe.trace(model, variables, batch, cross_entropy)

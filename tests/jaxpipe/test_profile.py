@@ -61,6 +61,21 @@ def test_one_layer_profile_per_traced_layer_with_its_names_and_bytes(chain):
     assert prof.meta["micro_batch_sizes"] == list(SIZES)
 
 
+def test_dots_mode_keeps_only_the_matmul_input_and_output_and_times_its_backward(chain):
+    _, prof = chain
+    wide, narrow, head = prof.layers
+    # Dense(d -> w) + tanh under dots_saveable: the input x and the matmul output x W + b (the
+    # backward recomputes tanh from it), (d + w) floats per sample, less than stash keeps.
+    for layer, (d, w) in ((wide, (IN, WIDE)), (narrow, (WIDE, NARROW))):
+        assert layer.dots_stash_bytes_per_sample == pytest.approx((d + w) * F32), layer
+        assert layer.dots_stash_bytes_per_sample < layer.stash_bytes_per_sample, layer
+    for layer in prof.layers:
+        assert layer.has_dots and sorted(layer.dots_bwd_seconds) == list(SIZES)
+        assert all(t > 0 for t in layer.dots_bwd_seconds.values())
+    assert ModelProfile.from_json(prof.to_json()) == prof
+    assert head.has_dots
+
+
 def test_times_are_positive_at_every_requested_micro_batch_size(chain):
     _, prof = chain
     for layer in prof.layers:

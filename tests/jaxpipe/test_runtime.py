@@ -38,6 +38,9 @@ BATCH, ITERATIONS = 16, 3
 # Three stages, the middle one replicated twice, one stage recomputing: 4 functions.
 PLAN = Plan(stages=(StagePlan(0, 0, 1024), StagePlan(1, 2, 1024, 2, "recompute"),
                     StagePlan(3, 3, 1024)), micro_batch=4, global_batch=BATCH)
+# The same shape with stages 0 and 1 in dots mode (only matmul outputs kept for backward).
+DOTS_PLAN = Plan(stages=(StagePlan(0, 0, 1024, 1, "dots"), StagePlan(1, 2, 1024, 2, "dots"),
+                         StagePlan(3, 3, 1024)), micro_batch=4, global_batch=BATCH)
 
 
 @pytest.fixture(scope="module")
@@ -47,9 +50,9 @@ def workdir(tmp_path_factory):
     return folder
 
 
-def run(workdir, job, **run_config):
+def run(workdir, job, plan_file="plan.json", **run_config):
     options = TrainOptions(
-        model="mlp", plan_file=str(workdir / "plan.json"), batch=BATCH, iterations=ITERATIONS,
+        model="mlp", plan_file=str(workdir / plan_file), batch=BATCH, iterations=ITERATIONS,
         optimizer="momentum", learning_rate=0.05, store=str(workdir / "store"), job_id=job,
         checkpoint_every=1, profile_cache=str(workdir / "profiles"), wait_timeout_s=60,
         run=RunConfig(log_dir=str(workdir / "logs"), **run_config))
@@ -98,6 +101,14 @@ def test_pipelined_training_equals_single_process_training(fault_free):
         assert getattr(summary, key) > 0, key
     # the run's bill also pays for cold starts and compilation, which a steady iteration does not
     assert summary.measured_run_dollars_per_iteration > summary.measured_dollars_per_iteration
+
+
+def test_a_plan_with_dots_stages_trains_as_single_process_training(workdir):
+    (workdir / "dots-plan.json").write_text(json.dumps(DOTS_PLAN.to_dict()))
+    summary, params, _ = run(workdir, "dots", plan_file="dots-plan.json")
+    expected, losses = single_process_training()
+    assert max_relative_error(params, expected) <= 1e-5
+    np.testing.assert_allclose(summary.losses, losses, rtol=1e-5)
 
 
 def test_a_finished_job_keeps_only_results_and_checkpoints(fault_free):

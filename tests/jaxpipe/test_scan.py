@@ -94,7 +94,7 @@ def norm_case():
     return model, variables, (x, y), jaxpipe.trace(model, variables, (x, y), cross_entropy)
 
 
-@pytest.mark.parametrize("mode", ["stash", "recompute"])
+@pytest.mark.parametrize("mode", ["stash", "dots", "recompute"])
 @pytest.mark.parametrize("cuts, micro_batches", [((2,), 1), ((1, 3, 5), 2), ((2, 4), 4)])
 def test_stacked_batch_stats_thread_through_micro_batches_and_restack(cuts, micro_batches, mode):
     model, variables, batch, traced = norm_case()

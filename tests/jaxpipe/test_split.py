@@ -59,7 +59,7 @@ def test_boundary_bytes_count_skips_and_targets():
     assert traced.layers[-1].boundary_bytes_per_sample == 0
 
 
-@pytest.mark.parametrize("mode", ["stash", "recompute"])
+@pytest.mark.parametrize("mode", ["stash", "dots", "recompute"])
 @pytest.mark.parametrize("cuts", [(), (1,), (2,), (3,), (1, 3), (1, 2, 3)])
 def test_split_matches_unsplit_model(cuts, mode):
     case = skipnet_case()
@@ -67,7 +67,7 @@ def test_split_matches_unsplit_model(cuts, mode):
     check_against_reference(traced, case, cuts, mode)
 
 
-@pytest.mark.parametrize("mode", ["stash", "recompute"])
+@pytest.mark.parametrize("mode", ["stash", "dots", "recompute"])
 def test_batchnorm_state_threads_through_micro_batches_in_order(mode):
     case = skipnet_case(norm=True)
     traced = jaxpipe.trace(case[0], case[1], case[2], cross_entropy)
@@ -96,7 +96,19 @@ def test_dropout_keys_match_the_unsplit_model_per_micro_batch():
 def test_mixed_modes_per_stage():
     case = skipnet_case(norm=True)
     traced = jaxpipe.trace(case[0], case[1], case[2], cross_entropy)
-    check_against_reference(traced, case, (1, 3), ["recompute", "stash", "recompute"], 2)
+    check_against_reference(traced, case, (1, 3), ["recompute", "stash", "dots"], 2)
+
+
+def test_dots_mode_saves_less_than_stash_and_more_than_recompute():
+    # Dense + batch norm + tanh: stash keeps the elementwise ops' residuals too, dots only the
+    # matmul outputs and the stage's inputs, recompute only the inputs and state.
+    model, variables, batch, _ = skipnet_case(norm=True)
+    traced = jaxpipe.trace(model, variables, batch, cross_entropy)
+    saved = {mode: [sum(t.nbytes for t in stage.spec.saved)
+                    for stage in traced.split((1, 3), mode).stages(4)]
+             for mode in ("stash", "dots", "recompute")}
+    for stash, dots, recompute in zip(saved["stash"], saved["dots"], saved["recompute"]):
+        assert stash > dots > recompute
 
 
 @settings(max_examples=12, deadline=None)
@@ -130,7 +142,7 @@ class TiedLM(nn.Module):
         return self.embed.attend(h)
 
 
-@pytest.mark.parametrize("mode", ["stash", "recompute"])
+@pytest.mark.parametrize("mode", ["stash", "dots", "recompute"])
 def test_tied_parameter_gradients_are_summed_across_stages(mode):
     model = TiedLM()
     tokens = jnp.asarray(np.arange(24).reshape(6, 4) % 11, jnp.int32)

@@ -59,7 +59,7 @@ def test_every_single_cut_in_both_modes_matches_the_unsplit_model(name):
                                f"{name} cut at {cut} ({traced.layers[cut].name}), {mode}")
 
 
-@pytest.mark.parametrize("mode", ["stash", "recompute"])
+@pytest.mark.parametrize("mode", ["stash", "dots", "recompute"])
 @pytest.mark.parametrize(
     "name", ["mlp-tiny", "resnet50-tiny", "amoebanet18-tiny", "bert-base-tiny", "lm-scan-tiny"])
 def test_jitted_stages_one_per_layer_with_micro_batches(name, mode):

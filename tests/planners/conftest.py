@@ -35,11 +35,13 @@ def small_platform() -> Platform:
                     safety_margin_mb=50.0)
 
 
-def small_problem(seed: int = 0, layers: int = 3, **kw: object) -> Problem:
-    """A random chain on ``small_platform``: B = 4, b in {1, 2}, d in {1, 2}, <= 4 functions."""
+def small_problem(seed: int = 0, layers: int = 3, dots: bool = False, **kw: object) -> Problem:
+    """A random chain on ``small_platform``: B = 4, b in {1, 2}, d in {1, 2}, <= 4 functions;
+    ``dots``: most layers have a dots-mode profile (``synthetic.random_profile``)."""
     base = {"global_batch": 4, "micro_batches": (1, 2), "replica_options": (1, 2),
             "max_functions": 4}
-    return Problem(synthetic.random_profile(seed, layers), small_platform(), **(base | kw))
+    return Problem(synthetic.random_profile(seed, layers, dots), small_platform(),
+                   **(base | kw))
 
 
 @pytest.fixture

@@ -36,10 +36,11 @@ def objective(prob, kind: str, slack: float) -> Objective | None:
           suppress_health_check=list(HealthCheck))
 @given(seed=st.integers(0, 10_000), layers=st.integers(1, 4), kind=KINDS,
        slack=st.floats(1.0, 1.5), functions=st.integers(1, 5),
-       schedule=st.sampled_from(["1f1b", "any"]), batch=st.sampled_from([4, 8]))
+       schedule=st.sampled_from(["1f1b", "any"]), batch=st.sampled_from([4, 8]),
+       dots=st.booleans())
 def test_miqp_equals_exhaustive_over_schedules(seed, layers, kind, slack, functions, schedule,
-                                               batch) -> None:
-    prob = small_problem(seed, layers, max_functions=functions, schedule=schedule,
+                                               batch, dots) -> None:
+    prob = small_problem(seed, layers, dots, max_functions=functions, schedule=schedule,
                          global_batch=batch, micro_batches=(1, 2, 4))
     obj = objective(prob, kind, slack)
     if obj is None:

@@ -37,7 +37,9 @@ def assert_same(prob: Problem, b: int) -> None:
 @pytest.mark.parametrize("options", [{}, {"cached_input_bytes": 50e6}, {"checkpoint_every": 3},
                                      {"input_cache_bytes": 30e6},
                                      {"allow_recompute": False}, {"replica_options": (1, 2, 4),
-                                                                  "global_batch": 8}])
+                                                                  "global_batch": 8},
+                                     {"dots": True}, {"dots": True, "allow_recompute": False},
+                                     {"dots": True, "allow_dots": False}])
 def test_the_grid_equals_the_candidates_bit_for_bit(seed: int, options: dict[str, object]) -> None:
     prob = small_problem(seed, layers=1 + seed % 5, **options)
     for b in prob.valid_micro_batches:
