@@ -40,9 +40,10 @@ def add_plan_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--groups", type=int, default=30,
                         help="coarsen the profile to at most this many layer groups")
     parser.add_argument("--optimizer-slots", type=int, default=2, help="Adam 2, SGD 0")
-    parser.add_argument("--schedule", default="funcpipe", choices=(*SCHEDULES, ANY_SCHEDULE),
-                        help="micro-batch order; 'any' also searches one-stage 1F1B plans "
-                             "(data parallelism accumulating gradients)")
+    parser.add_argument("--schedule", default=ANY_SCHEDULE, choices=(*SCHEDULES, ANY_SCHEDULE),
+                        help="micro-batch order; 'any' (the default) searches FuncPipe-ordered "
+                             "plans and one-stage 1F1B plans (data parallelism accumulating "
+                             "gradients)")
     parser.add_argument("--time-limit", type=float, default=60.0, help="miqp: s per MILP")
     parser.add_argument("-o", "--output", help="write the plan (original layer indices) here")
     parser.add_argument("--compare", action="store_true",
@@ -65,7 +66,7 @@ def _problem(args: argparse.Namespace) -> Problem:
                    micro_batches=args.micro_batches, replica_options=args.replicas,
                    max_functions=args.max_functions, objective=objective,
                    optimizer_slots=args.optimizer_slots,
-                   schedule=getattr(args, "schedule", "funcpipe"))
+                   schedule=getattr(args, "schedule", ANY_SCHEDULE))
 
 
 def _run(problem: Problem, method: str, args: argparse.Namespace) -> Plan:

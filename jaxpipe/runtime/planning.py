@@ -25,6 +25,7 @@ from jaxpipe.staging.stage import StageProgram
 from jaxpipe.staging.tracing import Traced
 from planners import ModelProfile, Plan, Platform, Problem, coarsen, expand_plan
 from planners import plan as make_plan
+from planners.problem import ANY_SCHEDULE
 
 __all__ = ["OPTIMIZER_SLOTS", "check_plan", "optimizer_slots", "plan_for", "planning_problem",
            "profile_cache_path", "profile_sizes", "refuse_shared_parameters"]
@@ -48,7 +49,9 @@ def planning_problem(traced: Traced, name: str, platform: Platform, options: Tra
                      data_bytes: float | None, cache_bytes: float = 0.0) -> Problem:
     """The planning problem of a job: the model's profile (the shipped one of the default job's
     model unless `options.live_profile`, `first_job.shipped_profile`; else from the cache at
-    `profile_cache_path`, else measured here and cached), coarsened to at most 30 layers.
+    `profile_cache_path`, else measured here and cached), coarsened to at most 30 layers. The
+    planner chooses the schedule too (`schedule="any"`): FuncPipe-ordered pipelines, or one
+    stage accumulating gradients one micro-batch at a time (1F1B) where that is better.
 
     `data_bytes` is the training set stage 0 holds whole once read (no request per
     micro-batch, its bytes in memory), or None when it streams shards through a bounded cache
@@ -73,7 +76,7 @@ def planning_problem(traced: Traced, name: str, platform: Platform, options: Tra
     if prof.num_layers > 30:
         prof = coarsen(prof, 30)
     return Problem(profile=prof, platform=platform, global_batch=options.batch,
-                   micro_batches=sizes, replica_options=(1, 2, 4),
+                   micro_batches=sizes, replica_options=(1, 2, 4), schedule=ANY_SCHEDULE,
                    max_functions=options.max_functions,
                    optimizer_slots=optimizer_slots(traced, options),
                    cached_input_bytes=data_bytes, checkpoint_every=options.checkpoint_every,
