@@ -7,7 +7,11 @@ pipeline runs) at each micro-batch size b, then:
   `t(b) = alpha + beta * b` is fitted by least squares;
 - bytes stashed for backward come from the compiled forward's memory analysis (its output
   buffers minus the values it hands on), and their per-sample part is the slope over b;
-- FLOPs come from XLA's cost analysis of the forward.
+- FLOPs come from XLA's cost analysis of the forward;
+- with `scaling` (the default) and more than one core, forward + backward at the largest b
+  are run pinned to one core and on all N (`jaxpipe.staging.scaling`), and Amdahl's parallel
+  fraction p = N/(N-1) (1 - t_N / t_1), clipped to [0, 1], is the layer's
+  `parallel_fraction` (`planners.cpu_share`).
 """
 
 from __future__ import annotations
@@ -16,12 +20,14 @@ import operator
 import os
 import time
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import jax
 import numpy as np
 from jax.stages import Compiled
 
 from jaxpipe.errors import ProfileError
+from jaxpipe.staging.scaling import Scaling, measure_scaling
 from jaxpipe.staging.stage import StageSpec, TensorSpec, build_stage
 from jaxpipe.staging.tracing import Traced
 from planners.profile import LayerProfile, ModelProfile
@@ -35,6 +41,7 @@ def profile(
     repeats: int = 5,
     name: str | None = None,
     progress: Callable[[str], None] | None = None,
+    scaling: bool = True,
 ) -> ModelProfile:
     """Measures every layer of `traced` at every micro-batch size.
 
@@ -44,11 +51,13 @@ def profile(
       repeats: timed runs per measurement (after one warm-up run); the median is kept.
       name: the model's name in the profile (defaults to the Flax module's class name).
       progress: called with a short message after each layer (e.g. a progress bar's update).
+      scaling: measure each layer's parallel fraction (one core vs all, at the largest size);
+        about 2 * `repeats` more runs of each layer. Without it, or on one core, p is None.
 
     Returns:
       ModelProfile: per layer, parameter bytes, stashed and boundary bytes per sample, forward
-      and backward seconds per micro-batch size with their linear fits, and FLOPs per sample;
-      `reference_cpus` is the number of cores this process could use.
+      and backward seconds per micro-batch size with their linear fits, FLOPs per sample and
+      the parallel fraction; `reference_cpus` is the number of cores this process could use.
     """
     try:  # operator.index: 1.5 or "2" is an error, not silently 1 or 2
         sizes = sorted({operator.index(b) for b in micro_batch_sizes})
@@ -56,19 +65,26 @@ def profile(
         sizes = []
     if not sizes or sizes[0] < 1:
         raise ProfileError(f"micro_batch_sizes must be positive integers; got {micro_batch_sizes}")
+    cores = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_setaffinity") else [0]
+    scaled = scaling and len(cores) > 1
     per_layer: list[dict[str, dict[int, float]]] = [
         {"fwd": {}, "bwd": {}, "saved": {}, "flops": {}} for _ in traced.layers]
+    scalings: list[Scaling | None] = [None] * len(traced.layers)
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
     for i, layer in enumerate(traced.layers):
         for b in sizes:
-            m = _measure(traced, i, b, repeats)
+            m = _measure(traced, i, b, repeats, cores if scaled and b == sizes[-1] else None)
             for key in per_layer[i]:
                 per_layer[i][key][b] = m[key]
+            scalings[i] = m.get("scaling", scalings[i])
         if progress:
+            sc = scalings[i]
             progress(f"{layer.name}: fwd {per_layer[i]['fwd'][sizes[-1]] * 1e3:.2f} ms at "
-                     f"b={sizes[-1]}")
+                     f"b={sizes[-1]}" + (f", p {sc.parallel_fraction:.2f} ({sc.method})"
+                                         if sc else ""))
 
     layers = []
-    for layer, m in zip(traced.layers, per_layer):
+    for layer, m, sc in zip(traced.layers, per_layer, scalings, strict=True):
         fwd_alpha, fwd_beta = _fit(m["fwd"])
         bwd_alpha, bwd_beta = _fit(m["bwd"])
         layers.append(LayerProfile(
@@ -79,6 +95,7 @@ def profile(
             fwd_alpha=fwd_alpha, fwd_beta=fwd_beta, bwd_alpha=bwd_alpha, bwd_beta=bwd_beta,
             fwd_seconds=dict(m["fwd"]), bwd_seconds=dict(m["bwd"]),
             flops_per_sample=max(_fit(m["flops"])[1], 0.0),
+            parallel_fraction=None if sc is None else sc.parallel_fraction,
         ))
     data = traced.data_specs(1)[: len(traced.inputs.leaves) + len(traced.targets.leaves)]
     return ModelProfile(
@@ -87,12 +104,17 @@ def profile(
         input_bytes_per_sample=float(sum(s.size * s.dtype.itemsize for s in data)),
         reference_cpus=float(len(os.sched_getaffinity(0))),
         meta={"micro_batch_sizes": sizes, "repeats": repeats, "jax": jax.__version__,
-              "layer_names": [layer.name for layer in traced.layers]},
+              "layer_names": [layer.name for layer in traced.layers],
+              "scaling": {"cores": len(cores), "micro_batch": sizes[-1], "load_average": load,
+                          "layers": [sc.to_dict() if sc else None for sc in scalings]}
+              if scaled else None},
     )
 
 
-def _measure(traced: Traced, index: int, b: int, repeats: int) -> dict[str, float]:
-    """Times and sizes layer `index` alone, as a one-layer stage, at micro-batch size `b`."""
+def _measure(traced: Traced, index: int, b: int, repeats: int,
+             cores: Sequence[int] | None = None) -> dict[str, Any]:
+    """Times and sizes layer `index` alone, as a one-layer stage, at micro-batch size `b`; with
+    `cores`, also its forward + backward on one of them and on all (`"scaling"`)."""
     program = traced.program(b)
     stage = build_stage(program, traced.params.paths, traced.state.paths, 0, index, index + 1,
                         "stash")
@@ -104,12 +126,18 @@ def _measure(traced: Traced, index: int, b: int, repeats: int) -> dict[str, floa
     _, _, saved = compiled(params, state, acts)
     cts = [np.ones(t.shape, t.dtype) for t in spec.outputs if t.differentiable]
     backward = stage.backward.lower(params, saved, cts).compile()
-    return {
+    out: dict[str, Any] = {
         "fwd": _median_seconds(lambda: compiled(params, state, acts), repeats),
         "bwd": _median_seconds(lambda: backward(params, saved, cts), repeats),
         "saved": _saved_bytes(compiled, spec),
         "flops": _flops(compiled),
     }
+    if cores:
+        def both() -> object:
+            return compiled(params, state, acts), backward(params, saved, cts)
+
+        out["scaling"] = measure_scaling(both, cores, repeats)
+    return out
 
 
 def _median_seconds(run: Callable[[], object], repeats: int) -> float:

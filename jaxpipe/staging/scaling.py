@@ -1,0 +1,144 @@
+"""How a layer's time scales with cores: one core against all, for Amdahl's parallel fraction.
+
+XLA:CPU sizes its intra-op thread pool from the cores the process may use when it starts
+(`os.sched_getaffinity`; pinned at start to one core, a process has 4 threads fewer on this
+2-core machine). `measure_scaling` pins every thread of this process, that pool included, to
+one core, runs the layer, unpins them and runs it again, alternating `max(repeats, 3)` times
+after one warm-up each, so a change in the machine's load hits both sides alike. Pinned, the
+pool time-slices one core, as a function with one vCPU of N visible ones runs it.
+
+Two estimates of the all-core time t_N against the one-core time t_1:
+
+- wall: the fastest run on each side. Right on a quiet machine, but on a busy one a process
+  gets its fair share of the machine whatever its thread count (other processes' cgroups hold
+  their share), so the all-core run is no faster and p reads as 0.
+- cpu: each thread's own CPU clock (`clock_gettime` of its thread CPU clock) over the runs:
+  t_1 = the CPU seconds of the pinned run, all threads; t_N = the larger of the busiest
+  thread's CPU seconds in the all-core run and all its threads' CPU seconds over N, the least
+  the run could have taken on N free cores. Contention does not enter CPU clocks, but this
+  is an upper bound on the speed-up: serial work that hops between threads, and waits at
+  barriers, are not seen.
+
+`Scaling.parallel_fraction` uses the wall estimate when both runs got their cores (CPU
+seconds >= 0.9 x wall seconds on each side), else the cpu estimate (`Scaling.method`).
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+
+import jax
+
+from planners.cpu_share import fit_parallel_fraction
+
+__all__ = ["Scaling", "measure_scaling"]
+
+QUIET = 0.9  # a run got its cores when its CPU seconds are at least this share of its wall time
+
+
+@dataclass(frozen=True)
+class Scaling:
+    """One layer's runs on one core and on all ``cores``, in seconds.
+
+    Attributes:
+      cores: N, the cores of the all-core runs.
+      one_wall, all_wall: fastest wall time of the pinned and all-core runs.
+      one_cpu, all_cpu: CPU seconds (all threads) of those two fastest runs.
+      one_cpu_median: median CPU seconds of the pinned runs, all threads.
+      all_cpu_median: the same of the all-core runs.
+      busiest_median: median CPU seconds of the busiest thread of the all-core runs.
+    """
+
+    cores: int
+    one_wall: float
+    all_wall: float
+    one_cpu: float
+    all_cpu: float
+    one_cpu_median: float
+    all_cpu_median: float
+    busiest_median: float
+
+    @property
+    def method(self) -> str:
+        """"wall" when both fastest runs had their cores (CPU >= 0.9 wall), else "cpu"."""
+        quiet = (self.one_cpu >= QUIET * self.one_wall and self.all_cpu >= QUIET * self.all_wall)
+        return "wall" if quiet else "cpu"
+
+    @property
+    def parallel_fraction(self) -> float:
+        """Amdahl's p in [0, 1] from the ``method``'s t_1 and t_N."""
+        if self.method == "wall":
+            return fit_parallel_fraction(self.one_wall, self.all_wall, self.cores)
+        least = max(self.busiest_median, self.all_cpu_median / self.cores)
+        return fit_parallel_fraction(self.one_cpu_median, least, self.cores)
+
+    def to_dict(self) -> dict[str, float | int | str]:
+        """The measurements, the method and p, JSON-ready."""
+        return asdict(self) | {"method": self.method, "parallel_fraction": self.parallel_fraction}
+
+
+def _thread_cpu() -> dict[int, float]:
+    """CPU seconds of every thread of this process, by thread id (Linux thread CPU clocks)."""
+    out: dict[int, float] = {}
+    for name in os.listdir("/proc/self/task"):
+        tid = int(name)
+        try:  # the CPU-time clock of thread tid: (~tid << 3) | CPUCLOCK_PERTHREAD | SCHED
+            out[tid] = time.clock_gettime(((~tid) << 3) | 6)
+        except OSError:  # the thread ended meanwhile
+            pass
+    return out
+
+
+def _pin(cores: Sequence[int]) -> None:
+    """Sets the CPU affinity of every thread of this process (XLA's pool included)."""
+    for name in os.listdir("/proc/self/task"):
+        try:
+            os.sched_setaffinity(int(name), set(cores))
+        except OSError:  # the thread ended meanwhile
+            pass
+
+
+def _timed(run: Callable[[], object]) -> tuple[float, float, float]:
+    """(wall, CPU of all threads, CPU of the busiest thread) seconds of one call of ``run``."""
+    before, start = _thread_cpu(), time.perf_counter()
+    jax.block_until_ready(run())
+    wall, after = time.perf_counter() - start, _thread_cpu()
+    used = [after[t] - before.get(t, 0.0) for t in after]
+    return wall, sum(used), max(used, default=0.0)
+
+
+def measure_scaling(run: Callable[[], object], cores: Sequence[int], repeats: int) -> Scaling:
+    """Times ``run`` pinned to ``cores[0]`` and on all ``cores``, alternating.
+
+    Args:
+      run: the layer's forward and backward, jitted and compiled; returns arrays to wait on.
+      cores: the cores this process may use (``sorted(os.sched_getaffinity(0))``); >= 2.
+      repeats: rounds of one pinned and one all-core run (at least 3), after a warm-up round.
+
+    Returns:
+      Scaling: the fastest runs and the median CPU clocks of each side.
+
+    Raises:
+      ValueError: fewer than 2 cores.
+    """
+    if len(cores) < 2:
+        raise ValueError(f"measuring the scaling needs at least 2 cores, got {list(cores)}")
+    sides: list[list[tuple[float, float, float]]] = [[], []]
+    try:
+        for k in range(max(repeats, 3) + 1):
+            for side, allowed in enumerate(([cores[0]], cores)):
+                _pin(allowed)
+                timed = _timed(run)
+                if k:  # the first round warms each placement up
+                    sides[side].append(timed)
+    finally:
+        _pin(cores)
+    one, many = min(sides[0]), min(sides[1])
+    return Scaling(cores=len(cores), one_wall=one[0], all_wall=many[0], one_cpu=one[1],
+                   all_cpu=many[1], one_cpu_median=statistics.median(x[1] for x in sides[0]),
+                   all_cpu_median=statistics.median(x[1] for x in sides[1]),
+                   busiest_median=statistics.median(x[2] for x in sides[1]))
