@@ -2,6 +2,7 @@
 
     python -m experiments.measure_scaling                    # the four stored profiles
     python -m experiments.measure_scaling --models resnet101 --repeats 5
+    python -m experiments.measure_scaling --realtime          # on a busy machine, as root
 
 ``jaxpipe profile`` measures each layer's parallel fraction p as it profiles (one core vs all,
 ``jaxpipe.staging.profiling``); re-profiling the four full-size models costs about 20 minutes,
@@ -26,7 +27,7 @@ from typing import Any
 from experiments.profile_models import MODELS, PROFILES, _trace, signature
 
 
-def measure(name: str, repeats: int, cache: dict[str, Any]) -> dict[str, Any]:
+def measure(name: str, repeats: int, cache: dict[str, Any], realtime: bool) -> dict[str, Any]:
     """p of every layer of the stored profile of ``name``; ``cache`` maps a layer signature to
     the (layer, one-core s, all-core s) measured for it (shared across models)."""
     from jaxpipe.staging.profiling import _measure
@@ -44,7 +45,7 @@ def measure(name: str, repeats: int, cache: dict[str, Any]) -> dict[str, Any]:
     for i, layer in enumerate(traced.layers):
         key = signature(traced, i, b) + f"@{b}"
         if key not in cache:
-            sc = _measure(traced, i, b, repeats, cores)["scaling"]
+            sc = _measure(traced, i, b, repeats, cores, realtime)["scaling"]
             cache[key] = (f"{name}/{layer.name}", sc)
             print(f"[{name}] {layer.name}: " + ", ".join(
                 f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
@@ -54,7 +55,7 @@ def measure(name: str, repeats: int, cache: dict[str, Any]) -> dict[str, Any]:
         seconds[layer.name] = {"measured_as": source} | sc.to_dict()
     data["meta"]["scaling"] = {
         "cores": len(cores), "micro_batch": b, "load_average": [load, os.getloadavg()[0]],
-        "repeats": repeats, "seconds": round(time.time() - t0, 1),
+        "repeats": repeats, "realtime": realtime, "seconds": round(time.time() - t0, 1),
         "tool": "experiments/measure_scaling.py (jaxpipe.profile's one-core vs all-core runs)",
         "layers": seconds}
     return data
@@ -64,10 +65,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
     parser.add_argument("--models", default=",".join(MODELS))
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--realtime", action="store_true",
+                        help="time under SCHED_FIFO (a busy machine; jaxpipe.staging.scaling)")
     args = parser.parse_args(argv)
     cache: dict[str, Any] = {}
     for name in args.models.split(","):
-        data = measure(name, args.repeats, cache)
+        data = measure(name, args.repeats, cache, args.realtime)
         from planners import ModelProfile
 
         ModelProfile.from_dict(data)  # validate

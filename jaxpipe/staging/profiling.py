@@ -42,6 +42,7 @@ def profile(
     name: str | None = None,
     progress: Callable[[str], None] | None = None,
     scaling: bool = True,
+    realtime: bool = False,
 ) -> ModelProfile:
     """Measures every layer of `traced` at every micro-batch size.
 
@@ -53,6 +54,8 @@ def profile(
       progress: called with a short message after each layer (e.g. a progress bar's update).
       scaling: measure each layer's parallel fraction (one core vs all, at the largest size);
         about 2 * `repeats` more runs of each layer. Without it, or on one core, p is None.
+      realtime: time those runs under SCHED_FIFO, for a busy machine
+        (`jaxpipe.staging.scaling`; needs root or CAP_SYS_NICE).
 
     Returns:
       ModelProfile: per layer, parameter bytes, stashed and boundary bytes per sample, forward
@@ -73,7 +76,8 @@ def profile(
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
     for i, layer in enumerate(traced.layers):
         for b in sizes:
-            m = _measure(traced, i, b, repeats, cores if scaled and b == sizes[-1] else None)
+            m = _measure(traced, i, b, repeats, cores if scaled and b == sizes[-1] else None,
+                         realtime)
             for key in per_layer[i]:
                 per_layer[i][key][b] = m[key]
             scalings[i] = m.get("scaling", scalings[i])
@@ -106,13 +110,14 @@ def profile(
         meta={"micro_batch_sizes": sizes, "repeats": repeats, "jax": jax.__version__,
               "layer_names": [layer.name for layer in traced.layers],
               "scaling": {"cores": len(cores), "micro_batch": sizes[-1], "load_average": load,
+                          "realtime": realtime,
                           "layers": [sc.to_dict() if sc else None for sc in scalings]}
               if scaled else None},
     )
 
 
 def _measure(traced: Traced, index: int, b: int, repeats: int,
-             cores: Sequence[int] | None = None) -> dict[str, Any]:
+             cores: Sequence[int] | None = None, realtime: bool = False) -> dict[str, Any]:
     """Times and sizes layer `index` alone, as a one-layer stage, at micro-batch size `b`; with
     `cores`, also its forward + backward on one of them and on all (`"scaling"`)."""
     program = traced.program(b)
@@ -136,7 +141,7 @@ def _measure(traced: Traced, index: int, b: int, repeats: int,
         def both() -> object:
             return compiled(params, state, acts), backward(params, saved, cts)
 
-        out["scaling"] = measure_scaling(both, cores, repeats)
+        out["scaling"] = measure_scaling(both, cores, repeats, realtime)
     return out
 
 

@@ -126,6 +126,10 @@ def test_pinned_to_one_core_the_process_runs_no_faster_than_one_core_allows():
     # one core: CPU seconds cannot exceed wall seconds (5 % for reading the thread clocks)
     assert sc.one_cpu <= sc.one_wall * 1.05
     assert 0.0 <= sc.parallel_fraction <= 1.0 and sc.to_dict()["method"] == sc.method
+    if os.geteuid() == 0:  # under SCHED_FIFO for the timed runs only
+        measure_scaling(lambda: f(x), cores, 3, realtime=True)
+        for tid in os.listdir("/proc/self/task"):
+            assert os.sched_getscheduler(int(tid)) == os.SCHED_OTHER
 
 
 @pytest.mark.parametrize("sizes", [(), (0,), (-1, 2), (2, 0), (1.5,), ("2",), 4])
