@@ -6,14 +6,14 @@ this 2-core machine, and a 2048^2 float32 matmul takes 197 ms in it against 102 
 jax 0.10.2, quiet machine). `measure_scaling` pins every thread of this process, that pool
 included, to one core, runs the layer, unpins them and runs it again, alternating
 `max(repeats, 3)` times after one warm-up each, so a change in the machine's load hits both
-sides alike. Pinned, the
-pool time-slices one core, as a function with one vCPU of N visible ones runs it.
+sides alike. Pinned, the pool time-slices one core, as a function with one vCPU of N visible
+ones runs it.
 
 Two estimates of the all-core time t_N against the one-core time t_1:
 
-- wall: the fastest run on each side. Right on a quiet machine, but on a busy one a process
-  gets its fair share of the machine whatever its thread count (other processes' cgroups hold
-  their share), so the all-core run is no faster and p reads as 0.
+- wall: the fastest run on each side. Right on a quiet machine; on a busy one (a load of
+  11-18 on these 2 cores) the pinned run got 0.2-0.4 CPU-seconds per second, the all-core
+  run was no faster, and p read as about 0.
 - cpu: each thread's own CPU clock (`clock_gettime` of its thread CPU clock) over the runs:
   t_1 = the CPU seconds of the pinned run, all threads; t_N = the larger of the busiest
   thread's CPU seconds in the all-core run and all its threads' CPU seconds over N, the least
