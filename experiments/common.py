@@ -8,8 +8,10 @@ shape-based ``planners.synthetic`` profile and is marked ``synthetic`` in every 
 
 The CPU scaling parameter ``cpu_scale`` is how many Lambda vCPUs one core of this machine is
 worth: a profile measured on ``n`` cores is taken to run at ``n * cpu_scale`` Lambda vCPUs, so a
-function with c vCPUs runs it ``n * cpu_scale / c`` times slower (``cost.StageModel``'s
-``r = reference_cpus / c``). Default 1.0 (one core = one vCPU); ``sensitivity`` varies it.
+function with c vCPUs runs each layer's parallel part ``n * cpu_scale / c`` times slower and its
+serial part as on one vCPU (``cost.StageModel``'s ``r = reference_cpus / c`` with the layers'
+measured Amdahl fractions, ``planners.cpu_share``). Default 1.0 (one core = one vCPU);
+``sensitivity`` varies it.
 """
 
 from __future__ import annotations

@@ -48,6 +48,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     prof.add_argument("--micro-batches", default="1,2,4,8",
                       help="micro-batch sizes to time, comma-separated (default: 1,2,4,8)")
     prof.add_argument("--repeats", type=int, default=5, help="timed runs per measurement")
+    prof.add_argument("--no-scaling", dest="scaling", action="store_false",
+                      help="skip the one-core vs all-cores runs that measure each layer's "
+                      "parallel fraction (default: measure them, about 2 x repeats more runs)")
+    prof.add_argument("--realtime", action="store_true",
+                      help="time those runs under SCHED_FIFO priority 1, for a busy machine "
+                      "(root or CAP_SYS_NICE; only the timed runs)")
     prof.add_argument("-o", "--output", default="profile.json", help="where to write the JSON")
     _add_cloud_arguments(prof, "profile inside functions of each memory size")
     prof.set_defaults(run=_profile)
@@ -321,7 +327,8 @@ def _profile(args: argparse.Namespace) -> int:
             bar.set_postfix_str(msg)
             bar.update()
 
-        result = profile(traced, sizes, repeats=args.repeats, name=spec.name, progress=progress)
+        result = profile(traced, sizes, repeats=args.repeats, name=spec.name, progress=progress,
+                         scaling=args.scaling, realtime=args.realtime)
     with open(args.output, "w") as f:
         json.dump(result.to_dict(), f, indent=1)
     print(f"wrote {args.output}: {len(result.layers)} layers of {spec.name}")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+from planners.cpu_share import amdahl_split
 from planners.errors import PlanError
 from planners.plans import Plan
 from planners.profile import LayerProfile, ModelProfile
@@ -76,7 +77,23 @@ def _common_keys(tables: list[dict[int, float]]) -> list[int]:
     return sorted(keys)
 
 
-def _merge(layers: tuple[LayerProfile, ...]) -> LayerProfile:
+def _merged_fraction(weights: list[float], fractions: list[float] | None,
+                     reference_cpus: float) -> float | None:
+    """Amdahl's p of a group: its layers' p weighted by their one-CPU time (forward + backward
+    at the coarsening micro-batch size, as ``cpu_share.amdahl_split`` splits it), so the
+    group's serial and parallel parts are the sums of its layers' at that size (at other
+    sizes, where the layers' time shares differ, approximately). None when no layer of the
+    profile has its own p (the model-wide default then applies to the group too)."""
+    if fractions is None or len(fractions) == 1:
+        return None if fractions is None else fractions[0]
+    parts = [amdahl_split(w, p, reference_cpus) for w, p in zip(weights, fractions, strict=True)]
+    one_cpu = sum(a + b for a, b in parts)
+    if one_cpu <= 0:
+        return sum(fractions) / len(fractions)
+    return min(sum(b for _, b in parts) / one_cpu, 1.0)
+
+
+def _merge(layers: tuple[LayerProfile, ...], parallel_fraction: float | None) -> LayerProfile:
     first, last = layers[0], layers[-1]
     common = _common_keys([x.fwd_seconds for x in layers])
     common_b = _common_keys([x.bwd_seconds for x in layers])
@@ -91,6 +108,7 @@ def _merge(layers: tuple[LayerProfile, ...]) -> LayerProfile:
         bwd_seconds={b: sum(x.bwd_seconds[b] for x in layers) for b in common_b},
         flops_per_sample=sum(x.flops_per_sample for x in layers),
         **_merged_dots(layers),
+        parallel_fraction=parallel_fraction,
     )
 
 
@@ -124,8 +142,9 @@ def coarsen(profile: ModelProfile, groups: int, micro_batch: int = 4) -> ModelPr
     """Merge adjacent layers into min(groups, L) groups balancing forward+backward compute.
 
     Sizes and times add up; a group's boundary is its last layer's; measured times are kept for
-    micro-batch sizes every member measured. ``meta["groups"]`` lists inclusive original layer
-    indices per group (composed when ``profile`` was already coarsened).
+    micro-batch sizes every member measured; Amdahl fractions are averaged weighted by one-CPU time.
+    ``meta["groups"]`` lists inclusive original layer indices per group (composed when
+    ``profile`` was already coarsened).
 
     Raises:
       PlanError: groups < 1.
@@ -137,9 +156,15 @@ def coarsen(profile: ModelProfile, groups: int, micro_batch: int = 4) -> ModelPr
     """
     if groups < 1:
         raise PlanError(f"coarsen needs groups >= 1, got {groups}")
-    parts = partition_min_max(balance_weights(profile, micro_batch), groups)
+    weights = balance_weights(profile, micro_batch)
+    parts = partition_min_max(weights, groups)
     before = groups_of(profile)
-    layers = tuple(_merge(profile.layers[a:b + 1]) for a, b in parts)
+    measured = any(x.parallel_fraction is not None for x in profile.layers)
+    p = list(profile.parallel_fractions()) if measured else None
+    layers = tuple(_merge(profile.layers[a:b + 1],
+                          _merged_fraction(weights[a:b + 1], None if p is None else p[a:b + 1],
+                                           profile.reference_cpus))
+                   for a, b in parts)
     meta = dict(profile.meta)
     meta["groups"] = [[before[a][0], before[b][1]] for a, b in parts]
     meta.setdefault("original_layers", profile.num_layers)

@@ -1,10 +1,13 @@
 """The one cost model: per-stage terms, iteration time, dollars and peak memory of a plan.
 
 Notation (per stage s, one micro-batch of b samples, at memory option m_s with CPU share c):
-  r       = reference_cpus / c                      compute slow-down vs the profile
-  F_s     = r * sum_l fwd_l(b)                      forward compute, s
-  G_s     = r * sum_l bwd_l(b) (+ F_s if recompute) backward compute, s (dots mode: its own
-                                                    measured backward; ``planners.modes``)
+  r, q    = reference_cpus / c, max(reference_cpus, r)  slow-downs vs the profile of parallel
+                                                    and serial work (``planners.cpu_share``)
+  F_s     = q sum_l fs_l(b) + r sum_l fp_l(b)       forward compute, s; fs + fp = fwd_l(b) split
+                                                    by the layer's Amdahl fraction p_l
+  G_s     = q sum_l bs_l(b) + r sum_l bp_l(b)       backward compute, s (+ F_s if recompute;
+                                                    dots mode: its own measured backward, split
+                                                    alike; ``planners.modes``)
   D^a_s   = lat + b*in_s/down                       download of the input (stage 0: the data;
                                                     0 when the problem caches the input)
   U^a_s   = lat + b*out_s/up                        upload of the output (0 on the last stage)
@@ -43,6 +46,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
+from planners.cpu_share import compute_factors, compute_prefixes
 from planners.errors import PlanError
 from planners.modes import DotsPrefix, held_bytes
 from planners.plans import Plan
@@ -141,10 +145,11 @@ class StageModel:
         self.problem, self.b = problem, micro_batch
         self.M = problem.global_batch // micro_batch
         self.L = prof.num_layers
-        self._fwd, self._bwd, self._par, self._stash = [0.0], [0.0], [0.0], [0.0]
+        self.compute = compute_prefixes(prof, micro_batch)  # Amdahl serial/parallel parts
+        self._fwd, self._bwd = self.compute.fwd_parallel, self.compute.bwd_parallel
+        self._fwd_s, self._bwd_s = self.compute.fwd_serial, self.compute.bwd_serial
+        self._par, self._stash = [0.0], [0.0]
         for layer in prof.layers:
-            self._fwd.append(self._fwd[-1] + layer.fwd_time(micro_batch))
-            self._bwd.append(self._bwd[-1] + layer.bwd_time(micro_batch))
             self._par.append(self._par[-1] + layer.param_bytes)
             self._stash.append(self._stash[-1] + layer.stash_bytes_per_sample)
         self._bound = [layer.boundary_bytes_per_sample for layer in prof.layers]
@@ -166,7 +171,8 @@ class StageModel:
 
     @property
     def prefix_fwd(self) -> list[float]:
-        """sum_{l < k} fwd_l(b) for k = 0..L, s (``prefix_bwd``: backward; ``prefix_params``:
+        """sum_{l < k} fp_l(b), k = 0..L, parallel parts, s (serial ones: ``compute``;
+        ``prefix_bwd``: backward; ``prefix_params``:
         parameter bytes; ``prefix_stash``: stash bytes per sample)."""
         return self._fwd
 
@@ -198,11 +204,17 @@ class StageModel:
         self.dots.check(mode, first, last)
         plat, b = self._plat, self.b
         lat, up, down = plat.request_latency_s, plat.uplink_bytes_per_s, plat.downlink_bytes_per_s
-        r = self._ref / plat.cpus(memory_mb)
+        q, r = compute_factors(self._ref, plat.cpus(memory_mb))
         is_first, is_last = first == 0, last == self.L - 1
-        fwd = r * (self._fwd[last + 1] - self._fwd[first])
-        bwd = (r * (self.dots.bwd[last + 1] - self.dots.bwd[first]) if mode == "dots" else
-               r * (self._bwd[last + 1] - self._bwd[first]) + (fwd if mode == "recompute" else 0.0))
+        fwd = (q * (self._fwd_s[last + 1] - self._fwd_s[first])
+               + r * (self._fwd[last + 1] - self._fwd[first]))
+        if mode == "dots":
+            bwd = (q * (self.dots.bwd_serial[last + 1] - self.dots.bwd_serial[first])
+                   + r * (self.dots.bwd[last + 1] - self.dots.bwd[first]))
+        else:
+            bwd = (q * (self._bwd_s[last + 1] - self._bwd_s[first])
+                   + r * (self._bwd[last + 1] - self._bwd[first])) \
+                + (fwd if mode == "recompute" else 0.0)
         x_in = b * self.in_bytes(first)
         x_out = 0.0 if is_last else b * self._bound[last]
         w = self.param_bytes(first, last)

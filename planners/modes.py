@@ -3,9 +3,11 @@
 A stage runs in one of ``MODES`` (``jaxpipe.staging.stage`` builds the programs):
 
   mode       G_s (backward compute)        acts (bytes a replica keeps for the backward)
-  stash      r * sum_l bwd_l(b)            held * b * stash_s        the VJP residuals
-  dots       r * sum_l dots_bwd_l(b)       held * b * dots_s + b * max(stash_s - dots_s, 0)
-  recompute  r * sum_l bwd_l(b) + F_s      held * x_in + b * stash_s
+  stash      sum_l bwd_l(b)                held * b * stash_s        the VJP residuals
+  dots       sum_l dots_bwd_l(b)           held * b * dots_s + b * max(stash_s - dots_s, 0)
+  recompute  sum_l bwd_l(b) + F_s          held * x_in + b * stash_s
+
+(each layer time at the function's CPU share, ``planners.cpu_share``)
 
 ``dots`` keeps only the outputs of matrix products and convolutions (and the stage's inputs)
 and recomputes the elementwise ops in the backward, whose measured time ``dots_bwd`` includes
@@ -28,6 +30,7 @@ mode of ``MODES``). ``planners.exhaustive`` enumerates every mode, so the tests 
 
 from __future__ import annotations
 
+from planners.cpu_share import amdahl_split
 from planners.errors import PlanError
 from planners.problem import MODES, Problem
 from planners.profile import ModelProfile
@@ -36,15 +39,21 @@ __all__: list[str] = []  # internal to planners.cost and planners.stage_grid
 
 
 class DotsPrefix:
-    """Prefix sums of the dots-mode profile of one micro-batch size: backward seconds and
-    residual bytes per sample over the layers that have it (0 for the others), and a count of
-    the layers that do not, so every interval's sums and availability cost O(1)."""
+    """Prefix sums of the dots-mode profile of one micro-batch size: backward seconds (split
+    into Amdahl's serial and parallel parts, as ``cpu_share.compute_prefixes`` splits the
+    stash backward) and residual bytes per sample over the layers that have it (0 for the
+    others), and a count of the layers that do not, so every interval's sums and availability
+    cost O(1)."""
 
     def __init__(self, profile: ModelProfile, micro_batch: int) -> None:
-        self.bwd, self.stash, self.missing = [0.0], [0.0], [0]
-        for layer in profile.layers:
+        self.bwd, self.bwd_serial, self.stash, self.missing = [0.0], [0.0], [0.0], [0]
+        ref = profile.reference_cpus
+        for layer, p in zip(profile.layers, profile.parallel_fractions(), strict=True):
             has = layer.has_dots
-            self.bwd.append(self.bwd[-1] + (layer.dots_bwd_time(micro_batch) if has else 0.0))
+            serial, parallel = amdahl_split(layer.dots_bwd_time(micro_batch) if has else 0.0,
+                                            p, ref)
+            self.bwd.append(self.bwd[-1] + parallel)
+            self.bwd_serial.append(self.bwd_serial[-1] + serial)
             self.stash.append(self.stash[-1] + (layer.dots_stash_bytes_per_sample or 0.0))
             self.missing.append(self.missing[-1] + (not has))
 

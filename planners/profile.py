@@ -41,6 +41,10 @@ class LayerProfile(JsonMixin):
         ``dots_stash_bytes_per_sample`` is.
       dots_bwd_seconds: measured ``dots`` backward medians by micro-batch size, as
         ``bwd_seconds``.
+      parallel_fraction: Amdahl's p of the layer's forward and backward, in [0, 1]: the share of
+        its one-CPU time that spreads over more CPUs (``jaxpipe profile`` fits it from the times
+        at one core and at all cores). None: not measured; the model-wide
+        ``ModelProfile.parallel_fraction`` applies, and 1 (perfect scaling) when that is None too.
     """
 
     name: str
@@ -58,8 +62,10 @@ class LayerProfile(JsonMixin):
     dots_bwd_alpha: float | None = None
     dots_bwd_beta: float | None = None
     dots_bwd_seconds: dict[int, float] = field(default_factory=dict[int, float], hash=False)
+    parallel_fraction: float | None = None
 
     def __post_init__(self) -> None:
+        _check_fraction(f"layer {self.name!r}", self.parallel_fraction)
         bad = [
             f"{f.name}={getattr(self, f.name)!r}"
             for f in dataclasses.fields(self)
@@ -141,6 +147,9 @@ class ModelProfile(JsonMixin):
       dtype_bytes: bytes per parameter element (4 for float32).
       meta: free-form record; ``coarsen`` stores ``{"groups": [[first, last], ...]}`` here,
         inclusive original layer indices per group.
+      parallel_fraction: Amdahl's p for every layer whose own ``parallel_fraction`` is None, in
+        [0, 1]; None means 1 (compute scales perfectly with the CPU share, the model before
+        layers carried p).
     """
 
     model: str
@@ -149,9 +158,11 @@ class ModelProfile(JsonMixin):
     reference_cpus: float
     dtype_bytes: int = 4
     meta: dict[str, Any] = field(default_factory=dict[str, Any], hash=False)
+    parallel_fraction: float | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "layers", tuple(self.layers))
+        _check_fraction(f"profile {self.model!r}", self.parallel_fraction)
         if not self.layers:
             raise PlanError(f"profile {self.model!r} has no layers; profile at least one layer")
         if self.reference_cpus <= 0:
@@ -174,6 +185,12 @@ class ModelProfile(JsonMixin):
         """Total parameter bytes of the model."""
         return sum(layer.param_bytes for layer in self.layers)
 
+    def parallel_fractions(self) -> tuple[float, ...]:
+        """Amdahl's p of every layer: its own, else the model-wide one, else 1."""
+        default = 1.0 if self.parallel_fraction is None else self.parallel_fraction
+        return tuple(default if x.parallel_fraction is None else x.parallel_fraction
+                     for x in self.layers)
+
     def to_dict(self) -> dict[str, Any]:
         """Return a JSON-ready dict."""
         return {
@@ -183,6 +200,7 @@ class ModelProfile(JsonMixin):
             "reference_cpus": self.reference_cpus,
             "dtype_bytes": self.dtype_bytes,
             "meta": self.meta,
+            "parallel_fraction": self.parallel_fraction,
         }
 
     @classmethod
@@ -193,6 +211,12 @@ class ModelProfile(JsonMixin):
         kwargs["layers"] = tuple(LayerProfile.from_dict(d) for d in data["layers"])
         kwargs["meta"] = dict(data.get("meta", {}))
         return cls(**kwargs)
+
+
+def _check_fraction(what: str, p: float | None) -> None:
+    if p is not None and not 0.0 <= p <= 1.0:
+        raise PlanError(f"{what}: parallel_fraction must be in [0, 1] (or None: not measured), "
+                        f"got {p!r}; fix the profile")
 
 
 def _check_keys(cls: type, data: dict[str, Any]) -> None:

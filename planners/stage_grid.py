@@ -22,6 +22,7 @@ from numpy.typing import NDArray
 
 from planners.bounds import BoolArray, CandidateArrays, FloatArray, IntArray
 from planners.cost import MIB, StageModel, checkpoint_dollars, checkpoint_puts
+from planners.cpu_share import compute_factors
 from planners.plans import StagePlan
 from planners.problem import MODES, Problem
 
@@ -121,8 +122,10 @@ def stage_configs(problem: Problem, micro_batch: int, d: int, in_flight: int | N
     L, b, M = model.L, micro_batch, model.M
     lat, up, down = plat.request_latency_s, plat.uplink_bytes_per_s, plat.downlink_bytes_per_s
     mems = np.array(plat.memory_options_mb, dtype=np.int64)  # (K,)
-    r = np.array([prof.reference_cpus / plat.cpus(m) for m in plat.memory_options_mb])  # (K,)
+    qr = [compute_factors(prof.reference_cpus, plat.cpus(m)) for m in plat.memory_options_mb]
+    q, r = np.array([a for a, _ in qr]), np.array([b for _, b in qr])  # (K,) serial, parallel
     fwd_p, bwd_p = np.array(model.prefix_fwd), np.array(model.prefix_bwd)  # (L+1,)
+    fwd_s, bwd_s = np.array(model.compute.fwd_serial), np.array(model.compute.bwd_serial)
     par_p, stash_p = np.array(model.prefix_params), np.array(model.prefix_stash)
     bound = np.array([layer.boundary_bytes_per_sample for layer in prof.layers])  # (L,)
     i, j = (a.astype(np.int64) for a in np.triu_indices(L))  # (G,) i-major, as the loops
@@ -138,8 +141,10 @@ def stage_configs(problem: Problem, micro_batch: int, d: int, in_flight: int | N
     with np.errstate(divide="ignore"):
         window_factor = np.where(life > 0, plat.timeout_s / life, np.inf)
     dataset = np.where(first, problem.stage0_data_bytes, 0.0)
-    fwd = r[None, :] * (fwd_p[j + 1] - fwd_p[i])[:, None]  # (G, K)
-    bwd_base = r[None, :] * (bwd_p[j + 1] - bwd_p[i])[:, None]
+    fwd = (q[None, :] * (fwd_s[j + 1] - fwd_s[i])[:, None]
+           + r[None, :] * (fwd_p[j + 1] - fwd_p[i])[:, None])  # (G, K)
+    bwd_base = (q[None, :] * (bwd_s[j + 1] - bwd_s[i])[:, None]
+                + r[None, :] * (bwd_p[j + 1] - bwd_p[i])[:, None])
     act_down = np.where(first & (cached is not None), 0.0, x_in / down + lat)[:, None]
     act_up = np.where(last, 0.0, x_out / up + lat)[:, None]
     grad_down = np.where(last, 0.0, x_out / down + lat)[:, None]
@@ -156,11 +161,12 @@ def stage_configs(problem: Problem, micro_batch: int, d: int, in_flight: int | N
     # StageModel.fit: the allowed mode that fits with the smallest backward, in MODES order
     dots = b * (np.array(model.dots.stash)[j + 1] - np.array(model.dots.stash)[i])
     has_dots = np.array(model.dots.missing)[j + 1] == np.array(model.dots.missing)[i]
-    dots_bwd = np.array(model.dots.bwd)
+    dots_bwd, dots_bwd_s = np.array(model.dots.bwd), np.array(model.dots.bwd_serial)
     by_mode = [  # (G, K) backward and whether it may run and fits, per mode of MODES
         (bwd_base + 0.0, peak(np.broadcast_to((held * stash)[:, None], fwd.shape))
          <= mems[None, :]),
-        (r[None, :] * (dots_bwd[j + 1] - dots_bwd[i])[:, None],
+        (q[None, :] * (dots_bwd_s[j + 1] - dots_bwd_s[i])[:, None]
+         + r[None, :] * (dots_bwd[j + 1] - dots_bwd[i])[:, None],
          (problem.allow_dots & has_dots)[:, None]
          & (peak(np.broadcast_to((held * dots + np.maximum(stash - dots, 0.0))[:, None],
                                  fwd.shape)) <= mems[None, :])),

@@ -11,6 +11,10 @@ pipeline runs) at each micro-batch size b, then:
 - with `dots`, the layer is built a second time in `dots` mode (only matmul and convolution
   outputs kept), and its residual bytes and backward time are measured the same way (its
   forward computes the same values, so the stash forward's time stands for both).
+- with `scaling` (the default) and more than one core, forward + backward at the largest b
+  are run pinned to one core and on all N (`jaxpipe.staging.scaling`), and Amdahl's parallel
+  fraction p = N/(N-1) (1 - t_N / t_1), clipped to [0, 1], is the layer's
+  `parallel_fraction` (`planners.cpu_share`).
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ import numpy as np
 from jax.stages import Compiled
 
 from jaxpipe.errors import ProfileError
+from jaxpipe.staging.scaling import Scaling, measure_scaling
 from jaxpipe.staging.stage import StageSpec, TensorSpec, build_stage
 from jaxpipe.staging.tracing import Traced
 from planners.profile import LayerProfile, ModelProfile
@@ -40,6 +45,8 @@ def profile(
     name: str | None = None,
     progress: Callable[[str], None] | None = None,
     dots: bool = True,
+    scaling: bool = True,
+    realtime: bool = False,
 ) -> ModelProfile:
     """Measures every layer of `traced` at every micro-batch size.
 
@@ -51,11 +58,15 @@ def profile(
       progress: called with a short message after each layer (e.g. a progress bar's update).
       dots: also profile `dots` mode (one more compile per layer and size), so planners may
         choose it; False leaves the layers' dots fields None.
+      scaling: measure each layer's parallel fraction (one core vs all, at the largest size);
+        about 2 * `repeats` more runs of each layer. Without it, or on one core, p is None.
+      realtime: time those runs under SCHED_FIFO, for a busy machine
+        (`jaxpipe.staging.scaling`; needs root or CAP_SYS_NICE).
 
     Returns:
       ModelProfile: per layer, parameter bytes, stashed and boundary bytes per sample, forward
-      and backward seconds per micro-batch size with their linear fits, and FLOPs per sample
-      (with `dots`: the same residual bytes and backward times in dots mode);
+      and backward seconds per micro-batch size with their linear fits, FLOPs per sample, the
+      parallel fraction (with `dots`: the same residual bytes and backward times in dots mode);
       `reference_cpus` is the number of cores this process could use.
     """
     try:  # operator.index: 1.5 or "2" is an error, not silently 1 or 2
@@ -64,22 +75,30 @@ def profile(
         sizes = []
     if not sizes or sizes[0] < 1:
         raise ProfileError(f"micro_batch_sizes must be positive integers; got {micro_batch_sizes}")
+    cores = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_setaffinity") else [0]
+    scaled = scaling and len(cores) > 1
     keys = ("fwd", "bwd", "saved", "flops") + (("dots_bwd", "dots_saved") if dots else ())
     per_layer: list[dict[str, dict[int, float]]] = [{k: {} for k in keys} for _ in traced.layers]
+    scalings: list[Scaling | None] = [None] * len(traced.layers)
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
     for i, layer in enumerate(traced.layers):
         for b in sizes:
-            m = _measure(traced, i, b, repeats, "stash")
+            m = _measure(traced, i, b, repeats, "stash",
+                         cores=cores if scaled and b == sizes[-1] else None, realtime=realtime)
             if dots:
                 dots_m = _measure(traced, i, b, repeats, "dots", forward=False)
                 m |= {"dots_bwd": dots_m["bwd"], "dots_saved": dots_m["saved"]}
             for key in per_layer[i]:
                 per_layer[i][key][b] = m[key]
+            scalings[i] = m.get("scaling", scalings[i])
         if progress:
+            sc = scalings[i]
             progress(f"{layer.name}: fwd {per_layer[i]['fwd'][sizes[-1]] * 1e3:.2f} ms at "
-                     f"b={sizes[-1]}")
+                     f"b={sizes[-1]}" + (f", p {sc.parallel_fraction:.2f} ({sc.method})"
+                                         if sc else ""))
 
     layers = []
-    for layer, m in zip(traced.layers, per_layer):
+    for layer, m, sc in zip(traced.layers, per_layer, scalings, strict=True):
         fwd_alpha, fwd_beta = _fit(m["fwd"])
         bwd_alpha, bwd_beta = _fit(m["bwd"])
         layers.append(LayerProfile(
@@ -90,6 +109,7 @@ def profile(
             fwd_alpha=fwd_alpha, fwd_beta=fwd_beta, bwd_alpha=bwd_alpha, bwd_beta=bwd_beta,
             fwd_seconds=dict(m["fwd"]), bwd_seconds=dict(m["bwd"]),
             flops_per_sample=max(_fit(m["flops"])[1], 0.0),
+            parallel_fraction=None if sc is None else sc.parallel_fraction,
             **(_dots_fields(m) if dots else {}),
         ))
     data = traced.data_specs(1)[: len(traced.inputs.leaves) + len(traced.targets.leaves)]
@@ -99,7 +119,11 @@ def profile(
         input_bytes_per_sample=float(sum(s.size * s.dtype.itemsize for s in data)),
         reference_cpus=float(len(os.sched_getaffinity(0))),
         meta={"micro_batch_sizes": sizes, "repeats": repeats, "jax": jax.__version__,
-              "layer_names": [layer.name for layer in traced.layers]},
+              "layer_names": [layer.name for layer in traced.layers],
+              "scaling": {"cores": len(cores), "micro_batch": sizes[-1], "load_average": load,
+                          "realtime": realtime,
+                          "layers": [sc.to_dict() if sc else None for sc in scalings]}
+              if scaled else None},
     )
 
 
@@ -112,9 +136,11 @@ def _dots_fields(m: dict[str, dict[int, float]]) -> dict[str, Any]:
 
 
 def _measure(traced: Traced, index: int, b: int, repeats: int, mode: str,
-             forward: bool = True) -> dict[str, float]:
+             forward: bool = True, cores: Sequence[int] | None = None,
+             realtime: bool = False) -> dict[str, Any]:
     """Times and sizes layer `index` alone, as a one-layer stage in `mode`, at micro-batch size
-    `b` (the forward is timed only if `forward`)."""
+    `b` (the forward is timed only if `forward`); with `cores`, also its forward + backward on
+    one of them and on all (`"scaling"`)."""
     program = traced.program(b)
     stage = build_stage(program, traced.params.paths, traced.state.paths, 0, index, index + 1,
                         mode)
@@ -126,13 +152,19 @@ def _measure(traced: Traced, index: int, b: int, repeats: int, mode: str,
     _, _, saved = compiled(params, state, acts)
     cts = [np.ones(t.shape, t.dtype) for t in spec.outputs if t.differentiable]
     backward = stage.backward.lower(params, saved, cts).compile()
-    return {
+    out: dict[str, Any] = {
         "fwd": _median_seconds(lambda: compiled(params, state, acts), repeats) if forward
         else 0.0,
         "bwd": _median_seconds(lambda: backward(params, saved, cts), repeats),
         "saved": _saved_bytes(compiled, spec),
         "flops": _flops(compiled),
     }
+    if cores:
+        def both() -> object:
+            return compiled(params, state, acts), backward(params, saved, cts)
+
+        out["scaling"] = measure_scaling(both, cores, repeats, realtime)
+    return out
 
 
 def _median_seconds(run: Callable[[], object], repeats: int) -> float:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import flax.linen as nn
 import jax
@@ -105,6 +106,45 @@ def test_profile_round_trips_through_json(chain):
     assert again == prof
     assert again.layers[0].fwd_seconds == prof.layers[0].fwd_seconds  # int keys come back
     assert ModelProfile.from_json(prof.to_json()) == prof
+
+
+def test_each_layer_gets_a_parallel_fraction_from_one_core_against_all(chain):
+    traced, prof = chain
+    cores = len(os.sched_getaffinity(0))
+    if cores < 2:
+        assert all(la.parallel_fraction is None for la in prof.layers)
+        return
+    assert all(0.0 <= la.parallel_fraction <= 1.0 for la in prof.layers)
+    scaling = prof.meta["scaling"]
+    assert scaling["cores"] == cores and scaling["micro_batch"] == max(SIZES)
+    for la, sc in zip(prof.layers, scaling["layers"], strict=True):
+        assert sc["parallel_fraction"] == la.parallel_fraction
+        assert sc["method"] in ("wall", "cpu")
+        assert sc["one_wall"] > 0 and sc["all_wall"] > 0 and sc["one_cpu_median"] > 0
+    # the profile leaves every thread free to use every core again
+    for tid in os.listdir("/proc/self/task"):
+        assert os.sched_getaffinity(int(tid)) == os.sched_getaffinity(0)
+    quick = profile(traced, micro_batch_sizes=(1,), repeats=1, name="chain", scaling=False)
+    assert all(la.parallel_fraction is None for la in quick.layers)
+    assert quick.meta["scaling"] is None
+
+
+def test_pinned_to_one_core_the_process_runs_no_faster_than_one_core_allows():
+    from jaxpipe.staging.scaling import measure_scaling
+
+    cores = sorted(os.sched_getaffinity(0))
+    if len(cores) < 2:
+        pytest.skip("needs 2 cores")
+    x = jnp.ones((1024, 1024), jnp.float32)
+    f = jax.jit(lambda a: jnp.tanh(a @ a))
+    sc = measure_scaling(lambda: f(x), cores, 3)
+    # one core: CPU seconds cannot exceed wall seconds (5 % for reading the thread clocks)
+    assert sc.one_cpu <= sc.one_wall * 1.05
+    assert 0.0 <= sc.parallel_fraction <= 1.0 and sc.to_dict()["method"] == sc.method
+    if os.geteuid() == 0:  # under SCHED_FIFO for the timed runs only
+        measure_scaling(lambda: f(x), cores, 3, realtime=True)
+        for tid in os.listdir("/proc/self/task"):
+            assert os.sched_getscheduler(int(tid)) == os.SCHED_OTHER
 
 
 @pytest.mark.parametrize("sizes", [(), (0,), (-1, 2), (2, 0), (1.5,), ("2",), 4])

@@ -125,7 +125,10 @@ def _profile_here(model: str, micro_batches: Sequence[int], repeats: int) -> dic
     rngs = {"dropout": jax.random.PRNGKey(2)} if spec.uses_dropout else None
     traced = jaxpipe.trace(module, variables, batch, spec.loss_fn, rngs=rngs)
     began = time.perf_counter()
-    result = profile(traced, list(micro_batches), repeats=repeats, name=spec.name)
+    # No parallel fractions: `profile_fields` turns these runs into an effective `cpu_table`
+    # (the whole model's measured speed-up per memory size); p on top would count it twice.
+    result = profile(traced, list(micro_batches), repeats=repeats, name=spec.name,
+                     scaling=False)
     return {"profile": result.to_dict(), "seconds": time.perf_counter() - began}
 
 
