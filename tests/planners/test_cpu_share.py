@@ -78,9 +78,10 @@ def test_the_fit_inverts_amdahl_and_clips() -> None:
         fit_parallel_fraction(1.0, 1.0, 1)
 
 
+@pytest.mark.parametrize("dots", [False, True])
 @pytest.mark.parametrize("seed", range(4))
-def test_the_grid_equals_the_cost_model_with_measured_fractions(seed: int) -> None:
-    base = small_problem(seed, layers=1 + seed % 4)
+def test_the_grid_equals_the_cost_model_with_measured_fractions(seed: int, dots: bool) -> None:
+    base = small_problem(seed, layers=1 + seed % 4, dots=dots)  # dots: its backward split too
     L = base.profile.num_layers
     fractions = [(0.13 * (k + seed)) % 1.0 for k in range(L)]
     for ref in (1.0, 2.0):
