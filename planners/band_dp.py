@@ -51,20 +51,47 @@ class Labels(NamedTuple):
     parent: IntArray
 
 
-def dominates(a: FloatArray, b: FloatArray) -> BoolArray:
-    """[i, o]: label a[o] dominates label b[i] (a (K, 8), b (C, 8)): no more R, Q, n and mH, and
-    F_a + sum_k max(0, m_k,a - m_k,b) <= F_b over the three bottleneck terms k. Then every
-    completion of a is no slower than the same completion of b, since max(m_a, x) <=
-    max(m_b, x) + max(0, m_a - m_b) for each bottleneck term, and no dearer, so a is at
-    least as good for every objective."""
-    ok = (a[None, :, 1] <= b[:, None, 1]) & (a[None, :, 2] <= b[:, None, 2])
-    ok &= (a[None, :, 3] <= b[:, None, 3]) & (a[None, :, 7] <= b[:, None, 7])
-    excess = np.maximum(a[None, :, 4:7] - b[:, None, 4:7], 0.0).sum(axis=2)
-    return ok & (a[None, :, 0] + excess <= b[:, None, 0])
+class Trade(NamedTuple):
+    """What one band lets a label trade: its plans have lo <= T <= hi, every completion adds
+    at least ``rate`` to R (the suffix's least rate; plus the objective's weight on time when
+    the objective is dollars + weight * T and nothing limits dollars alone)."""
+
+    lo: float
+    hi: float
+    rate: float | FloatArray  # (or one per leading index of the labels)
 
 
-def pareto(values: FloatArray, step: int = 128) -> IntArray:
-    """Indices of the rows of ``values`` (K, 8) no other row ``dominates``, one of each set
+def dominates(a: FloatArray, b: FloatArray, trade: Trade | None = None) -> BoolArray:
+    """[..., i, o]: label a[..., o, :] dominates label b[..., i, :] (a (..., K, 8), b (..., C,
+    8)): no more n, and with delta = F_b - F_a - sum_k max(0, m_k,a - m_k,b) over the three
+    bottleneck terms k, delta >= 0 and no more R, Q and mH. Then every completion of a is no
+    slower than the same completion of b, since max(m_a, x) <= max(m_b, x) + max(0, m_a -
+    m_b) for each bottleneck term, and no dearer, so a is at least as good for every
+    objective.
+
+    With a ``trade`` (a band), a may also be dearer per second when it is faster enough: its
+    completion's T_a <= T_b - delta, so dollars (or dollars + weight T) differ by at least
+    gain = min over T_b in [lo, hi] of (R_b - R_a) T_b + (R_a + trade.rate) delta + Q_b - Q_a,
+    and a dominates when gain > 0 (by more than rounding) and mH_a <= mH_b + delta (its
+    window still holds). Completions of b outside the band belong to other bands."""
+    a, b = a[..., None, :, :], b[..., :, None, :]
+    ok = a[..., 3] <= b[..., 3]
+    delta = b[..., 0] - (a[..., 0] + np.maximum(a[..., 4:7] - b[..., 4:7], 0.0).sum(axis=-1))
+    ok &= delta >= 0
+    plain = (a[..., 1] <= b[..., 1]) & (a[..., 2] <= b[..., 2]) & (a[..., 7] <= b[..., 7])
+    if trade is None:
+        return ok & plain
+    d_rate = b[..., 1] - a[..., 1]
+    gain = (np.minimum(d_rate * trade.lo, d_rate * trade.hi)
+            + (a[..., 1] + trade.rate) * delta + (b[..., 2] - a[..., 2]))
+    traded = gain > _MARGIN * (b[..., 1] * trade.lo + b[..., 2])
+    traded &= a[..., 7] <= b[..., 7] + delta
+    return ok & (plain | traded)
+
+
+def pareto(values: FloatArray, trade: Trade | None = None, step: int = 128) -> IntArray:
+    """Indices of the rows of ``values`` (K, 8) no other row ``dominates`` (under ``trade``),
+    one of each set
     of rows dominating each other; ascending in F (a dominator never has a larger F, and
     lexicographic order puts it first at equal F).
 
@@ -81,11 +108,11 @@ def pareto(values: FloatArray, step: int = 128) -> IntArray:
             break
         head, rest = todo[:step], todo[step:]
         chunk = x[head]
-        inner = dominates(chunk, chunk) & np.tri(len(chunk), k=-1, dtype=bool)
+        inner = dominates(chunk, chunk, trade) & np.tri(len(chunk), k=-1, dtype=bool)
         new = head[~inner.any(axis=-1)]
         kept.append(new)
         if len(rest):
-            alive[rest[dominates(x[new], x[rest]).any(axis=-1)]] = False
+            alive[rest[dominates(x[new], x[rest], trade).any(axis=-1)]] = False
         start = int(head[-1]) + 1
     return order[np.concatenate(kept)] if kept else np.zeros(0, np.int64)
 
@@ -117,6 +144,11 @@ def solve_band_dp(problem: Problem, L: int, c: CandidateArrays, band: Band, cuto
                      c.tail, life_gap], axis=1)  # (V, 8)
     if obj.kind == "budget" and obj.budget is None:  # min time: dollars play no part, so
         data[:, 1:3] = 0.0  # R and Q neither bound nor dominate (labels collapse)
+    pre, suf = shortest_paths(L, c.first, c.last, data[:, :4])  # (L+1, 4): F, R, Q, n
+    # dollars + weight T trades against time only when nothing limits dollars alone
+    weight = obj.weight if obj.kind == "weighted" else 0.0
+    live = _undominated(c, data, pre[:, 1] + weight, suf[:, 1], Band(band.lo, t_cap))
+    c, data = c.take(live), data[live]
     suf = shortest_paths(L, c.first, c.last, data[:, :4])[1]  # (L+1, 4): F, R, Q, n to go
     suf_cost = shortest_paths(L, c.first, c.last, c.rate * band.lo + c.req)[1]  # (L+1,)
     suf_max = _suffix_minimax(L, c, data[:, 4:])  # (L+1, 4): least maxima to go
@@ -127,15 +159,18 @@ def solve_band_dp(problem: Problem, L: int, c: CandidateArrays, band: Band, cuto
         values: list[FloatArray] = []
         cands: list[IntArray] = []
         parents: list[IntArray] = []
-        for v in ends[k].tolist():
-            src = nodes[int(c.first[v])]
+        here = ends[k][np.argsort(c.first[ends[k]], kind="stable")]  # by first node
+        cuts = np.flatnonzero(np.diff(c.first[here])) + 1
+        for vs in np.split(here, cuts) if len(here) else []:
+            src = nodes[int(c.first[vs[0]])]
             if src is None or not len(src.values):
                 continue
-            new = src.values + data[v]
-            new[:, 4:] = np.maximum(src.values[:, 4:], data[v, 4:])
-            values.append(new)
-            cands.append(np.full(len(new), v, np.int64))
-            parents.append(np.arange(len(new), dtype=np.int64))
+            # every label of the source node extended by every candidate vs: (len(vs), S, 8)
+            new = src.values[None, :, :] + data[vs, None, :]
+            new[:, :, 4:] = np.maximum(src.values[None, :, 4:], data[vs, None, 4:])
+            values.append(new.reshape(-1, 8))
+            cands.append(np.repeat(vs, len(src.values)))
+            parents.append(np.tile(np.arange(len(src.values), dtype=np.int64), len(vs)))
         if not values:
             nodes[k] = None
             continue
@@ -153,7 +188,7 @@ def solve_band_dp(problem: Problem, L: int, c: CandidateArrays, band: Band, cuto
         keep = np.flatnonzero(ok)
         if len(keep) > 8 * max_labels:
             return None
-        front = keep[pareto(x[keep])]
+        front = keep[pareto(x[keep], Trade(band.lo, t_cap, float(suf[k, 1]) + weight))]
         if len(front) > max_labels:
             return None
         nodes[k] = Labels(x[front], np.concatenate(cands)[front],
@@ -170,7 +205,37 @@ def solve_band_dp(problem: Problem, L: int, c: CandidateArrays, band: Band, cuto
                               & (t <= (window - x[:, 7]) * near))
     value = _objective(problem, t[feasible], dollars[feasible])
     order = feasible[np.argsort(value, kind="stable")]
-    return [_path(nodes, c, int(i)) for i in order[:best]]
+    return [[int(live[v]) for v in _path(nodes, c, int(i))] for i in order[:best]]
+
+
+def _undominated(c: CandidateArrays, data: FloatArray, pre_rate: FloatArray,
+                 suf_rate: FloatArray, band: Band) -> IntArray:
+    """Positions of the candidates no earlier candidate with the same layers ``dominates`` as
+    a label (``data`` rows in lexicographic order, under the band's ``Trade`` with the least
+    rate any plan through them adds, ``pre_rate`` before and ``suf_rate`` after), ascending.
+    Extending any label by the dominator instead gives a label that dominates the other
+    extension (each excess and trade term of the extensions is no worse than the
+    candidates'), so no optimum of the band needs a dropped candidate.
+
+    All (first, last) groups at once: each padded to the largest group's size G, one
+    (groups, G, G) dominance test."""
+    if not len(c):
+        return np.zeros(0, np.int64)
+    order = np.lexsort((*data.T[::-1], c.last, c.first))  # by group, then as ``pareto``
+    first, last = c.first[order], c.last[order]
+    new_group = np.r_[True, (first[1:] != first[:-1]) | (last[1:] != last[:-1])]
+    starts = np.flatnonzero(new_group)
+    group = np.cumsum(new_group) - 1  # (V,) group of each sorted candidate
+    slot = np.arange(len(order)) - starts[group]  # (V,) position inside its group
+    size = int(slot.max()) + 1
+    rows = np.full((len(starts), size, 8), np.inf)
+    rows[group, slot] = data[order]
+    rate = pre_rate[first[starts]] + suf_rate[last[starts] + 1]
+    with np.errstate(invalid="ignore"):  # padding (inf) never dominates: nan compares False
+        beaten = dominates(rows, rows, Trade(band.lo, band.hi, rate[:, None, None]))
+    beaten &= np.tri(size, k=-1, dtype=bool)
+    dropped: BoolArray = np.any(beaten, axis=-1)[group, slot]
+    return np.sort(order[~dropped])
 
 
 def _suffix_minimax(L: int, c: CandidateArrays, terms: FloatArray) -> FloatArray:
