@@ -38,6 +38,7 @@ _MU = np.array([0.1, 0.3, 1.0, 3.0, 10.0])  # multipliers of the heuristic paths
 _MU_CAPPED = np.array([0.3, 1.0, 3.0])  # the same, for paths with a capped own bottleneck
 _MU_KEEP = np.array([0.0, 0.1, 0.3, 1.0, 3.0, 10.0])  # multipliers of the Lagrangian bound
 _POSITIONS = 128  # most chain positions ``band_bound`` examines
+_FEW = 0.3  # a band's pruning stops after a round that drops less than this share
 
 
 class Term(IntEnum):
@@ -245,7 +246,12 @@ class Pruned(NamedTuple):
 def prune(problem: Problem, L: int, c: CandidateArrays, incumbent: Incumbent | None,
           band: Band | None) -> Pruned:
     """The candidates that can be in a plan with T in ``band`` beating ``incumbent`` (bound,
-    prune, repeat to a fixed point), with their T_lb and T_max."""
+    prune, repeat to a fixed point), with their T_lb and T_max.
+
+    With a band, a round that drops less than ``_FEW`` of the candidates (time caps and the
+    Lagrangian bound together) is the last: the few it would still drop cost the band DP
+    less than more rounds of shortest paths. Caps computed over a superset of the kept
+    candidates still bound every plan over the kept ones."""
     idx = np.arange(len(c))
     while True:
         sub = c.take(idx)
@@ -253,10 +259,13 @@ def prune(problem: Problem, L: int, c: CandidateArrays, incumbent: Incumbent | N
             return Pruned(idx, np.zeros(0), np.zeros(0))
         t_lb, t_max = time_caps(problem, L, sub, incumbent, band)
         keep = np.isfinite(t_lb) & (t_lb <= t_max * (1 + 1e-9) + 1e-12)
-        if band is not None and keep.all():
-            keep = lagrange_keep(problem, L, sub, incumbent, band)
+        few = band is not None and keep.sum() >= (1 - _FEW) * len(idx)
+        if band is not None and (keep.all() or few):
+            keep &= lagrange_keep(problem, L, sub, incumbent, band)
         if keep.all():
             return Pruned(idx, t_lb, t_max)
+        if few and keep.sum() >= (1 - _FEW) * len(idx):
+            return Pruned(idx[keep], t_lb[keep], t_max[keep])
         idx = idx[keep]
 
 
