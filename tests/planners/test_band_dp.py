@@ -45,6 +45,37 @@ def test_a_faster_fill_pays_for_a_larger_bottleneck() -> None:
     assert sorted(pareto(rows).tolist()) == [1, 3]  # a once (equal rows), and e
 
 
+def test_a_dearer_label_dominates_when_it_is_faster_enough_in_the_band() -> None:
+    # a: 2 s less fill at 0.1 $/s more. For T_b in [10, 12] and T_a = T_b - 2,
+    # 1.1 (T_b - 2) + Q < 1.0 T_b + Q, so a is cheaper and faster there; a2 saves only 0.5 s.
+    a, b = np.array([label(8.0, R=1.1)]), np.array([label(10.0, R=1.0)])
+    a2 = np.array([label(9.5, R=1.1)])
+    trade = band_dp.Trade(10.0, 12.0, 0.0)
+    assert not dominates(a, b)[0, 0] and dominates(a, b, trade)[0, 0]
+    assert not dominates(a2, b, trade)[0, 0]
+    assert dominates(a2, b, band_dp.Trade(10.0, 12.0, 2.0))[0, 0]  # the suffix pays 2 $/s too
+
+
+def test_trade_dominance_holds_for_every_completion_in_the_band() -> None:
+    # random labels and completions: whenever a dominates b under the band's trade, every
+    # completion putting b's plan in the band makes a's no slower and no dearer
+    rng = np.random.default_rng(0)
+    lo, hi, suffix_rate = 10.0, 12.0, 0.3
+    labels = rng.uniform(0.0, 1.0, (300, 8)) * [6.0, 1.0, 1.0, 3.0, 2.0, 2.0, 1.0, 0.0]
+    dom = dominates(labels, labels, band_dp.Trade(lo, hi, suffix_rate))  # [i, o]: o beats i
+    pairs = np.argwhere(dom & ~np.eye(len(labels), dtype=bool))
+    assert len(pairs) > 100
+    for _ in range(200):
+        fill, rate = rng.uniform(0.0, 8.0), suffix_rate + rng.uniform(0.0, 1.0)
+        req, maxima = rng.uniform(0.0, 1.0), rng.uniform(0.0, 2.5, 3)
+        t = labels[:, 0] + fill + np.maximum(labels[:, 4:7], maxima).sum(axis=1)
+        dollars = (labels[:, 1] + rate) * t + labels[:, 2] + req
+        b, a = pairs[:, 0], pairs[:, 1]
+        inside = (t[b] >= lo) & (t[b] <= hi)
+        assert np.all(t[a][inside] <= t[b][inside] + 1e-12)
+        assert np.all(dollars[a][inside] <= dollars[b][inside] + 1e-12)
+
+
 @pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize("seed,layers", [(0, 2), (5, 3), (8, 4), (3, 1)])
 def test_one_band_over_all_times_solved_by_dp_is_the_exhaustive_optimum(
