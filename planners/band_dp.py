@@ -89,7 +89,7 @@ def dominates(a: FloatArray, b: FloatArray, trade: Trade | None = None) -> BoolA
     return ok & (plain | traded)
 
 
-def pareto(values: FloatArray, trade: Trade | None = None, step: int = 128) -> IntArray:
+def pareto(values: FloatArray, trade: Trade | None = None, step: int = 16) -> IntArray:
     """Indices of the rows of ``values`` (K, 8) no other row ``dominates`` (under ``trade``),
     one of each set
     of rows dominating each other; ascending in F (a dominator never has a larger F, and
