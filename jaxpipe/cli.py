@@ -204,6 +204,7 @@ def _demo(args: argparse.Namespace) -> int:
 
     import jaxpipe
     from jaxpipe import models
+    from jaxpipe.staging.stage import MODES
 
     spec = models.get(args.model)
     batch = spec.make_batch(jax.random.PRNGKey(1), args.batch)
@@ -219,7 +220,7 @@ def _demo(args: argparse.Namespace) -> int:
               f"{note}")
     scale = max(float(np.max(np.abs(g))) for g in jax.tree.leaves(ref_grads))
     worst = 0.0
-    for mode in ("stash", "dots", "recompute"):
+    for mode in MODES:
         staged = traced.split(cuts, mode)
         loss, grads, _ = staged.value_and_grad(user, batch, micro_batches=1)
         err = max(float(np.max(np.abs(a - b))) for a, b in

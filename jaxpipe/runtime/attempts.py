@@ -159,8 +159,10 @@ def failure_message(death: RankDeath, stage: int, attempt: int, tail: str,
                   "\n".join(death.error.splitlines()[-12:]), tail.splitlines()[0]]
     else:
         parts += [death.reason or "it said nothing", "its last output:", tail]
-    text = "\n".join(parts)
-    if death.outcome is Outcome.SILENT or any(m in text for m in _MEMORY):
+    # A rank that wrote its own error says how it died; its exit code is then the driver's
+    # kill of the abandoned attempt (-9), no sign of memory.
+    said = death.error if death.error else "\n".join(parts)
+    if death.outcome is Outcome.SILENT or any(m in said for m in _MEMORY):
         parts.append("If it ran out of memory (or past the time limit), give its stage more "
                      "memory in the plan or use smaller micro-batches.")
     elif death.outcome is Outcome.REFUSED:

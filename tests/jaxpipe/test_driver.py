@@ -418,3 +418,19 @@ def test_a_loss_record_that_does_not_parse_fails_the_attempt_not_the_driver(stor
     progress = run_job(store, spec, config=RunConfig(startup_seconds=0), launcher=launcher)
     assert [w[2] for w in launcher.windows()] == [0, 1] and progress.restarts == 1
     assert progress.losses == {t: (loss(t, 1) + loss(t, 2)) / 2 for t in range(2)}
+
+
+def test_the_memory_hint_follows_how_the_rank_died_not_the_drivers_kill() -> None:
+    from jaxpipe.runtime.attempts import failure_message
+
+    killed = "(exit code -9; log /tmp/rank1.log)\nlast line"  # the driver killed the attempt
+
+    def hint(death: RankDeath, tail: str) -> bool:
+        return "give its stage more memory" in failure_message(death, 1, 0, tail, 0)
+
+    corrupt = "Traceback\njaxpipe.errors.CorruptBundleError: re-run the job"
+    assert not hint(RankDeath(1, Outcome.FAILED, error=corrupt), killed)
+    exhausted = "Traceback\nXlaRuntimeError: RESOURCE_EXHAUSTED: out of memory"
+    assert hint(RankDeath(1, Outcome.FAILED, error=exhausted), killed)
+    assert hint(RankDeath(1, Outcome.FAILED), "(exit code -6; log x)")  # no status: an abort
+    assert hint(RankDeath(1, Outcome.SILENT), "(still running)")

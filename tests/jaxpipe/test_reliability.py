@@ -96,10 +96,12 @@ def test_a_truncated_bundle_fails_the_job_naming_it_and_the_fix(workdir):
 
 def test_an_out_of_memory_stage_ends_its_attempt_with_a_memory_message(workdir):
     # The issue's case: stage 1 capped at the smallest memory option, 512 MB (RLIMIT_DATA on
-    # the local platform; a JAX process takes about 350 MB of it) with micro-batches of 32768
-    # (32 MB per activation) dies allocating while stage 0 waits for its gradients. Stage 0's
+    # the local platform; a JAX process takes about 350 MB of it) with micro-batches of 65536
+    # (64 MB per activation) dies allocating while stage 0 waits for its gradients. Stage 0's
     # wait is 120 s, the default: the job must end on rank 1's status, never on that wait.
-    micro = 32768
+    # (At 32768, 32 MB per activation, the stage died only sometimes once each receive was
+    # dropped as soon as it was consumed.)
+    micro = 65536
     plan = Plan(stages=(StagePlan(0, 1, 1024), StagePlan(2, 3, 512)), micro_batch=micro,
                 global_batch=micro)
     job = prepare(options(workdir, "out-of-memory", plan=plan, batch=micro, iterations=1,
