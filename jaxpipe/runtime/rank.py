@@ -52,7 +52,7 @@ from jaxpipe.runtime.metrics import (
     run_queue_wait_s,
 )
 from jaxpipe.runtime.optimizer import stage_optimizer, sum_partials
-from jaxpipe.runtime.receives import RECEIVES, Receives
+from jaxpipe.runtime.receives import RECEIVES, Receives, micro_batch
 from jaxpipe.runtime.replica_state import averaged_paths, set_counters, stage_counters
 from jaxpipe.runtime.stage_bundle import load_stage
 from jaxpipe.runtime.startup import Startup, iteration_wait_s
@@ -190,7 +190,7 @@ class Rank:
         return Receives(self.tasks, lambda task: self._receive(t, task), self.down)
 
     def _forward(self, it: _Iteration, task: Task) -> None:
-        m, spec = _micro_batch(task), self.program.spec
+        m, spec = micro_batch(task), self.program.spec
         self._fault(it.t, m)
         acts = it.received.take(Kind.RECV_ACT, m, self.timeout)
         self.state.update(set_counters(self.counters, it.counted, m))
@@ -205,7 +205,7 @@ class Rank:
             self._send(it, "act", m, outs, f"SEND_ACT {m}")
 
     def _backward(self, it: _Iteration, task: Task) -> None:
-        m = _micro_batch(task)
+        m = micro_batch(task)
         if self.last:
             cts = [np.asarray(1.0 / self.count, np.float32)]
         else:
@@ -288,12 +288,12 @@ class Rank:
     def _receive(self, t: int, task: Task) -> list[Any]:
         with self.timeline.span("download", f"{task.kind} {task.micro_batch}"):
             if task.peer is None:
-                return self._data(t, _micro_batch(task))
+                return self._data(t, micro_batch(task))
             key = self._message_key(t, task)
             return decode_list(self.store.get(key, timeout=self.timeout), key)
 
     def _message_key(self, t: int, task: Task) -> str:
-        m = _micro_batch(task)
+        m = micro_batch(task)
         if task.kind == Kind.RECV_ACT:
             return self.keys.message(self.attempt, t, "act", self.stage - 1, m)
         return self.keys.message(self.attempt, t, "grad", self.stage + 1, m)
@@ -377,11 +377,6 @@ class Rank:
             memory_mb=self.plan.stages[self.stage].memory_mb, iterations=tuple(self.records),
             requests=self.store.stats, timeline=timeline, timeline_from=first,
             compile=compile, init_s=init_s)
-
-
-def _micro_batch(task: Task) -> int:
-    assert task.micro_batch is not None, f"{task.kind} tasks name their micro-batch"
-    return task.micro_batch
 
 
 def _summed(it: _Iteration) -> list[Any]:

@@ -58,7 +58,7 @@ class Receives:
             task = self._order[self._next]
             if self._depth is not None and self._count[task.kind] >= self._depth:
                 return
-            key = (task.kind, _micro_batch(task))
+            key = (task.kind, micro_batch(task))
             self._pending[key] = self._lane.submit(self._fetch, task)
             self._count[task.kind] += 1
             self.most[task.kind] = max(self.most[task.kind], self._count[task.kind])
@@ -80,6 +80,7 @@ class Receives:
         return len(self._pending)
 
 
-def _micro_batch(task: Task) -> int:
+def micro_batch(task: Task) -> int:
+    """The micro-batch a FWD, BWD or receive task works on."""
     assert task.micro_batch is not None, f"{task.kind} tasks name their micro-batch"
     return task.micro_batch

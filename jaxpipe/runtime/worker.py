@@ -39,12 +39,11 @@ _PROCESS_STARTED = billing.process_started_at()  # for the INIT phase (`billing.
 _IMPORTED = time.time()
 
 
-class LambdaContext(Protocol):
-    """The part of Lambda's context object the worker uses (None on the local platform)."""
+class LambdaContext(Deadline, Protocol):
+    """The part of Lambda's context object the worker uses (None on the local platform): its
+    deadline and its request id."""
 
     aws_request_id: str
-
-    def get_remaining_time_in_millis(self) -> int: ...
 
 
 def handler(event: dict[str, Any], context: Any = None) -> dict[str, Any]:
