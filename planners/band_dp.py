@@ -125,14 +125,19 @@ def _objective(problem: Problem, t: FloatArray, dollars: FloatArray) -> FloatArr
 
 
 def solve_band_dp(problem: Problem, L: int, c: CandidateArrays, band: Band, cutoff: float,
-                  best: int = BEST, max_labels: int | None = None) -> list[list[int]] | None:
+                  best: int = BEST, max_labels: int | None = None, beam: int | None = None,
+                  ) -> list[list[int]] | None:
     """The complete paths over ``c`` with T <= band.hi that may beat ``cutoff`` and meet the
     budget, deadline and functions limits (pruning with a 1e-9 relative slack; the final
     limits with 1e-12), best objective first, at most ``best`` of them (candidate positions in
     ``c``, in layer order); [] when there is none; None when a node needs more than
     ``max_labels`` labels (None: ``MAX_LABELS``). The caller scores them in order: the first
     the cost model accepts is the band's optimum, and when all of fewer than ``best`` are
-    rejected the band has no plan."""
+    rejected the band has no plan.
+
+    With ``beam`` the DP is a heuristic: each node keeps only the ``beam`` labels with the
+    smallest bound on their completions' objective, so it is fast and its paths are real plans
+    but not the band's optimum; it never returns None."""
     obj = problem.objective
     max_labels = MAX_LABELS if max_labels is None else max_labels
     slack = 1 + _MARGIN
@@ -180,12 +185,16 @@ def solve_band_dp(problem: Problem, L: int, c: CandidateArrays, band: Band, cuto
         # plans faster than band.lo lie in an earlier band, which covers them; the stages to
         # go cost at least suf_cost (at lo) plus their rates times (T - lo)
         t_in = np.maximum(t_lb, band.lo)
-        cost_lb = x[:, 1] * t_in + x[:, 2] + suf_cost[k] + suf[k, 1] * (t_in - band.lo)
+        with np.errstate(invalid="ignore"):  # inf * 0 where no path continues: nan, dropped
+            cost_lb = x[:, 1] * t_in + x[:, 2] + suf_cost[k] + suf[k, 1] * (t_in - band.lo)
         ok = (t_lb <= t_cap) & (x[:, 3] + suf[k, 3] <= problem.max_functions)
         ok &= t_lb <= (window - maxima[:, 3]) * slack
         ok &= cost_lb <= obj.budget_limit * slack
         ok &= _objective(problem, t_in, cost_lb) <= cutoff * slack
         keep = np.flatnonzero(ok)
+        if beam is not None and len(keep) > beam:
+            score = _objective(problem, t_lb[keep], cost_lb[keep])
+            keep = keep[np.argpartition(score, beam)[:beam]]
         if len(keep) > 8 * max_labels:
             return None
         front = keep[pareto(x[keep], Trade(band.lo, t_cap, float(suf[k, 1]) + weight))]

@@ -53,7 +53,10 @@ RESOLVES = 8  # most re-solves of one band MILP after cutting off the plan it pr
 CLOSE = 1e-7  # a band MILP's bound this close (relative) to the incumbent closes the band
 LIMIT = 4.0  # first HiGHS time limit of a band MILP, s (doubled when a band cannot split)
 REFRESH = 1e-3  # incumbent improvement (relative) that recomputes a chain's global caps
-BAND = 0.02  # initial width of an iteration-time band, relative to its lower end
+QUICK = 500  # labels per node of a band DP's first try; past it a beam search runs first
+BEAM = 64  # labels per node of that beam search (a heuristic: its plans become incumbents)
+BAND_DP = 0.1  # initial width of an iteration-time band, relative to its lower end: with the
+BAND_MILP = 0.02  # band DP (whose labels are few), and when every band is a MILP (dp=False)
 
 # --- the search -----------------------------------------------------------------------------
 
@@ -70,11 +73,12 @@ def _closed(bound: float, value: float, rel: float = 1e-9) -> bool:
     return bound >= value - rel * abs(value)
 
 
-def _band_edges(lo: float, hi: float) -> list[float]:
-    """Edges of bands of relative width BAND from lo to hi (two equal edges when lo = hi)."""
+def _band_edges(lo: float, hi: float, width: float) -> list[float]:
+    """Edges of bands of relative width ``width`` from lo to hi (two equal edges when lo =
+    hi)."""
     edges = [lo]
     while edges[-1] < hi * (1 - 1e-12):
-        edges.append(min(edges[-1] * (1 + BAND) if edges[-1] > 0 else hi, hi))
+        edges.append(min(edges[-1] * (1 + width) if edges[-1] > 0 else hi, hi))
     if len(edges) == 1:
         edges.append(lo)
     return edges
@@ -138,7 +142,7 @@ class _Search:
             lo = float(kept.t_lb.min())
             finite = kept.t_max[np.isfinite(kept.t_max)]
             hi = max(float(finite.max(initial=kept.t_lb.max())), lo)
-            edges = _band_edges(lo, hi)
+            edges = _band_edges(lo, hi, BAND_DP if self.dp else BAND_MILP)
             entry["bands"] = len(edges) - 1
             for a, z in itertools.pairwise(edges):
                 self.push(BandEntry(-math.inf, Phase.BOUND, key, Band(a, z), LIMIT, Box()))
@@ -250,7 +254,13 @@ class _Search:
         model accepts one (the band's optimum, offered); all rejected closes the band too,
         unless the DP returned as many paths as it may (then the LP and MILP decide)."""
         t = time.perf_counter()
-        paths = solve_band_dp(self.problem, self._L(entry), sub, entry.band, self.value())
+        L, band = self._L(entry), entry.band
+        paths = solve_band_dp(self.problem, L, sub, band, self.value(), max_labels=QUICK)
+        if paths is None:  # many labels: a near-optimal incumbent first prunes most of them
+            for path in solve_band_dp(self.problem, L, sub, band, self.value(), best=4,
+                                      beam=BEAM) or []:
+                self.offer(self._plan_of(entry, [int(idx[k]) for k in path]))
+            paths = solve_band_dp(self.problem, L, sub, band, self.value())
         self.stats.dp_seconds += time.perf_counter() - t
         if paths is None:
             return False

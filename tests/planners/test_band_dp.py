@@ -10,7 +10,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from planners import InfeasibleError, band_dp, plan
+from planners import InfeasibleError, band_dp, bands, plan
 from planners.band_dp import dominates, pareto, solve_band_dp
 from planners.bounds import Band, prune
 from planners.cost import score
@@ -98,12 +98,42 @@ def test_one_band_over_all_times_solved_by_dp_is_the_exhaustive_optimum(
 def test_a_band_with_too_many_labels_falls_back_to_its_lp_and_milp(monkeypatch) -> None:
     prob = small_problem(seed=7, layers=4)
     monkeypatch.setattr(band_dp, "MAX_LABELS", 0)  # every band with a label gives up
+    monkeypatch.setattr(bands, "QUICK", 0)
     got = plan_miqp(prob)
     assert got.meta["milps"][-1]["lps"] > 0
     monkeypatch.undo()
     want = plan_miqp(prob)
     assert want.meta["milps"][-1]["dps"] > 0 and want.meta["milps"][-1]["milps"] == 0
     assert got.objective_value == pytest.approx(want.objective_value, rel=1e-6)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_a_beam_gives_real_plans_no_better_than_the_band_optimum(kind: str) -> None:
+    prob = with_objective(small_problem(5, 4, micro_batches=(2,)), kind)
+    L = prob.profile.num_layers
+    grid = candidate_grid(prob, 2)
+    kept = prune(prob, L, grid.arrays, None, None)
+    sub = grid.arrays.take(kept.idx)
+    band = Band(0.0, float(np.max(kept.t_max[np.isfinite(kept.t_max)], initial=1e9)) * 2)
+
+    def values(paths: list[list[int]] | None) -> list[float]:
+        assert paths
+        return [score(Plan(tuple(grid.stage(int(kept.idx[v])) for v in path), 2, 4),
+                      prob).objective_or_inf for path in paths]
+
+    exact = min(values(solve_band_dp(prob, L, sub, band, np.inf)))
+    beam = values(solve_band_dp(prob, L, sub, band, np.inf, best=4, beam=2))
+    assert all(v >= exact * (1 - 1e-12) for v in beam) and np.isfinite(min(beam))
+
+
+def test_the_search_through_beams_finds_the_same_optimum(monkeypatch) -> None:
+    # QUICK = 0: every band DP gives up at once, runs a beam, then the full DP
+    prob = small_problem(seed=7, layers=5)
+    want = plan_miqp(prob)
+    monkeypatch.setattr(bands, "QUICK", 0)
+    got = plan_miqp(prob)
+    assert got.meta["milps"][-1]["dps"] > 0
+    assert got.objective_value == pytest.approx(want.objective_value, rel=1e-9)
 
 
 @settings(max_examples=25, deadline=None, derandomize=True,
