@@ -1,5 +1,9 @@
-"""Every zoo model (tiny config), cut at every single layer boundary, in both modes, gives the
+"""Every zoo model (tiny config), cut at every kind of layer boundary, in both modes, gives the
 unsplit model's loss, gradients and new state.
+
+A kind of boundary is the pair of layer names on its two sides with numbers dropped
+("cell#_normal#" -> "cell#_reduction"): cuts of one kind split the same kinds of programs, so
+one cut of each kind is checked (the first); on AmoebaNet that halves the slowest sweep.
 
 Compiling a whole tiny ResNet or AmoebaNet takes seconds, and every single cut is two new
 programs; so the every-cut sweep runs the stage functions op by op (`jax.disable_jit`, where
@@ -11,6 +15,7 @@ one model of each family (the others share its layer kinds).
 from __future__ import annotations
 
 import functools
+import re
 
 import jax
 import pytest
@@ -46,14 +51,23 @@ def assert_matches(spec, got, expected, where):
         assert max_relative_error(state, ref_state) <= TOL, where
 
 
+def one_cut_per_kind(layers) -> list[int]:
+    """The first cut of each kind of boundary (the layer names either side, numbers dropped)."""
+    kinds = [re.sub(r"\d+", "#", layer.name) for layer in layers]
+    first: dict[tuple[str, str], int] = {}
+    for cut in range(1, len(layers)):
+        first.setdefault((kinds[cut - 1], kinds[cut]), cut)
+    return sorted(first.values())
+
+
 @pytest.mark.parametrize("name", TINY)
-def test_every_single_cut_in_both_modes_matches_the_unsplit_model(name):
+def test_every_kind_of_cut_in_both_modes_matches_the_unsplit_model(name):
     spec, variables, batch, rngs, traced = case(name)
     assert len(traced.layers) >= 3, "a tiny model should still have several layers"
     with jax.disable_jit():
         expected = reference(spec.module, variables, batch, spec.loss_fn, rngs)
         for mode in ("stash", "recompute"):
-            for cut in range(1, len(traced.layers)):
+            for cut in one_cut_per_kind(traced.layers):
                 got = traced.split([cut], mode).value_and_grad(variables, batch)
                 assert_matches(spec, got, expected,
                                f"{name} cut at {cut} ({traced.layers[cut].name}), {mode}")
