@@ -208,6 +208,10 @@ class _Search:
         return _to_plan(self.problem, chain.micro_batch, chain.grid,
                         [int(chain.pos[v]) for v in chosen])
 
+    def _path_plan(self, entry: BandEntry, idx: IntArray, path: Sequence[int]) -> Plan:
+        """The plan of ``path``, positions into the band's candidates ``idx``."""
+        return self._plan_of(entry, [int(idx[k]) for k in path])
+
     def _bound(self, entry: BandEntry, idx: IntArray, sub: CandidateArrays,
                t_lb: FloatArray) -> None:
         """Phase BOUND: heuristic paths, then the cheap bound; on to the LP."""
@@ -217,7 +221,7 @@ class _Search:
             return
         for path in lagrange_plans(self.problem, self._L(entry), sub, entry.band.lo):
             self.stats.heuristic += 1
-            self.offer(self._plan_of(entry, [int(idx[k]) for k in path]))
+            self.offer(self._path_plan(entry, idx, path))
         bound = max(entry.bound, band_bound(self.problem, self._L(entry), sub, t_lb,
                                             entry.band))
         self.push(entry._replace(bound=bound, phase=Phase.LP))
@@ -239,7 +243,7 @@ class _Search:
                                  -np.log(np.clip(lp.x, 1e-9, 1.0)))
             if path and sub.replicas[path].sum() <= self.problem.max_functions:
                 self.stats.heuristic += 1
-                self.offer(self._plan_of(entry, [int(idx[k]) for k in path]))
+                self.offer(self._path_plan(entry, idx, path))
         value = self.value()
         if _closed(lp.value, value):
             return
@@ -259,14 +263,14 @@ class _Search:
         if paths is None:  # many labels: a near-optimal incumbent first prunes most of them
             for path in solve_band_dp(self.problem, L, sub, band, self.value(), best=4,
                                       beam=BEAM) or []:
-                self.offer(self._plan_of(entry, [int(idx[k]) for k in path]))
+                self.offer(self._path_plan(entry, idx, path))
             paths = solve_band_dp(self.problem, L, sub, band, self.value())
         self.stats.dp_seconds += time.perf_counter() - t
         if paths is None:
             return False
         self.stats.dps += 1
         for path in paths:
-            plan = self._plan_of(entry, [int(idx[k]) for k in path])
+            plan = self._path_plan(entry, idx, path)
             self.offer(plan)
             if math.isfinite(plan.objective_or_inf):
                 return True

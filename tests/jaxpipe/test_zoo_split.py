@@ -5,8 +5,8 @@ A kind of boundary is the pair of layer names on its two sides with numbers drop
 ("cell#_normal#" -> "cell#_reduction"): cuts of one kind split the same kinds of programs, so
 one cut of each kind is checked (the first); on AmoebaNet that halves the slowest sweep.
 
-Compiling a whole tiny ResNet or AmoebaNet takes seconds, and every single cut is two new
-programs; so the every-cut sweep runs the stage functions op by op (`jax.disable_jit`, where
+Compiling a whole tiny ResNet or AmoebaNet takes seconds, and every cut is two new
+programs; so the cut sweep runs the stage functions op by op (`jax.disable_jit`, where
 each primitive compiles once for all cuts) against the op-by-op unsplit model, and the jitted
 programs are checked separately with one stage per layer, which compiles every layer once, on
 one model of each family (the others share its layer kinds).
